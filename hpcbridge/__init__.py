@@ -1,0 +1,63 @@
+"""hpcbridge: Python callables to Slurm and PBS jobs and back.
+
+    >>> from hpcbridge import Executor
+    >>> ex = Executor(site="local")
+    >>> ex.submit(pow, 2, 10).result()
+    1024
+
+Names are imported lazily: ``python -m hpcbridge.worker`` (paid on every job start) imports this package.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Executor",
+    "Job",
+    "JobState",
+    "Resources",
+    "Site",
+    "attach",
+    "errors",
+    "load_site",
+    "__version__",
+]
+
+_LAZY = {
+    "Executor": ("hpcbridge.executor", "Executor"),
+    "attach": ("hpcbridge.executor", "attach"),
+    "Job": ("hpcbridge.job", "Job"),
+    "JobState": ("hpcbridge.state", "JobState"),
+    "Resources": ("hpcbridge.spec", "Resources"),
+    "Site": ("hpcbridge.sites", "Site"),
+    "load_site": ("hpcbridge.sites", "load_site"),
+    "errors": ("hpcbridge.errors", None),
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from . import errors
+    from .executor import Executor, attach
+    from .job import Job
+    from .sites import Site, load_site
+    from .spec import Resources
+    from .state import JobState
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'hpcbridge' has no attribute {name!r}") from None
+    import importlib
+
+    module = importlib.import_module(module_name)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

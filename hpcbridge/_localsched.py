@@ -1,0 +1,171 @@
+"""A tiny batch system for the built-in ``local`` site: same shape as sbatch/sacct/scancel.
+
+    python -m hpcbridge._localsched submit SCRIPT        -> prints the job id (the folder's name)
+    python -m hpcbridge._localsched status --root R IDS  -> 'id|STATE|exit' per task
+    python -m hpcbridge._localsched cancel --root R IDS
+
+The script's ``#LOCAL --ntasks=N`` and ``#LOCAL --parallel=P`` lines say how many tasks to run and how many at
+once. Each task runs ``bash SCRIPT`` with HPCBRIDGE_TASK set, stdout/stderr to log/<task>.out/.err.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Dict, List, Optional
+
+from hpcbridge._format import write_atomic
+
+
+def _directives(script: str) -> Dict[str, str]:
+    out: Dict[str, str] = {}
+    with open(script) as fh:
+        for line in fh:
+            if line.startswith("#LOCAL --") and "=" in line:
+                key, value = line[len("#LOCAL --") :].strip().split("=", 1)
+                out[key] = value
+    return out
+
+
+def submit(script: str) -> int:
+    folder = os.path.dirname(os.path.abspath(script))
+    state = os.path.join(folder, "local")
+    os.makedirs(state, mode=0o700, exist_ok=True)
+    with open(os.path.join(state, "runner.log"), "ab") as log:
+        proc = subprocess.Popen(  # noqa: S603 - argv list
+            [sys.executable, "-m", "hpcbridge._localsched", "run", script],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            cwd=folder,
+        )
+    write_atomic(os.path.join(state, "runner.pid"), str(proc.pid).encode())
+    print(os.path.basename(folder))
+    return 0
+
+
+def run(script: str) -> int:
+    folder = os.path.dirname(os.path.abspath(script))
+    d = _directives(script)
+    ntasks = int(d.get("ntasks", "1"))
+    parallel = max(1, int(d.get("parallel", str(os.cpu_count() or 1))))
+    workdir = d.get("chdir") or folder
+    state = os.path.join(folder, "local")
+    pending = list(range(ntasks))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if not pending:
+                    return
+                task = pending.pop(0)
+            write_atomic(os.path.join(state, f"{task}.start"), b"")
+            env = dict(os.environ, HPCBRIDGE_TASK=str(task))
+            with open(os.path.join(folder, "log", f"{task}.out"), "ab") as out, open(
+                os.path.join(folder, "log", f"{task}.err"), "ab"
+            ) as err:
+                code = subprocess.call(["bash", script], stdout=out, stderr=err, env=env, cwd=workdir)  # noqa: S603,S607
+            write_atomic(os.path.join(state, f"{task}.exit"), str(code).encode())
+
+    threads = [threading.Thread(target=worker) for _ in range(min(parallel, ntasks))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return 0
+
+
+def _alive(pid: int, tag: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return tag.encode() in fh.read()
+    except OSError:
+        return True
+
+
+def _runner_pid(state: str) -> Optional[int]:
+    try:
+        with open(os.path.join(state, "runner.pid")) as fh:
+            return int(fh.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def status(root: str, ids: List[str]) -> int:
+    for job_id in ids:
+        folder = os.path.join(root, job_id)
+        state = os.path.join(folder, "local")
+        if not os.path.isdir(state):
+            continue
+        script = os.path.join(folder, "script.sh")
+        ntasks = int(_directives(script).get("ntasks", "1"))
+        is_array = _directives(script).get("array") == "1"
+        pid = _runner_pid(state)
+        alive = pid is not None and _alive(pid, job_id)
+        cancelled = os.path.exists(os.path.join(state, "cancelled"))
+        for task in range(ntasks):
+            task_id = f"{job_id}_{task}" if is_array else job_id
+            try:
+                with open(os.path.join(state, f"{task}.exit")) as fh:
+                    code = int(fh.read().strip())
+                native, exit_code = ("COMPLETED" if code == 0 else "FAILED"), str(code)
+            except (OSError, ValueError):
+                exit_code = ""
+                if cancelled:
+                    native = "CANCELLED"
+                elif not alive:
+                    native = "FAILED"
+                elif os.path.exists(os.path.join(state, f"{task}.start")):
+                    native = "RUNNING"
+                else:
+                    native = "PENDING"
+            print(f"{task_id}|{native}|{exit_code}")
+    return 0
+
+
+def cancel(root: str, ids: List[str]) -> int:
+    for job_id in ids:
+        job_id = job_id.split("_", 1)[0]
+        state = os.path.join(root, job_id, "local")
+        if not os.path.isdir(state):
+            print(f"cancel: no such local job {job_id}", file=sys.stderr)
+            continue
+        write_atomic(os.path.join(state, "cancelled"), b"")
+        pid = _runner_pid(state)
+        if pid is None or not _alive(pid, job_id):
+            continue
+        os.killpg(pid, signal.SIGTERM)
+        for _ in range(30):
+            if not _alive(pid, job_id):
+                break
+            time.sleep(0.1)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "submit":
+        return submit(rest[0])
+    if cmd == "run":
+        return run(rest[0])
+    if cmd in ("status", "cancel") and rest[:1] == ["--root"]:
+        return (status if cmd == "status" else cancel)(rest[1], rest[2:])
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

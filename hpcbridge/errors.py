@@ -1,0 +1,157 @@
+"""Errors raised by hpcbridge.
+
+Every error derives from :class:`HpcBridgeError` and its message says what to do next.
+
+Tree::
+
+    HpcBridgeError
+    ├── ConfigError                 bad site-config, unknown site, unknown key
+    │   └── UnknownSiteError
+    ├── ResourceError               unknown resource name, nonsense walltime/memory, over a limit
+    ├── SerializationError          the function or an argument cannot be pickled
+    ├── RemoteEnvironmentError      cluster-side python / cloudpickle / hpcbridge missing or mismatched
+    ├── CommandError                a command failed (argv, exit_code, stdout, stderr)
+    │   └── SchedulerError          the scheduler refused or failed (sbatch, sacct, qsub ...)
+    ├── TransportError              the transport could not run a command or move a file
+    └── JobError                    a job did not produce a result
+        ├── RemoteError             the callable raised, and its exception could not be rebuilt here
+        ├── JobKilledError          the scheduler ended the job (state, stderr tail)
+        │   ├── JobTimeoutError
+        │   ├── JobOutOfMemoryError
+        │   ├── JobNodeFailError
+        │   ├── JobPreemptedError
+        │   └── JobCancelledError   (also a concurrent.futures.CancelledError)
+        └── JobLostError            the job left the scheduler without a result
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Optional, Sequence
+
+
+class HpcBridgeError(Exception):
+    """Root of every hpcbridge error."""
+
+
+class ConfigError(HpcBridgeError):
+    """A site-config or option is wrong."""
+
+
+class UnknownSiteError(ConfigError):
+    """No site by that name."""
+
+
+class ResourceError(HpcBridgeError, ValueError):
+    """A resource request is invalid (unknown name, bad value, over a limit)."""
+
+
+class SerializationError(HpcBridgeError, TypeError):
+    """The function or one of its arguments cannot be pickled."""
+
+
+class RemoteEnvironmentError(HpcBridgeError):
+    """The cluster-side Python environment cannot run hpcbridge jobs."""
+
+
+class TransportError(HpcBridgeError):
+    """The transport failed to run a command or move a file."""
+
+
+class CommandError(HpcBridgeError):
+    """A command exited non-zero.
+
+    Attributes carry the argv, exit code and output so callers can act on them.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        argv: Sequence[str] = (),
+        exit_code: Optional[int] = None,
+        stdout: str = "",
+        stderr: str = "",
+        transient: bool = False,
+    ) -> None:
+        self.argv = list(argv)
+        self.exit_code = exit_code
+        self.stdout = stdout
+        self.stderr = stderr
+        self.transient = transient
+        detail = f"\n  command: {' '.join(self.argv)}" if self.argv else ""
+        if exit_code is not None:
+            detail += f"\n  exit code: {exit_code}"
+        if stderr.strip():
+            detail += "\n  stderr: " + _tail(stderr, 20).replace("\n", "\n          ")
+        super().__init__(message + detail)
+        self.message = message
+
+
+class SchedulerError(CommandError):
+    """The scheduler refused a request or could not be queried."""
+
+
+class JobError(HpcBridgeError):
+    """A job did not produce a result."""
+
+    def __init__(self, message: str, *, job_id: str = "", state: str = "", stderr_tail: str = "") -> None:
+        self.job_id = job_id
+        self.state = state
+        self.stderr_tail = stderr_tail
+        text = message
+        if stderr_tail.strip():
+            text += "\n--- stderr (last lines) ---\n" + stderr_tail.rstrip()
+        super().__init__(text)
+
+
+class RemoteError(JobError):
+    """The callable raised an exception whose type could not be rebuilt on this side."""
+
+    def __init__(self, message: str, *, type_name: str, remote_traceback: str, **kw: str) -> None:
+        self.type_name = type_name
+        self.remote_traceback = remote_traceback
+        super().__init__(message, **kw)
+
+
+class JobKilledError(JobError):
+    """The scheduler ended the job before it produced a result."""
+
+
+class JobTimeoutError(JobKilledError):
+    """The job hit its walltime."""
+
+
+class JobOutOfMemoryError(JobKilledError):
+    """The job exceeded its memory."""
+
+
+class JobNodeFailError(JobKilledError):
+    """A node of the job failed."""
+
+
+class JobPreemptedError(JobKilledError):
+    """The job was preempted and not requeued."""
+
+
+class JobCancelledError(JobKilledError, concurrent.futures.CancelledError):
+    """The job was cancelled outside this process (scancel, qdel, an admin)."""
+
+
+class JobLostError(JobError):
+    """The job left the scheduler without writing a result."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the remote traceback text; set as ``__cause__`` of a re-raised remote exception."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _tail(text: str, lines: int) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])

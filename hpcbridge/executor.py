@@ -1,0 +1,375 @@
+"""Executor: Python callables to batch jobs (plain, arrays, bundles) and back."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import getpass
+import json
+import os
+import re
+import socket
+import time
+import uuid
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import cloudpickle
+
+from . import __version__
+from ._format import pack_inputs
+from .backend import Backend
+from .errors import HpcBridgeError, SerializationError
+from .job import Job
+from .poll import Submission
+from .render import render
+from .schedulers.base import ScriptRequest
+from .sites import Site, load_site
+from .spec import Resources, resources_from
+
+Call = Tuple[Callable[..., Any], Tuple[Any, ...], Dict[str, Any]]
+
+
+class Executor(concurrent.futures.Executor):
+    """Run Python callables as jobs on a site.
+
+    Parameters
+    ----------
+    site
+        A site name (``"local"``, or a site-config's name) or a :class:`~hpcbridge.sites.Site`.
+    folder
+        Cluster-side folder for job files (default: the site's ``workdir``).
+    **resources
+        ``nodes, tasks_per_node, cpus_per_task, gpus_per_node, mem_gb, walltime, partition, account, qos, name,
+        extra_directives, launcher, array_parallelism``; unknown names fail with the list of valid ones.
+    """
+
+    def __init__(self, site: Union[str, Site] = "local", *, folder: Optional[str] = None, **resources: Any) -> None:
+        site_obj = load_site(site) if isinstance(site, str) else site
+        self.resources: Resources = resources_from(site_obj.default_resources(), resources)
+        self._backend = Backend(site_obj, folder)
+        self._batch: Optional[List[Tuple[Submission, List[Call]]]] = None
+        self._submissions: List[Submission] = []
+
+    @property
+    def site(self) -> Site:
+        return self._backend.site
+
+    def with_resources(self, **resources: Any) -> Executor:
+        """A copy with some resources changed; it shares this executor's connection and poller."""
+        copy = object.__new__(Executor)
+        copy.resources = resources_from(self.resources, resources)
+        copy._backend = self._backend
+        copy._batch = None
+        copy._submissions = self._submissions
+        return copy
+
+    # -- the Executor interface ---------------------------------------------------------------------------
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Job:
+        """Run ``fn(*args, **kwargs)`` as one job and return its future."""
+        call: Call = (fn, args, kwargs)
+        if self._batch is not None:
+            return self._batch_add(call)
+        return self._submit([[call]], is_array=False)[0]
+
+    def map_jobs(self, fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int = 1) -> List[Job]:
+        """One job per call, as one array job (split when longer than the site's max array size).
+
+        ``chunksize=k`` runs k calls in each array task, for calls too short to be worth a task each.
+        """
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError(f"chunksize={chunksize!r} must be a whole number >= 1")
+        calls: List[Call] = [(fn, tuple(args), {}) for args in zip(*iterables)]
+        if not calls:
+            return []
+        tasks = [calls[i : i + chunksize] for i in range(0, len(calls), chunksize)]
+        return self._submit(tasks, is_array=True)
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: Optional[float] = None,
+        chunksize: int = 1,
+    ) -> Iterator[Any]:
+        """Like :meth:`concurrent.futures.Executor.map`: results in order; the jobs are submitted at once."""
+        end = None if timeout is None else time.monotonic() + timeout
+        jobs = self.map_jobs(fn, *iterables, chunksize=chunksize)
+
+        def results() -> Iterator[Any]:
+            done = 0
+            try:
+                for job in jobs:
+                    yield job.result(None if end is None else max(0.0, end - time.monotonic()))
+                    done += 1
+            finally:
+                if done < len(jobs):
+                    _cancel_jobs(jobs[done:])
+
+        return results()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[Executor]:
+        """Gather the ``submit`` calls made inside the block into one array job, submitted at the end.
+
+        If the block raises, nothing is submitted and the gathered jobs are cancelled.
+        """
+        if self._batch is not None:
+            raise RuntimeError("executor.batch() blocks cannot be nested")
+        self._batch = []
+        try:
+            yield self
+        except BaseException:
+            pending, self._batch = self._batch, None
+            for sub, _ in pending:
+                for job in sub.all_jobs:
+                    concurrent.futures.Future.cancel(job)
+            raise
+        pending, self._batch = self._batch, None
+        for sub, calls in pending:
+            self._send(sub, [[c] for c in calls])
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Optionally cancel the jobs still running (``cancel_futures``), and wait for the rest."""
+        if cancel_futures:
+            for sub in self._submissions:
+                sub.cancel_tasks(sub.live_tasks())
+        if wait:
+            concurrent.futures.wait([j for sub in self._submissions for j in sub.all_jobs])
+
+    # -- inspection ---------------------------------------------------------------------------------------
+    def render(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
+        """The exact batch script ``submit(fn, *args, **kwargs)`` would submit; nothing is submitted."""
+        _pickle_task([(fn, args, kwargs)])
+        tag = _new_tag()
+        return self._render_script(f"{self._backend.root}/{tag}", tag, None, fn, 1)
+
+    # -- internals ----------------------------------------------------------------------------------------
+    def _batch_add(self, call: Call) -> Job:
+        assert self._batch is not None
+        _pickle_task([call])
+        if not self._batch or len(self._batch[-1][1]) >= self._backend.site.max_array_size:
+            sub = self._new_submission(chunks=[], is_array=True)
+            self._batch.append((sub, []))
+        sub, calls = self._batch[-1]
+        calls.append(call)
+        sub.chunks.append(1)
+        job = Job(sub, len(sub.jobs), 0)
+        sub.jobs.append([job])
+        return job
+
+    def _submit(self, tasks: List[List[Call]], is_array: bool) -> List[Job]:
+        starts = [0]
+        for task in tasks[:-1]:
+            starts.append(starts[-1] + len(task))
+        blobs = [_pickle_task(task, first if is_array else None) for task, first in zip(tasks, starts)]
+        size = self._backend.site.max_array_size if is_array else 1
+        pieces = [(tasks[i : i + size], blobs[i : i + size]) for i in range(0, len(tasks), size)]
+        subs: List[Submission] = []
+        try:
+            for piece_tasks, piece_blobs in pieces:
+                sub = self._new_submission([len(t) for t in piece_tasks], is_array)
+                self._send(sub, piece_tasks, piece_blobs)
+                subs.append(sub)
+        except BaseException:
+            for sub in subs:  # no orphans: what was already submitted of this request is cancelled
+                with contextlib.suppress(Exception):
+                    sub.cancel_tasks(sub.live_tasks())
+            raise
+        return [job for sub in subs for job in sub.all_jobs]
+
+    def _new_submission(self, chunks: List[int], is_array: bool) -> Submission:
+        tag = _new_tag()
+        ranks = self.resources.ntasks if self.resources.launcher else 1
+        return Submission(
+            self._backend,
+            tag=tag,
+            folder=f"{self._backend.root}/{tag}",
+            script="",
+            chunks=chunks,
+            is_array=is_array,
+            ranks=ranks,
+            submit_time=0.0,
+        )
+
+    def _send(self, sub: Submission, tasks: List[List[Call]], blobs: Optional[List[bytes]] = None) -> None:
+        """Write the submission's files, submit it, record it and start watching it."""
+        backend = self._backend
+        blobs = blobs if blobs is not None else [_pickle_task(t) for t in tasks]
+        fn = tasks[0][0][0]
+        backend.check_remote_env()
+        backend.ensure_root()
+        sub.script = self._render_script(
+            sub.folder, sub.tag, len(tasks) if sub.is_array else None, fn, sum(len(t) for t in tasks)
+        )
+        transport = backend.transport
+        meta = {
+            "function": _qualname(fn),
+            "calls": [len(t) for t in tasks],
+            "is_array": sub.is_array,
+            "ranks": sub.ranks,
+            "resources": dataclasses.asdict(self.resources),
+            "client": {"host": socket.gethostname(), "user": _user(), "hpcbridge": __version__},
+        }
+        try:
+            for sub_dir in ("", "/log", "/res"):
+                transport.makedirs(sub.folder + sub_dir, mode=0o700)
+            transport.write_files(
+                {
+                    f"{sub.folder}/inputs.bin": pack_inputs(blobs),
+                    f"{sub.folder}/meta.json": json.dumps(meta, indent=1, default=str).encode(),
+                    f"{sub.folder}/script.sh": sub.script.encode(),
+                }
+            )
+            sub.submit_time = time.time()
+            out = backend.run_checked(backend.scheduler.submit_argv(f"{sub.folder}/script.sh"), "submit the job")
+            sub.job_id = backend.scheduler.parse_submit(out.stdout)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                transport.remove_tree(sub.folder)
+            raise
+        backend.registry.record(
+            tag=sub.tag,
+            site=sub.site,
+            job_id=sub.job_id,
+            folder=sub.folder,
+            is_array=sub.is_array,
+            chunks=sub.chunks,
+            ranks=sub.ranks,
+            function=_qualname(fn),
+            submit_time=sub.submit_time,
+            task_ids=[sub.task_id(t) for t in range(len(sub.chunks))],
+        )
+        self._submissions.append(sub)
+        backend.poller.add(sub)
+
+    def _render_script(
+        self, folder: str, tag: str, ntasks_array: Optional[int], fn: Callable[..., Any], ncalls: int
+    ) -> str:
+        site = self._backend.site
+        scheduler = self._backend.scheduler
+        res = self.resources
+        name = res.name or _job_name(fn)
+        workdir = os.getcwd() if site.transport == "local" else None
+        req = ScriptRequest(res, folder, name, tag, ntasks_array, workdir=workdir)
+        context = {
+            "directives": scheduler.directives(req),
+            "version": __version__,
+            "description": _describe(fn, ncalls),
+            "modules": list(site.modules),
+            "env": dict(site.env),
+            "setup": list(site.setup),
+            "task_index_expr": scheduler.task_index_expr,
+            "command": [site.python, "-u", "-m", "hpcbridge.worker", folder],
+            "site": site.name,
+            "resources": res,
+        }
+        user_dir = os.path.join(
+            os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "hpcbridge", "templates"
+        )
+        return render(scheduler.template, context, [user_dir, *site.templates])
+
+
+def _new_tag() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "?"
+
+
+def _qualname(fn: Any) -> str:
+    mod = getattr(fn, "__module__", None) or ""
+    name = getattr(fn, "__qualname__", None) or type(fn).__name__
+    return f"{mod}.{name}" if mod else name
+
+
+def _job_name(fn: Any) -> str:
+    """A scheduler-safe job name from the function's name: ``hpcb-train_model``."""
+    name = re.sub(r"[^A-Za-z0-9_.+\-]", "_", getattr(fn, "__name__", None) or type(fn).__name__)
+    return f"hpcb-{name}"[:64]
+
+
+def _describe(fn: Any, ncalls: int) -> str:
+    text = f"{_qualname(fn)}, {ncalls} call{'s' if ncalls != 1 else ''}"
+    return re.sub(r"[\r\n]", " ", text)
+
+
+def _pickle_task(task: Sequence[Call], first: Optional[int] = None) -> bytes:
+    """Pickle one task's calls, or explain exactly which part cannot be pickled.
+
+    ``first`` is the index of the task's first call within a map, for the message.
+    """
+    try:
+        return bytes(cloudpickle.dumps(list(task)))
+    except Exception as exc:
+        raise _explain(task, exc, first) from exc
+
+
+def _explain(task: Sequence[Call], exc: Exception, first: Optional[int]) -> SerializationError:
+    hint = (
+        "Pass only picklable values; create locks, open files, sockets and clients inside the function."
+    )
+    for i, (fn, args, kwargs) in enumerate(task):
+        name = _qualname(fn) + ("" if first is None else f" in call {first + i} of the map")
+        parts: List[Tuple[str, Any]] = [(f"the function {name}", fn)]
+        parts += [(f"argument {i} of {name} ({type(a).__name__})", a) for i, a in enumerate(args)]
+        parts += [(f"keyword argument {k!r} of {name} ({type(v).__name__})", v) for k, v in kwargs.items()]
+        for what, obj in parts:
+            try:
+                cloudpickle.dumps(obj)
+            except Exception as inner:
+                return SerializationError(f"cannot pickle {what}: {type(inner).__name__}: {inner}. {hint}")
+    return SerializationError(f"cannot pickle the call: {type(exc).__name__}: {exc}. {hint}")
+
+
+def _cancel_jobs(jobs: Sequence[Job]) -> None:
+    by_sub: dict[int, Tuple[Submission, List[int]]] = {}
+    for job in jobs:
+        if not job.done():
+            sub = job._submission
+            by_sub.setdefault(id(sub), (sub, []))[1].append(job.task)
+    for sub, tasks in by_sub.values():
+        with contextlib.suppress(HpcBridgeError):
+            sub.cancel_tasks(sorted(set(tasks)))
+
+
+def attach(job_id: Union[str, int], site: Union[str, Site] = "local", position: int = 0) -> Job:
+    """The :class:`Job` of an earlier submission, from any process on this machine (via the job registry).
+
+    ``position`` picks one call when several were bundled into one array task (``map_jobs(chunksize=k)``).
+    """
+    site_obj = load_site(site) if isinstance(site, str) else site
+    backend = Backend(site_obj)
+    rows = backend.registry.find(site_obj.name, str(job_id))
+    if not rows:
+        raise HpcBridgeError(
+            f"no job {job_id} of site {site_obj.name!r} in the registry {backend.registry.path}; "
+            "attach works for jobs submitted by hpcbridge from this machine and user "
+            "(see `hpcbridge status`)"
+        )
+    matching = [r for r in rows if r["position"] == position]
+    if not matching:
+        raise HpcBridgeError(f"job {job_id} holds {len(rows)} bundled call(s); position={position} is not one")
+    row = matching[0]
+    chunks = json.loads(row["chunks"])
+    sub = Submission(
+        backend,
+        tag=row["tag"],
+        folder=row["folder"],
+        script="",
+        chunks=chunks,
+        is_array=bool(row["is_array"]),
+        ranks=row["ranks"],
+        submit_time=row["submit_time"],
+        job_id=row["job_id"],
+    )
+    script = backend.transport.read_files([f"{row['folder']}/script.sh"])
+    sub.script = next(iter(script.values()), b"").decode("utf-8", "replace")
+    sub.resolved = set(range(len(chunks))) - {row["task"]}
+    backend.poller.add(sub)
+    job: Job = sub.jobs[row["task"]][position]
+    return job

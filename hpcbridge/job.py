@@ -1,0 +1,90 @@
+"""Job: a concurrent.futures.Future for one call running on a cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import html
+from typing import TYPE_CHECKING, Any, Generator, List, Optional
+
+from .state import JobState
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .poll import Submission
+
+
+class Job(concurrent.futures.Future):  # type: ignore[type-arg]
+    """The future of one call. ``job_id`` is the scheduler's id (``123`` or ``123_4`` for array tasks).
+
+    ``result()``/``exception()``/``add_done_callback``/``as_completed``/``wait`` work as for any future, and
+    ``await job`` works in asyncio code. ``cancel()`` cancels the job on the cluster.
+    """
+
+    def __init__(self, submission: Submission, task: int, position: int) -> None:
+        super().__init__()
+        self._submission = submission
+        self.task = task
+        self.position = position
+        self.state: JobState = JobState.PENDING
+        self.native_state: str = ""
+        self._rank_values: Optional[List[Any]] = None
+
+    # -- identity -----------------------------------------------------------------------------------------
+    @property
+    def job_id(self) -> str:
+        return self._submission.task_id(self.task)
+
+    @property
+    def site(self) -> str:
+        return self._submission.site
+
+    @property
+    def folder(self) -> str:
+        """The job's folder on the cluster side."""
+        return self._submission.folder
+
+    @property
+    def script(self) -> str:
+        """The batch script that was submitted."""
+        return self._submission.script
+
+    # -- logs ---------------------------------------------------------------------------------------------
+    def stdout(self, max_bytes: int = 1 << 20) -> str:
+        """The job's standard output so far (the last ``max_bytes``); empty if there is none yet."""
+        return self._submission.read_log(self.task, "out", max_bytes)
+
+    def stderr(self, max_bytes: int = 1 << 20) -> str:
+        """The job's standard error so far (the last ``max_bytes``)."""
+        return self._submission.read_log(self.task, "err", max_bytes)
+
+    # -- future -------------------------------------------------------------------------------------------
+    def cancel(self) -> bool:
+        """Cancel the job on the cluster. Calls bundled into the same task are cancelled with it.
+
+        Returns False when the job has already finished.
+        """
+        if self.done():
+            return False
+        return self._submission.cancel_task(self.task)
+
+    def running(self) -> bool:
+        return self.state == JobState.RUNNING and not self.done()
+
+    def results(self, timeout: Optional[float] = None) -> List[Any]:
+        """Every rank's return value, by rank (one item for single-task jobs)."""
+        value = self.result(timeout)
+        return list(self._rank_values) if self._rank_values is not None else [value]
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return asyncio.wrap_future(self).__await__()
+
+    # -- display ------------------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"<Job {self.job_id} {self.state.value} site={self.site!r}>"
+
+    def _repr_html_(self) -> str:
+        return (
+            "<table><tr><th>job id</th><th>state</th><th>site</th></tr>"
+            f"<tr><td>{html.escape(self.job_id)}</td><td>{html.escape(self.state.value)}</td>"
+            f"<td>{html.escape(self.site)}</td></tr></table>"
+        )

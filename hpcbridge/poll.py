@@ -1,0 +1,353 @@
+"""Status: result files as the fast path, one batched scheduler query per tick with back-off.
+
+One :class:`Poller` per executor (shared by its ``with_resources`` copies) watches every live submission:
+each tick lists each submission's ``res/`` folder (one directory read, no per-job stats) and, when the back-off
+allows, asks the scheduler about all unfinished jobs in one command. A failed query is retried later and never
+marks a job failed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
+
+import cloudpickle
+
+from . import errors
+from ._format import result_name
+from .job import Job
+from .schedulers.base import NativeStatus
+from .state import JobState
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .backend import Backend
+
+log = logging.getLogger("hpcbridge")
+
+#: seconds to wait for a result file after the scheduler reported the job finished (shared-FS lag)
+RESULT_GRACE_S = 5.0
+_KILLED = {
+    JobState.TIMEOUT: (errors.JobTimeoutError, "hit its walltime"),
+    JobState.OUT_OF_MEMORY: (errors.JobOutOfMemoryError, "ran out of memory"),
+    JobState.NODE_FAIL: (errors.JobNodeFailError, "lost a node"),
+    JobState.PREEMPTED: (errors.JobPreemptedError, "was preempted"),
+    JobState.CANCELLED: (errors.JobCancelledError, "was cancelled"),
+}
+
+
+class Submission:
+    """One scheduler job (plain or array) and the calls it carries."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        tag: str,
+        folder: str,
+        script: str,
+        chunks: List[int],
+        is_array: bool,
+        ranks: int,
+        submit_time: float,
+        job_id: str = "",
+    ) -> None:
+        self.backend = backend
+        self.site = backend.site.name
+        self.tag = tag
+        self.folder = folder
+        self.script = script
+        self.chunks = chunks
+        self.is_array = is_array
+        self.ranks = ranks
+        self.submit_time = submit_time
+        self.job_id = job_id
+        self.jobs: List[List[Job]] = [[Job(self, t, p) for p in range(n)] for t, n in enumerate(chunks)]
+        self.payloads: Dict[int, Dict[int, Any]] = {}
+        self.seen: Set[str] = set()
+        self.resolved: Set[int] = set()
+        self.final_at: Dict[int, Tuple[NativeStatus, float]] = {}
+
+    @property
+    def all_jobs(self) -> List[Job]:
+        return [j for task in self.jobs for j in task]
+
+    def task_id(self, task: int) -> str:
+        if not self.job_id:
+            return "(not submitted)"
+        return self.backend.scheduler.task_id(self.job_id, task, self.is_array)
+
+    def live_tasks(self) -> List[int]:
+        return [t for t in range(len(self.chunks)) if t not in self.resolved]
+
+    def read_log(self, task: int, kind: str, max_bytes: int) -> str:
+        data = self.backend.transport.read_tail(f"{self.folder}/log/{task}.{kind}", max_bytes)
+        return "" if data is None else data.decode("utf-8", "replace")
+
+    # -- cancel -------------------------------------------------------------------------------------------
+    def cancel_task(self, task: int) -> bool:
+        return self.cancel_tasks([task])
+
+    def cancel_tasks(self, tasks: List[int]) -> bool:
+        """Cancel tasks on the cluster; True if any was still live."""
+        with self.backend.poller.lock:
+            live = [t for t in tasks if t not in self.resolved]
+        if not live or not self.job_id:
+            return False
+        if len(live) == len(self.chunks):
+            ids = [self.job_id]
+        else:
+            ids = [self.task_id(t) for t in live]
+        self.backend.run_checked(self.backend.scheduler.cancel_argv(ids), "cancel the job")
+        with self.backend.poller.lock:
+            for t in live:
+                if t in self.resolved:
+                    continue
+                self.resolved.add(t)
+                for job in self.jobs[t]:
+                    job.state = JobState.CANCELLED
+                    job.native_state = "CANCELLED"
+                    concurrent.futures.Future.cancel(job)  # marks the future cancelled, wakes waiters
+                    self.backend.note_final(job)
+        return True
+
+    # -- resolution ---------------------------------------------------------------------------------------
+    def add_payload(self, task: int, rank: int, payload: Any) -> None:
+        self.payloads.setdefault(task, {})[rank] = payload
+
+    def try_resolve(self, task: int, now: float) -> bool:
+        """Resolve a task's jobs when its results are complete, or when the scheduler says it is over."""
+        if task in self.resolved:
+            return False
+        got = self.payloads.get(task, {})
+        final = self.final_at.get(task)
+        if len(got) >= self.ranks:
+            self._resolve_from_payloads(task, got)
+        elif final is not None:
+            status, since = final
+            waited = now - since
+            if got and 0 in got and status.state == JobState.COMPLETED:
+                self._resolve_from_payloads(task, got)
+            elif status.state in _KILLED or waited >= RESULT_GRACE_S:
+                self._resolve_killed(task, status)
+            else:
+                return False
+        else:
+            return False
+        self.resolved.add(task)
+        return True
+
+    def _resolve_from_payloads(self, task: int, got: Dict[int, Any]) -> None:
+        for pos, job in enumerate(self.jobs[task]):
+            values: List[Any] = []
+            failure: Optional[Tuple[int, Any, Tuple[Any, ...]]] = None
+            for rank in sorted(got):
+                outcomes = got[rank]["outcomes"]
+                outcome = outcomes[pos] if pos < len(outcomes) else outcomes[0]
+                if outcome[0] == "ok":
+                    values.append(outcome[1])
+                elif failure is None:
+                    failure = (rank, got[rank], outcome)
+            if failure is None:
+                job.state = JobState.COMPLETED
+                job._rank_values = values
+                job.set_result(values[0] if values else None)
+            else:
+                job.state = JobState.FAILED
+                rank, payload, outcome = failure
+                job.set_exception(self._remote_exception(job, rank, payload, outcome))
+            self.backend.note_final(job)
+
+    def _remote_exception(self, job: Job, rank: int, payload: Any, outcome: Tuple[Any, ...]) -> BaseException:
+        _, blob, type_name, message, tb_text = outcome
+        where = f"job {job.job_id}" + (f", rank {rank}" if self.ranks > 1 else "") + f", host {payload['host']}"
+        stderr_tail = _tail(job.stderr(64 * 1024), 30)
+        remote_tb = f"Remote traceback ({where}):\n{tb_text}"
+        if stderr_tail:
+            remote_tb += f"\n--- stderr of {job.job_id} (last lines) ---\n{stderr_tail}\n"
+        exc: Optional[BaseException] = None
+        if blob is not None:
+            try:
+                exc = cloudpickle.loads(blob)
+            except Exception:
+                exc = None
+        if isinstance(exc, BaseException):
+            exc.__cause__ = errors.RemoteTraceback(remote_tb)
+            try:
+                exc.remote_traceback = tb_text  # type: ignore[attr-defined]
+                exc.rank = rank  # type: ignore[attr-defined]
+            except Exception:  # exceptions with __slots__
+                pass
+            return exc
+        return errors.RemoteError(
+            f"{type_name}: {message} ({where})",
+            type_name=type_name,
+            remote_traceback=tb_text,
+            job_id=job.job_id,
+            state="FAILED",
+            stderr_tail=stderr_tail,
+        )
+
+    def _resolve_killed(self, task: int, status: NativeStatus) -> None:
+        for job in self.jobs[task]:
+            job.state = status.state
+            job.native_state = status.native
+            tail = _tail(job.stderr(64 * 1024), 30)
+            if status.state in _KILLED:
+                cls, what = _KILLED[status.state]
+                exc: BaseException = cls(
+                    f"job {job.job_id} {what} (state {status.native})",
+                    job_id=job.job_id,
+                    state=status.native,
+                    stderr_tail=tail,
+                )
+            else:
+                code = "" if status.exit_code is None else f", exit code {status.exit_code}"
+                exc = errors.JobLostError(
+                    f"job {job.job_id} ended ({status.native}{code}) without writing a result; "
+                    "the job's stderr below usually says why (python or hpcbridge missing on the node, "
+                    "a crash, a module load failure)",
+                    job_id=job.job_id,
+                    state=status.native,
+                    stderr_tail=tail,
+                )
+            job.set_exception(exc)
+            self.backend.note_final(job)
+
+
+def _tail(text: str, lines: int) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+class Poller:
+    """Watches an executor's live submissions from one background thread."""
+
+    FIRST_QUERY_S = 2.0
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.lock = threading.RLock()
+        self._subs: Dict[str, Submission] = {}
+        self._thread: Optional[threading.Thread] = None
+        self._wake = threading.Event()
+        self._query_every = self.FIRST_QUERY_S
+        self._next_query = 0.0
+        #: how many scheduler status queries this poller made (for benchmarks and tests)
+        self.queries = 0
+
+    def add(self, sub: Submission) -> None:
+        with self.lock:
+            self._subs[sub.tag] = sub
+            self._query_every = max(self.FIRST_QUERY_S, self.backend.site.poll_interval_min_s)
+            self._next_query = time.monotonic() + self._query_every
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="hpcbridge-poller", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def _live(self) -> List[Submission]:
+        with self.lock:
+            live = [s for s in self._subs.values() if s.live_tasks()]
+            for tag in [t for t, s in self._subs.items() if not s.live_tasks()]:
+                del self._subs[tag]
+            if not live:
+                self._thread = None
+            return live
+
+    def _run(self) -> None:
+        site = self.backend.site
+        tick = site.poll_interval_min_s
+        while True:
+            live = self._live()
+            if not live:
+                return
+            try:
+                progressed = self._check_files(live)
+                if time.monotonic() >= self._next_query:
+                    self._query(live)
+                    self._query_every = min(self._query_every * 2, site.poll_interval_max_s)
+                    self._next_query = time.monotonic() + self._query_every
+                progressed |= self._resolve_finished(live)
+            except Exception as exc:  # a poll must never kill the poller
+                log.warning("hpcbridge: status check failed, will retry: %s", exc)
+                progressed = False
+            self.backend.flush_states()
+            tick = site.poll_interval_min_s if progressed else min(tick * 1.5, max(2.0, site.poll_interval_min_s))
+            self._wake.wait(tick)
+            self._wake.clear()
+
+    def _check_files(self, live: List[Submission]) -> bool:
+        transport = self.backend.transport
+        wanted: Dict[str, Tuple[Submission, int, int]] = {}
+        for sub in live:
+            live_tasks = set(sub.live_tasks())
+            for name in transport.listdir(f"{sub.folder}/res"):
+                if name in sub.seen or not name.endswith(".pkl"):
+                    continue
+                parts = name.split(".")
+                if len(parts) != 3 or not (parts[0].isdigit() and parts[1].isdigit()):
+                    continue
+                task, rank = int(parts[0]), int(parts[1])
+                if task in live_tasks and result_name(task, rank) == name:
+                    wanted[f"{sub.folder}/res/{name}"] = (sub, task, rank)
+        if not wanted:
+            return False
+        data = transport.read_files(list(wanted))
+        now = time.monotonic()
+        progressed = False
+        with self.lock:
+            for path, blob in data.items():
+                sub, task, rank = wanted[path]
+                sub.seen.add(os.path.basename(path))
+                sub.add_payload(task, rank, cloudpickle.loads(blob))
+                progressed |= sub.try_resolve(task, now)
+        return progressed
+
+    def _resolve_finished(self, live: List[Submission]) -> bool:
+        now = time.monotonic()
+        progressed = False
+        with self.lock:
+            for sub in live:
+                for task in list(sub.final_at):
+                    progressed |= sub.try_resolve(task, now)
+        return progressed
+
+    def _query(self, live: List[Submission]) -> None:
+        backend = self.backend
+        scheduler = backend.scheduler
+        subs = [s for s in live if s.job_id]
+        if not subs:
+            return
+        ids = sorted({s.job_id for s in subs})
+        self.queries += 1
+        statuses = backend.query_status(ids, min(s.submit_time for s in subs))
+        if statuses is None:
+            return
+        now = time.monotonic()
+        missing: List[Tuple[Submission, int]] = []
+        with self.lock:
+            for sub in subs:
+                for task in sub.live_tasks():
+                    status = statuses.get(sub.task_id(task))
+                    if status is None:
+                        missing.append((sub, task))
+                        continue
+                    self._apply(sub, task, status, now)
+        if missing and not getattr(scheduler, "accounting", True):
+            for sub, task in missing[:20]:
+                status = backend.show_job(sub.task_id(task))
+                if status is not None:
+                    with self.lock:
+                        self._apply(sub, task, status, now)
+
+    @staticmethod
+    def _apply(sub: Submission, task: int, status: NativeStatus, now: float) -> None:
+        for job in sub.jobs[task]:
+            if not job.done():
+                job.state = status.state
+                job.native_state = status.native
+        if status.state.is_final and task not in sub.final_at:
+            sub.final_at[task] = (status, now)

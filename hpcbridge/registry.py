@@ -1,0 +1,129 @@
+"""A local SQLite record of submitted jobs, so that other processes can attach to them."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS submissions (
+    tag TEXT PRIMARY KEY,
+    site TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    folder TEXT NOT NULL,
+    is_array INTEGER NOT NULL,
+    chunks TEXT NOT NULL,
+    ranks INTEGER NOT NULL,
+    function TEXT NOT NULL,
+    submit_time REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    site TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    tag TEXT NOT NULL,
+    task INTEGER NOT NULL,
+    last_state TEXT NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (site, job_id, position)
+);
+CREATE INDEX IF NOT EXISTS jobs_by_tag ON jobs (tag);
+"""
+
+
+def home() -> str:
+    """hpcbridge's client-side directory (``$HPCBRIDGE_HOME`` or ``~/.hpcbridge``)."""
+    return os.environ.get("HPCBRIDGE_HOME") or os.path.expanduser("~/.hpcbridge")
+
+
+class Registry:
+    """Jobs this user submitted from this machine: site, job id, folder, function, submit time, last state."""
+
+    def __init__(self, path: Optional[str] = None) -> None:
+        self.path = path or os.path.join(home(), "registry.sqlite")
+
+    def _connect(self) -> sqlite3.Connection:
+        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(_SCHEMA)
+        return conn
+
+    def record(
+        self,
+        *,
+        tag: str,
+        site: str,
+        job_id: str,
+        folder: str,
+        is_array: bool,
+        chunks: List[int],
+        ranks: int,
+        function: str,
+        submit_time: float,
+        task_ids: List[str],
+    ) -> None:
+        now = time.time()
+        rows: List[Tuple[str, str, int, str, int, str, float]] = []
+        for task, (task_id, size) in enumerate(zip(task_ids, chunks)):
+            rows.extend((site, task_id, pos, tag, task, "PENDING", now) for pos in range(size))
+        conn = self._connect()
+        try:
+            with conn:
+                conn.execute(
+                    "INSERT OR REPLACE INTO submissions VALUES (?,?,?,?,?,?,?,?,?)",
+                    (tag, site, job_id, folder, int(is_array), json.dumps(chunks), ranks, function, submit_time),
+                )
+                conn.executemany("INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?)", rows)
+        finally:
+            conn.close()
+
+    def update_states(self, site: str, updates: Iterable[Tuple[str, int, str]]) -> None:
+        """``(job_id, position, state)`` rows."""
+        now = time.time()
+        rows = [(state, now, site, job_id, pos) for job_id, pos, state in updates]
+        if not rows:
+            return
+        conn = self._connect()
+        try:
+            with conn:
+                conn.executemany(
+                    "UPDATE jobs SET last_state=?, updated=? WHERE site=? AND job_id=? AND position=?", rows
+                )
+        finally:
+            conn.close()
+
+    def find(self, site: str, job_id: str) -> List[Dict[str, Any]]:
+        """Rows for ``job_id`` (several when calls were bundled into one task), with their submission."""
+        conn = self._connect()
+        conn.row_factory = sqlite3.Row
+        try:
+            cur = conn.execute(
+                "SELECT j.position, j.task, j.last_state, s.* FROM jobs j JOIN submissions s ON j.tag = s.tag "
+                "WHERE j.site=? AND j.job_id=? ORDER BY j.position",
+                (site, job_id),
+            )
+            return [dict(r) for r in cur.fetchall()]
+        finally:
+            conn.close()
+
+    def jobs(self, site: Optional[str] = None, limit: int = 1000) -> List[Dict[str, Any]]:
+        """The most recent jobs, newest first."""
+        conn = self._connect()
+        conn.row_factory = sqlite3.Row
+        try:
+            query = (
+                "SELECT j.site, j.job_id, j.position, j.task, j.last_state, j.updated, s.function, s.folder, "
+                "s.submit_time, s.tag FROM jobs j JOIN submissions s ON j.tag = s.tag"
+            )
+            args: Tuple[Any, ...] = ()
+            if site:
+                query += " WHERE j.site=?"
+                args = (site,)
+            query += " ORDER BY s.submit_time DESC, j.task, j.position LIMIT ?"
+            return [dict(r) for r in conn.execute(query, args + (limit,)).fetchall()]
+        finally:
+            conn.close()

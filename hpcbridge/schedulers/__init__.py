@@ -1,0 +1,1 @@
+"""Scheduler adapters: pure argv builders and output parsers, one module per batch system."""

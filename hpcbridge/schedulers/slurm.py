@@ -1,0 +1,181 @@
+"""Slurm adapter: sbatch / sacct / squeue / scontrol / scancel argv and their parsers (pure)."""
+
+from __future__ import annotations
+
+import time
+from typing import Dict, List, Optional, Sequence
+
+from ..errors import SchedulerError
+from ..state import JobState
+from .base import NativeStatus, ScriptRequest, expand_array_id
+
+#: Slurm's base state names (as sacct/squeue print them) -> normalised state.
+STATES: Dict[str, JobState] = {
+    "PENDING": JobState.PENDING,
+    "REQUEUED": JobState.PENDING,
+    "REQUEUE_FED": JobState.PENDING,
+    "REQUEUE_HOLD": JobState.PENDING,
+    "RESV_DEL_HOLD": JobState.PENDING,
+    "CONFIGURING": JobState.RUNNING,
+    "RUNNING": JobState.RUNNING,
+    "COMPLETING": JobState.RUNNING,
+    "SUSPENDED": JobState.RUNNING,
+    "STOPPED": JobState.RUNNING,
+    "RESIZING": JobState.RUNNING,
+    "SIGNALING": JobState.RUNNING,
+    "STAGE_OUT": JobState.RUNNING,
+    "COMPLETED": JobState.COMPLETED,
+    "FAILED": JobState.FAILED,
+    "BOOT_FAIL": JobState.FAILED,
+    "DEADLINE": JobState.FAILED,
+    "REVOKED": JobState.FAILED,
+    "SPECIAL_EXIT": JobState.FAILED,
+    "CANCELLED": JobState.CANCELLED,
+    "TIMEOUT": JobState.TIMEOUT,
+    "PREEMPTED": JobState.PREEMPTED,
+    "NODE_FAIL": JobState.NODE_FAIL,
+    "OUT_OF_MEMORY": JobState.OUT_OF_MEMORY,
+}
+
+SACCT_FIELDS = "JobID,State,ExitCode,NodeList"
+SQUEUE_FORMAT = "%i|%T|%r|%N"
+
+
+def normalise(native: str) -> JobState:
+    """``'CANCELLED by 2001'`` -> CANCELLED; unknown names -> UNKNOWN."""
+    base = native.strip().split(" ", 1)[0].rstrip("+")
+    return STATES.get(base, JobState.UNKNOWN)
+
+
+def _exit_code(text: str) -> Optional[int]:
+    code = text.strip().split(":", 1)[0]
+    return int(code) if code.isdigit() else None
+
+
+def walltime_arg(seconds: int) -> str:
+    days, rest = divmod(seconds, 86400)
+    h, rest = divmod(rest, 3600)
+    m, s = divmod(rest, 60)
+    return f"{days}-{h:02d}:{m:02d}:{s:02d}" if days else f"{h:02d}:{m:02d}:{s:02d}"
+
+
+class SlurmScheduler:
+    """Slurm through its command-line tools."""
+
+    name = "slurm"
+    template = "slurm.sh.j2"
+    task_index_expr = "${SLURM_ARRAY_TASK_ID:-0}"
+
+    def __init__(self, accounting: bool = True, gpu_directive: str = "gpus-per-node") -> None:
+        self.accounting = accounting
+        self.gpu_directive = gpu_directive
+
+    # -- submission ---------------------------------------------------------------------------------------
+    def directives(self, req: ScriptRequest) -> List[str]:
+        r = req.resources
+        log = f"{req.folder}/log/%a" if req.ntasks_array is not None else f"{req.folder}/log/0"
+        out = [
+            f"--job-name={req.job_name}",
+            f"--output={log}.out",
+            f"--error={log}.err",
+            f"--comment=hpcbridge:{req.tag}",
+            f"--nodes={r.nodes}",
+            f"--ntasks-per-node={r.tasks_per_node}",
+            f"--cpus-per-task={r.cpus_per_task}",
+        ]
+        if r.mem_mb is not None:
+            out.append(f"--mem={r.mem_mb}M")
+        if r.walltime_s is not None:
+            out.append(f"--time={walltime_arg(r.walltime_s)}")
+        if r.gpus_per_node:
+            if self.gpu_directive == "gres":
+                out.append(f"--gres=gpu:{r.gpus_per_node}")
+            else:
+                out.append(f"--gpus-per-node={r.gpus_per_node}")
+        for key in ("partition", "account", "qos"):
+            value = getattr(r, key)
+            if value:
+                out.append(f"--{key}={value}")
+        if req.ntasks_array is not None:
+            arr = f"--array=0-{req.ntasks_array - 1}"
+            if r.array_parallelism:
+                arr += f"%{r.array_parallelism}"
+            out.append(arr)
+        if req.workdir:
+            out.append(f"--chdir={req.workdir}")
+        out.extend(r.extra_directives)
+        return out
+
+    def submit_argv(self, script_path: str) -> List[str]:
+        return ["sbatch", "--parsable", script_path]
+
+    def parse_submit(self, stdout: str) -> str:
+        for line in reversed(stdout.strip().splitlines()):
+            job_id = line.strip().split(";", 1)[0]
+            if job_id.isdigit():
+                return job_id
+        raise SchedulerError(f"sbatch printed no job id: {stdout.strip()!r}")
+
+    def task_id(self, job_id: str, index: int, is_array: bool) -> str:
+        return f"{job_id}_{index}" if is_array else job_id
+
+    # -- status -------------------------------------------------------------------------------------------
+    def status_argv(self, job_ids: Sequence[str], since_epoch: float) -> List[str]:
+        if self.accounting:
+            since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since_epoch - 86400))
+            return [
+                "sacct",
+                "--noheader",
+                "--parsable2",
+                "--allocations",
+                f"--format={SACCT_FIELDS}",
+                f"--starttime={since}",
+                f"--jobs={','.join(job_ids)}",
+            ]
+        return [
+            "squeue",
+            "--noheader",
+            "--array",
+            "--states=all",
+            f"--format={SQUEUE_FORMAT}",
+            f"--jobs={','.join(job_ids)}",
+        ]
+
+    def parse_status(self, stdout: str) -> Dict[str, NativeStatus]:
+        out: Dict[str, NativeStatus] = {}
+        for line in stdout.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) < 2 or not parts[0]:
+                continue
+            if self.accounting:
+                job_id, native, code, nodes = (parts + ["", "", ""])[:4]
+                exit_code, reason = _exit_code(code), ""
+            else:
+                job_id, native, reason, nodes = (parts + ["", "", ""])[:4]
+                exit_code = None
+            if "." in job_id:  # a step (batch, extern, 0 ...): not the allocation
+                continue
+            for task in expand_array_id(job_id):
+                out[task] = NativeStatus(task, normalise(native), native, exit_code, reason, nodes)
+        return out
+
+    def show_job_argv(self, task_id: str) -> List[str]:
+        """``scontrol show job`` for a job that left squeue's view (accounting off)."""
+        return ["scontrol", "--oneliner", "show", "job", task_id]
+
+    def parse_show_job(self, task_id: str, stdout: str) -> Optional[NativeStatus]:
+        fields = dict(tok.split("=", 1) for tok in stdout.split() if "=" in tok)
+        native = fields.get("JobState")
+        if native is None:
+            return None
+        return NativeStatus(
+            task_id,
+            normalise(native),
+            native,
+            _exit_code(fields.get("ExitCode", "")),
+            fields.get("Reason", ""),
+            fields.get("NodeList", ""),
+        )
+
+    def cancel_argv(self, job_ids: Sequence[str]) -> List[str]:
+        return ["scancel", *job_ids]

@@ -1,0 +1,204 @@
+"""Resource requests: parsing, validation and normalisation (pure)."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from .errors import ResourceError
+
+LAUNCHERS = ("srun", "mpirun", "torchrun")
+_TOKEN = re.compile(r"^[A-Za-z0-9_.+\-]+$")
+_NAME = re.compile(r"^[A-Za-z0-9_.+\-]{1,100}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Resources:
+    """What one job asks of the scheduler.
+
+    ``walltime_s`` and ``mem_gb`` are normalised; pass ``walltime`` (minutes or ``"HH:MM:SS"``) and ``mem_gb``
+    (a number, or a string with a unit such as ``"512MB"``) to :func:`resources_from`.
+    """
+
+    nodes: int = 1
+    tasks_per_node: int = 1
+    cpus_per_task: int = 1
+    gpus_per_node: int = 0
+    mem_gb: Optional[float] = None
+    walltime_s: Optional[int] = None
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    name: Optional[str] = None
+    extra_directives: Tuple[str, ...] = ()
+    launcher: Optional[str] = None
+    array_parallelism: Optional[int] = None
+
+    @property
+    def walltime_hms(self) -> Optional[str]:
+        """Walltime as ``HH:MM:SS`` (hours may exceed 24), or None."""
+        if self.walltime_s is None:
+            return None
+        h, rest = divmod(self.walltime_s, 3600)
+        m, s = divmod(rest, 60)
+        return f"{h:02d}:{m:02d}:{s:02d}"
+
+    @property
+    def mem_mb(self) -> Optional[int]:
+        return None if self.mem_gb is None else int(math.ceil(self.mem_gb * 1024))
+
+    @property
+    def ntasks(self) -> int:
+        return self.nodes * self.tasks_per_node
+
+
+#: Keyword names accepted by ``Executor(**resources)`` and ``with_resources``.
+RESOURCE_NAMES = (
+    "nodes",
+    "tasks_per_node",
+    "cpus_per_task",
+    "gpus_per_node",
+    "mem_gb",
+    "walltime",
+    "partition",
+    "account",
+    "qos",
+    "name",
+    "extra_directives",
+    "launcher",
+    "array_parallelism",
+)
+
+
+def did_you_mean(word: str, choices: Any) -> str:
+    """A `` (did you mean 'x'?)`` suffix, or an empty string."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_names(kwargs: Mapping[str, Any], valid: Any = RESOURCE_NAMES, what: str = "resource") -> None:
+    """Raise :class:`ResourceError` for the first unknown key, listing the valid ones."""
+    for key in kwargs:
+        if key not in valid:
+            raise ResourceError(
+                f"unknown {what} {key!r}{did_you_mean(key, valid)}; valid {what}s: {', '.join(valid)}"
+            )
+
+
+def resources_from(base: Resources, kwargs: Mapping[str, Any]) -> Resources:
+    """Return ``base`` updated with user keywords, validated and normalised."""
+    check_names(kwargs)
+    fields: Dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key == "walltime":
+            fields["walltime_s"] = None if value is None else parse_walltime(value)
+        elif key == "mem_gb":
+            fields["mem_gb"] = None if value is None else parse_mem_gb(value)
+        elif key in ("nodes", "tasks_per_node", "cpus_per_task"):
+            fields[key] = _positive_int(key, value)
+        elif key == "gpus_per_node":
+            fields[key] = _positive_int(key, value, minimum=0)
+        elif key == "array_parallelism":
+            fields[key] = None if value is None else _positive_int(key, value)
+        elif key in ("partition", "account", "qos"):
+            fields[key] = None if value is None else _token(key, value, _TOKEN)
+        elif key == "name":
+            fields[key] = None if value is None else _token(key, value, _NAME)
+        elif key == "extra_directives":
+            fields[key] = _directives(value)
+        elif key == "launcher":
+            if value is not None and value not in LAUNCHERS:
+                raise ResourceError(
+                    f"launcher={value!r} is not known{did_you_mean(str(value), LAUNCHERS)}; "
+                    f"use one of {', '.join(LAUNCHERS)} or None"
+                )
+            fields[key] = value
+    return dataclasses.replace(base, **fields)
+
+
+def _positive_int(key: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ResourceError(f"{key}={value!r} must be a whole number >= {minimum}")
+    return value
+
+
+def _token(key: str, value: Any, pattern: re.Pattern[str]) -> str:
+    if not isinstance(value, str) or not pattern.match(value):
+        raise ResourceError(
+            f"{key}={value!r} must be letters, digits and . _ + - only (no spaces or quotes)"
+        )
+    return value
+
+
+def _directives(value: Any) -> Tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    out = []
+    for item in value or ():
+        if not isinstance(item, str) or not item.startswith("-") or "\n" in item or "\r" in item:
+            raise ResourceError(
+                f"extra_directives entry {item!r} must be one scheduler option such as '--constraint=a100'"
+            )
+        out.append(item)
+    return tuple(out)
+
+
+_WALL_FORMS = "minutes (90), 'MM:SS', 'HH:MM:SS', 'D-HH', 'D-HH:MM' or 'D-HH:MM:SS'"
+
+
+def parse_walltime(value: Any) -> int:
+    """Walltime in seconds from minutes (number) or Slurm's time grammar."""
+    bad = ResourceError(f"walltime={value!r} is not a duration; give {_WALL_FORMS}")
+    if isinstance(value, bool):
+        raise bad
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value) or value <= 0:
+            raise ResourceError(f"walltime={value!r} must be more than 0 minutes")
+        return int(math.ceil(value * 60))
+    if not isinstance(value, str):
+        raise bad
+    text = value.strip()
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
+    if not m:
+        raise bad
+    days, a, b, c = m.groups()
+    nums = [int(x) for x in (a, b, c) if x is not None]
+    if days is not None:
+        h, mi, s = (nums + [0, 0])[:3]
+        seconds = int(days) * 86400 + h * 3600 + mi * 60 + s
+    elif len(nums) == 1:
+        seconds = nums[0] * 60
+    elif len(nums) == 2:
+        seconds = nums[0] * 60 + nums[1]
+    else:
+        seconds = nums[0] * 3600 + nums[1] * 60 + nums[2]
+    if len(nums) >= 2 and (nums[-1] >= 60 or (len(nums) == 3 and nums[1] >= 60)):
+        raise bad
+    if seconds <= 0:
+        raise ResourceError(f"walltime={value!r} must be more than 0 minutes")
+    return seconds
+
+
+_UNITS = {"": 1.0, "k": 1 / 1024**2, "m": 1 / 1024, "g": 1.0, "t": 1024.0}
+
+
+def parse_mem_gb(value: Any) -> float:
+    """Memory in GB from a number (GB) or a string with a unit: '512MB', '4G', '1.5TB'."""
+    bad = ResourceError(f"mem_gb={value!r} is not a memory size; give GB as a number (4) or a string like '512MB'")
+    if isinstance(value, bool):
+        raise bad
+    if isinstance(value, (int, float)):
+        gb = float(value)
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)[bB]?\s*", value)
+        if not m:
+            raise bad
+        gb = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    else:
+        raise bad
+    if not math.isfinite(gb) or gb <= 0:
+        raise ResourceError(f"mem_gb={value!r} must be more than 0")
+    return gb

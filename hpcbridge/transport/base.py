@@ -1,0 +1,60 @@
+"""The transport seam: the only place that runs processes and touches files on the cluster side."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Iterable, List, Mapping, Optional, Protocol, Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class Completed:
+    """What a command returned."""
+
+    argv: List[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Transport(Protocol):
+    """Run argv lists and move bytes on the cluster side (locally, or over SSH).
+
+    Paths are cluster-side paths. ``~`` is expanded by :meth:`expanduser` only.
+    """
+
+    name: str
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        input: Optional[bytes] = None,
+        env: Optional[Mapping[str, str]] = None,
+        cwd: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> Completed:
+        """Run ``argv`` (never through a shell) and return its output; does not raise on non-zero exit."""
+
+    def expanduser(self, path: str) -> str:
+        """``~`` and ``~user`` expanded on the cluster side."""
+
+    def makedirs(self, path: str, mode: int = 0o700) -> None:
+        """Create ``path`` and parents; new directories get ``mode``."""
+
+    def write_files(self, files: Mapping[str, bytes], mode: int = 0o600) -> None:
+        """Write several files, each atomically (temporary name, then rename)."""
+
+    def read_files(self, paths: Iterable[str]) -> Dict[str, bytes]:
+        """Read several files; missing ones are left out of the result."""
+
+    def listdir(self, path: str) -> List[str]:
+        """Names in ``path``; an empty list if it does not exist."""
+
+    def read_tail(self, path: str, max_bytes: int) -> Optional[bytes]:
+        """The last ``max_bytes`` of a file, or None if it does not exist."""
+
+    def remove_tree(self, path: str) -> None:
+        """Remove a folder and everything in it; no error if it is gone."""
+
+    def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,101 @@
+"""Local transport: subprocess with argv lists, and the local filesystem."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+
+from ..errors import TransportError
+from .base import Completed
+
+
+class LocalTransport:
+    """Runs commands on this machine (a login node, or the ``local`` site)."""
+
+    name = "local"
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        input: Optional[bytes] = None,
+        env: Optional[Mapping[str, str]] = None,
+        cwd: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> Completed:
+        argv = [str(a) for a in argv]
+        try:
+            proc = subprocess.run(  # noqa: S603 - argv list, no shell
+                argv,
+                input=input,
+                capture_output=True,
+                env=dict(env) if env is not None else None,
+                cwd=cwd,
+                timeout=timeout,
+                check=False,
+            )
+        except FileNotFoundError as exc:
+            raise TransportError(f"command not found: {argv[0]!r} (is it installed and on PATH?)") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise TransportError(f"command timed out after {timeout} s: {' '.join(argv)}") from exc
+        return Completed(
+            argv,
+            proc.returncode,
+            proc.stdout.decode("utf-8", "replace"),
+            proc.stderr.decode("utf-8", "replace"),
+        )
+
+    def expanduser(self, path: str) -> str:
+        return os.path.expanduser(path)
+
+    def makedirs(self, path: str, mode: int = 0o700) -> None:
+        os.makedirs(path, mode=mode, exist_ok=True)
+
+    def write_files(self, files: Mapping[str, bytes], mode: int = 0o600) -> None:
+        for path, data in files.items():
+            directory = os.path.dirname(path) or "."
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                os.chmod(tmp, mode)
+                os.replace(tmp, path)
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise
+
+    def read_files(self, paths: Iterable[str]) -> Dict[str, bytes]:
+        out: Dict[str, bytes] = {}
+        for path in paths:
+            try:
+                with open(path, "rb") as fh:
+                    out[path] = fh.read()
+            except FileNotFoundError:
+                pass
+        return out
+
+    def listdir(self, path: str) -> List[str]:
+        try:
+            return os.listdir(path)
+        except FileNotFoundError:
+            return []
+
+    def read_tail(self, path: str, max_bytes: int) -> Optional[bytes]:
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                size = fh.tell()
+                fh.seek(max(0, size - max_bytes))
+                return fh.read()
+        except FileNotFoundError:
+            return None
+
+    def remove_tree(self, path: str) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    def close(self) -> None:
+        return None

@@ -1,0 +1,99 @@
+"""Runs inside the job: load this task's calls, run them, write the outcomes atomically.
+
+Started as ``python -u -m hpcbridge.worker FOLDER`` with ``HPCBRIDGE_TASK`` naming the task. Imports only the
+standard library, cloudpickle and hpcbridge._format: every job start pays for them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+import traceback
+from typing import Any, Dict, List, Optional, Tuple
+
+RANK_VARS = ("HPCBRIDGE_RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "RANK")
+
+Outcome = Tuple[Any, ...]
+
+
+def current_rank() -> int:
+    """This process's rank from the launcher's variables (0 outside a multi-task launch)."""
+    for var in RANK_VARS:
+        value = os.environ.get(var)
+        if value is not None and value.isdigit():
+            return int(value)
+    return 0
+
+
+def _error_outcome(exc: BaseException, tb_text: str, dumps: Any) -> Outcome:
+    try:
+        blob: Optional[bytes] = dumps(exc)
+    except Exception:
+        blob = None
+    return ("err", blob, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), tb_text)
+
+
+def run_calls(calls: List[Tuple[Any, Tuple[Any, ...], Dict[str, Any]]], dumps: Any) -> List[Outcome]:
+    outcomes: List[Outcome] = []
+    for fn, args, kwargs in calls:
+        try:
+            value = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: B036 - SystemExit/KeyboardInterrupt in user code are reported too
+            outcomes.append(_error_outcome(exc, traceback.format_exc(), dumps))
+            continue
+        try:
+            dumps(value)
+        except Exception as exc:
+            msg = f"the function returned a value that cannot be pickled ({type(value).__name__}): {exc}"
+            outcomes.append(("err", None, "hpcbridge.errors.SerializationError", msg, traceback.format_exc()))
+            continue
+        outcomes.append(("ok", value))
+    return outcomes
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m hpcbridge.worker FOLDER  (HPCBRIDGE_TASK names the task)", file=sys.stderr)
+        return 2
+    import cloudpickle
+
+    from hpcbridge import _format
+
+    folder = argv[0]
+    task = int(os.environ.get("HPCBRIDGE_TASK", "0") or 0)
+    rank = current_rank()
+    started = time.time()
+    try:
+        calls = cloudpickle.loads(_format.read_input(os.path.join(folder, "inputs.bin"), task))
+    except BaseException as exc:
+        hint = (
+            "could not load the call on the cluster side "
+            f"({type(exc).__name__}: {exc}). If a module is missing there, install it into the cluster's "
+            "python, or ship it by value with cloudpickle.register_pickle_by_value(module)."
+        )
+        outcome = ("err", None, "hpcbridge.errors.RemoteEnvironmentError", hint, traceback.format_exc())
+        outcomes: List[Outcome] = [outcome]
+    else:
+        outcomes = run_calls(calls, cloudpickle.dumps)
+    payload = {
+        "outcomes": outcomes,
+        "rank": rank,
+        "host": socket.gethostname(),
+        "started": started,
+        "finished": time.time(),
+    }
+    data = cloudpickle.dumps(payload)
+    _format.write_atomic(os.path.join(folder, "res", _format.result_name(task, rank)), data)
+    failed = [o for o in outcomes if o[0] == "err"]
+    for o in failed:
+        sys.stderr.write(o[4] if o[4] else f"{o[2]}: {o[3]}\n")
+    if failed:
+        print(f"hpcbridge: {len(failed)} of {len(outcomes)} call(s) raised (rank {rank})", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Batch-script templates shipped with hpcbridge (Jinja)."""

@@ -1,0 +1,202 @@
+"""Fixtures for tests against the live Slurm test cluster (tests/cluster/up, docs/testcluster.md).
+
+``cluster`` (session): checks the cluster is up (sinfo answers and shows 3 responding nodes). When it is not,
+the test fails with the reason if CI=true, and is skipped with the reason (and how to start the cluster)
+otherwise. It returns a :class:`LiveCluster` with small helpers (``run``, ``sbatch``, ``wait_job``,
+``client``) that always use timeouts, so nothing hangs.
+
+``cluster_workdir`` (function): a fresh directory for one test's job files on the shared scratch (or home),
+visible on every node. Never use ``tmp_path`` for job files: each node has its own private /tmp.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import pytest
+
+NODES = ("node1", "node2", "node3")
+CLUSTER_NET_PREFIX = "10.77.0."
+STAGE = Path("/opt/hpcbridge-test")
+STAGED_CLIENT = STAGE / "src" / "tests" / "cluster" / "client"
+LOCAL_CLIENT = Path(__file__).resolve().parents[1] / "cluster" / "client"
+UP_HINT = "start it as root with: tests/cluster/up   (see docs/testcluster.md)"
+TERMINAL_STATES = (
+    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
+    "PREEMPTED", "BOOT_FAIL", "DEADLINE", "REVOKED",
+)
+# Env that OpenMPI jobs need here. The cluster already sets btl=self,tcp and the TCP interfaces in
+# /etc/openmpi/openmpi-mca-params.conf; this is only the extra needed when a test runs as root.
+ROOT_MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+
+
+def _run(args: Sequence[str], timeout: float, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - fixed argv lists, no shell
+        list(args), capture_output=True, text=True, timeout=timeout, check=False, **kw
+    )
+
+
+def cluster_problem() -> str | None:
+    """Why the live cluster is not usable, or None when sinfo shows 3 responding nodes."""
+    if shutil.which("sinfo") is None:
+        return "sinfo is not installed (the Slurm client packages are missing)"
+    try:
+        p = _run(["sinfo", "-h", "-N", "-p", "debug", "-o", "%N %t"], timeout=30)
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer within 30 s"
+    if p.returncode != 0:
+        lines = [line.strip() for line in (p.stderr or p.stdout).splitlines() if line.strip()]
+        return f"sinfo failed (exit {p.returncode}): {lines[-1][:300] if lines else 'no output'}"
+    states = dict(line.split() for line in p.stdout.splitlines() if line.strip())
+    if sorted(states) != list(NODES):
+        return f"sinfo shows nodes {sorted(states)}, expected {list(NODES)}"
+    # a suffix (*, ~, #, %, ...) means not responding / powered down / rebooting
+    bad = {n: s for n, s in states.items() if s not in ("idle", "mix", "alloc", "comp", "plnd")}
+    if bad:
+        return f"nodes not responding or not usable: {bad}"
+    return None
+
+
+_STATUS: dict[str, str | None] = {}
+
+
+def _status() -> str | None:
+    if "problem" not in _STATUS:
+        _STATUS["problem"] = cluster_problem()
+    return _STATUS["problem"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "live: needs the live test cluster (tests/cluster/up)")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    problem = _status()
+    if problem is None:
+        return ["live test cluster: up (node1..node3 responding)"]
+    ci = os.environ.get("CI", "").lower() == "true"
+    return [f"live test cluster: NOT UP: {problem}; live tests will {'FAIL (CI=true)' if ci else 'skip'}; "
+            + UP_HINT]
+
+
+@dataclass
+class Job:
+    jobid: str
+    state: str
+    exit_code: str
+    sacct: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class LiveCluster:
+    """Helpers around the Slurm commands of the live test cluster (run as the current user)."""
+
+    user: str
+    nodes: tuple[str, ...] = NODES
+
+    def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ)
+        if os.geteuid() == 0:
+            env.update(ROOT_MPI_ENV)
+        env.update(extra or {})
+        return env
+
+    def run(
+        self, args: Sequence[str], *, timeout: float = 60, check: bool = True, cwd: str | Path | None = None,
+        env: Mapping[str, str] | None = None, input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command with a timeout; with check=True fail the test (showing its output) on exit != 0."""
+        try:
+            p = _run(args, timeout=timeout, cwd=cwd, env=self.env(env), input=input)
+        except subprocess.TimeoutExpired as e:
+            pytest.fail(f"{list(args)} timed out after {timeout} s; output so far: {e.stdout!r} {e.stderr!r}")
+        if check and p.returncode != 0:
+            pytest.fail(f"{list(args)} exited {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}")
+        return p
+
+    def sbatch(self, script: Path, *args: str, workdir: Path, env: Mapping[str, str] | None = None) -> str:
+        """Submit a batch script from ``workdir``; returns the job id."""
+        p = self.run(["sbatch", "--parsable", "-D", str(workdir), *args, str(script)], cwd=workdir, env=env,
+                     timeout=30)
+        jobid = p.stdout.strip().split(";")[0]
+        assert re.fullmatch(r"\d+", jobid), f"unexpected sbatch output: {p.stdout!r}"
+        return jobid
+
+    def sacct(self, jobid: str) -> dict[str, str]:
+        """The accounting record of the job allocation (sacct -X), {} while slurmdbd has none yet."""
+        fields = ["JobID", "JobName", "State", "ExitCode", "NodeList", "NNodes", "Partition", "User"]
+        p = self.run(["sacct", "-n", "-X", "-P", "-j", jobid, "-o", ",".join(fields)], timeout=30, check=False)
+        for line in p.stdout.splitlines():
+            values = line.split("|")
+            if len(values) == len(fields) and values[0] == jobid:
+                return dict(zip(fields, values))
+        return {}
+
+    def wait_job(self, jobid: str, timeout: float = 180) -> Job:
+        """Poll sacct until the job reached a final state (a few seconds for small jobs here)."""
+        deadline = time.monotonic() + timeout
+        rec: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            rec = self.sacct(jobid)
+            state = rec.get("State", "")
+            if state.split(" ")[0] in TERMINAL_STATES:
+                return Job(jobid, state.split(" ")[0], rec.get("ExitCode", ""), rec)
+            time.sleep(0.5)
+        squeue = self.run(["squeue", "-j", jobid, "-o", "%i %T %r %N"], check=False, timeout=30).stdout
+        pytest.fail(f"job {jobid} did not finish within {timeout} s; sacct: {rec}; squeue: {squeue}")
+
+    def client(
+        self, args: Sequence[str], *, timeout: float = 60, user: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command on the user's "laptop" (the client namespace), never raising on exit != 0."""
+        if os.geteuid() == 0:
+            cmd = [str(LOCAL_CLIENT)]
+        else:
+            cmd = ["sudo", "-n", str(STAGED_CLIENT)]
+        if user:
+            cmd += ["--user", user]
+        try:
+            return _run([*cmd, *args], timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            pytest.fail(f"client {list(args)} timed out after {timeout} s; output so far: {e.stdout!r} {e.stderr!r}")
+
+
+@pytest.fixture(scope="session")
+def cluster() -> LiveCluster:
+    problem = _status()
+    if problem is not None:
+        msg = f"the live test cluster is not up: {problem}; {UP_HINT}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)
+    return LiveCluster(user=getpass.getuser())
+
+
+@pytest.fixture(scope="session")
+def _cluster_session_dir(cluster: LiveCluster, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """One directory per pytest session on the shared scratch (else home); removed if every test passed."""
+    scratch = Path("/scratch") / cluster.user
+    base = scratch if scratch.is_dir() and os.access(scratch, os.W_OK) else Path.home()
+    d = base / "hpcbridge-tests" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    d.mkdir(parents=True)
+    yield d
+    if request.session.testsfailed == 0:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture()
+def cluster_workdir(_cluster_session_dir: Path, request: pytest.FixtureRequest) -> Path:
+    """A fresh directory for this test's job files, visible on every node (never under /tmp)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)[:80]
+    d = _cluster_session_dir / name
+    d.mkdir()
+    return d

@@ -1,0 +1,244 @@
+"""The built-in ``local`` site: real worker processes under hpcbridge's tiny local batch system."""
+
+import asyncio
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from hpcbridge import Executor, JobState, attach
+from hpcbridge.errors import HpcBridgeError, RemoteError, ResourceError, SerializationError, UnknownSiteError
+
+
+@pytest.fixture
+def ex(tmp_path):
+    return Executor(site="local", folder=str(tmp_path / "jobs"))
+
+
+def square(x):
+    return x * x
+
+
+def fail(x):
+    raise KeyError(f"no such key {x}")
+
+
+class Unpicklable(Exception):
+    def __reduce__(self):
+        raise TypeError("nope")
+
+
+def fail_unpicklable():
+    raise Unpicklable("odd")
+
+
+def talk():
+    print("to stdout")
+    print("to stderr", file=sys.stderr)
+    return os.getpid()
+
+
+def test_submit_returns_a_future_with_the_result(ex):
+    job = ex.submit(square, 12)
+    assert isinstance(job, concurrent.futures.Future)
+    assert job.result(timeout=60) == 144
+    assert job.state == JobState.COMPLETED and job.done() and not job.running()
+    assert job.script.startswith("#!/bin/bash\n") and "hpcbridge.worker" in job.script
+
+
+def test_remote_exception_is_reraised_with_its_type_and_traceback(ex):
+    job = ex.submit(fail, 7)
+    with pytest.raises(KeyError, match="no such key 7") as info:
+        job.result(timeout=60)
+    cause = info.value.__cause__
+    assert cause is not None and "Remote traceback (job" in str(cause) and "in fail" in str(cause)
+    assert "raise KeyError" in info.value.remote_traceback
+    assert job.state == JobState.FAILED
+    assert "KeyError" in job.stderr()
+
+
+def test_exception_that_cannot_be_unpickled_becomes_remote_error(ex):
+    with pytest.raises(RemoteError, match="Unpicklable: odd") as info:
+        ex.submit(fail_unpicklable).result(timeout=60)
+    assert info.value.type_name.endswith("Unpicklable") and "fail_unpicklable" in info.value.remote_traceback
+
+
+def test_map_yields_results_in_order_from_one_array(ex):
+    assert list(ex.map(square, range(20))) == [x * x for x in range(20)]
+    jobs = ex.map_jobs(square, range(5))
+    assert [j.job_id.rsplit("_", 1)[1] for j in jobs] == ["0", "1", "2", "3", "4"]
+    assert len({j.job_id.rsplit("_", 1)[0] for j in jobs}) == 1
+
+
+def test_map_with_several_iterables_and_timeout(ex):
+    assert list(ex.map(pow, [2, 3], [5, 2], timeout=60)) == [32, 9]
+
+
+def test_chunksize_bundles_calls_into_fewer_tasks(ex, tmp_path):
+    jobs = ex.map_jobs(square, range(10), chunksize=4)
+    assert [j.result(60) for j in jobs] == [x * x for x in range(10)]
+    assert len({j.job_id for j in jobs}) == 3  # tasks of 4, 4 and 2 calls
+    folders = os.listdir(tmp_path / "jobs")
+    assert len(folders) == 1
+    assert sorted(os.listdir(tmp_path / "jobs" / folders[0] / "res")) == ["0.0.pkl", "1.0.pkl", "2.0.pkl"]
+
+
+def test_batch_gathers_submits_into_one_array(ex, tmp_path):
+    with ex.batch():
+        jobs = [ex.submit(square, i) for i in range(4)]
+        jobs.append(ex.submit(pow, 2, 8))
+    assert [j.result(60) for j in jobs] == [0, 1, 4, 9, 256]
+    assert len(os.listdir(tmp_path / "jobs")) == 1
+
+
+def test_batch_that_raises_submits_nothing(ex, tmp_path):
+    with pytest.raises(RuntimeError, match="boom"):
+        with ex.batch():
+            job = ex.submit(square, 1)
+            raise RuntimeError("boom")
+    assert job.cancelled()
+    assert not (tmp_path / "jobs").exists() or os.listdir(tmp_path / "jobs") == []
+
+
+def test_cancel_stops_a_running_job(ex, tmp_path):
+    marker = tmp_path / "started"
+    job = ex.submit(_sleep_after_touch, str(marker), 120)
+    deadline = time.time() + 30
+    while not marker.exists():
+        assert time.time() < deadline, "job did not start"
+        time.sleep(0.05)
+    assert job.cancel() is True
+    assert job.cancelled() and job.state == JobState.CANCELLED
+    with pytest.raises(concurrent.futures.CancelledError):
+        job.result(timeout=1)
+    pid = int(marker.read_text())
+    deadline = time.time() + 10
+    while _alive(pid):
+        assert time.time() < deadline, "the job's process survived cancel()"
+        time.sleep(0.05)
+    assert job.cancel() is False  # already over
+
+
+def _sleep_after_touch(path, seconds):
+    with open(path, "w") as fh:
+        fh.write(str(os.getpid()))
+    time.sleep(seconds)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().split()[2] != "Z"
+
+
+def test_stdout_and_stderr_are_captured(ex):
+    job = ex.submit(talk)
+    job.result(60)
+    assert job.stdout() == "to stdout\n"
+    assert job.stderr() == "to stderr\n"
+
+
+def test_futures_protocol_callbacks_as_completed_wait_and_await(ex):
+    seen = []
+    done = threading.Event()
+    jobs = ex.map_jobs(square, range(3))
+    jobs[0].add_done_callback(lambda f: (seen.append(f.result()), done.set()))
+    assert sorted(j.result() for j in concurrent.futures.as_completed(jobs, timeout=60)) == [0, 1, 4]
+    finished, not_done = concurrent.futures.wait(jobs, timeout=60)
+    assert len(finished) == 3 and not not_done
+    assert done.wait(10) and seen == [0]
+
+    async def main():
+        return await ex.submit(square, 9)
+
+    assert asyncio.run(main()) == 81
+
+
+def test_attach_from_another_process(ex, tmp_path):
+    job = ex.submit(square, 11)
+    job.result(60)
+    code = (
+        "import json, hpcbridge\n"
+        f"j = hpcbridge.attach({job.job_id!r}, site='local')\n"
+        "print(json.dumps([j.result(60), j.state.value, j.job_id]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=os.environ)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [121, "COMPLETED", job.job_id]
+
+
+def test_attach_to_a_job_still_running(ex, tmp_path):
+    marker = tmp_path / "go"
+    job = ex.submit(_wait_for, str(marker), 42)
+    other = attach(job.job_id, site="local")
+    assert not other.done()
+    marker.write_text("")
+    assert other.result(60) == 42 and job.result(60) == 42
+
+
+def _wait_for(path, value):
+    while not os.path.exists(path):
+        time.sleep(0.05)
+    return value
+
+
+def test_attach_unknown_job_says_where_it_looked():
+    with pytest.raises(HpcBridgeError, match=r"no job 999999 of site 'local' in the registry .*registry.sqlite"):
+        attach("999999", site="local")
+
+
+def test_unpicklable_argument_is_refused_before_anything_is_written(ex, tmp_path):
+    with pytest.raises(SerializationError, match=r"cannot pickle argument 0 of .*square \(lock\): TypeError"):
+        ex.submit(square, threading.Lock())
+    with pytest.raises(SerializationError, match=r"cannot pickle argument 0 of .*square in call 3 of the map"):
+        ex.map_jobs(square, [1, 2, 3, threading.Lock()], chunksize=2)
+    assert not (tmp_path / "jobs").exists()
+
+
+def test_unknown_resource_and_site_fail_with_choices():
+    with pytest.raises(ResourceError, match=r"unknown resource 'walltim' \(did you mean 'walltime'\?\)"):
+        Executor(site="local", walltim=5)
+    expected = r"unknown site 'lcoal' \(did you mean 'local'\?\); known sites: .*local"
+    with pytest.raises(UnknownSiteError, match=expected):
+        Executor(site="lcoal")
+
+
+def test_submission_from_inside_a_job_does_not_leak_the_parent_job_env(ex, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_NTASKS", "64")
+    monkeypatch.setenv("PBS_JOBID", "7.pbs")
+    monkeypatch.setenv("HPCBRIDGE_TASK", "9")
+    seen = ex.submit(_env_vars, ["SLURM_JOB_ID", "SLURM_NTASKS", "PBS_JOBID", "HPCBRIDGE_TASK"]).result(60)
+    assert seen == {"SLURM_JOB_ID": None, "SLURM_NTASKS": None, "PBS_JOBID": None, "HPCBRIDGE_TASK": "0"}
+
+
+def _env_vars(names):
+    return {n: os.environ.get(n) for n in names}
+
+
+def test_job_folders_are_private(ex, tmp_path):
+    job = ex.submit(square, 2)
+    job.result(60)
+    assert os.stat(tmp_path / "jobs").st_mode & 0o777 == 0o700
+    assert os.stat(job.folder).st_mode & 0o777 == 0o700
+    assert os.stat(os.path.join(job.folder, "inputs.bin")).st_mode & 0o777 == 0o600
+
+
+def test_with_resources_is_a_copy(ex):
+    other = ex.with_resources(cpus_per_task=2, name="two")
+    assert other.resources.cpus_per_task == 2 and ex.resources.cpus_per_task == 1
+    assert other.submit(square, 3).result(60) == 9
+
+
+def test_shutdown_waits_and_context_manager(tmp_path):
+    with Executor(site="local", folder=str(tmp_path / "j")) as ex:
+        jobs = ex.map_jobs(square, range(3))
+    assert all(j.done() for j in jobs)
