@@ -21,7 +21,9 @@ __all__ = [
     "Resources",
     "Site",
     "attach",
+    "environment",
     "errors",
+    "init_torch_distributed",
     "load_site",
     "__version__",
 ]
@@ -35,12 +37,16 @@ _LAZY = {
     "Site": ("hpcbridge.sites", "Site"),
     "load_site": ("hpcbridge.sites", "load_site"),
     "errors": ("hpcbridge.errors", None),
+    "environment": ("hpcbridge.jobenv", "environment"),
+    "init_torch_distributed": ("hpcbridge.distributed", "init_torch_distributed"),
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import errors
+    from .distributed import init_torch_distributed
     from .executor import Executor, attach
     from .job import Job
+    from .jobenv import environment
     from .sites import Site, load_site
     from .spec import Resources
     from .state import JobState

@@ -21,7 +21,8 @@ log = logging.getLogger("hpcbridge")
 
 #: Variables of an enclosing job that must not leak into a new submission (JupyterHub-on-HPC notebooks run
 #: inside a job; srun/sbatch read SLURM_* as input and would inherit the parent's layout).
-SCRUB_PREFIXES = ("SLURM_", "SRUN_", "SALLOC_", "PBS_", "PMI_", "PMIX_", "OMPI_COMM_WORLD_", "HPCBRIDGE_")
+SCRUB_PREFIXES = ("SLURM_", "SRUN_", "SALLOC_", "PBS_", "PMI_", "PMIX_", "OMPI_COMM_WORLD_")
+SCRUB_NAMES = ("HPCBRIDGE_TASK", "HPCBRIDGE_RANK")
 
 _CHECK = (
     "import json, sys\n"
@@ -38,7 +39,7 @@ _CHECK = (
 def clean_env(environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
     """``environ`` without the scheduler variables of an enclosing job."""
     environ = os.environ if environ is None else environ
-    return {k: v for k, v in environ.items() if not k.startswith(SCRUB_PREFIXES)}
+    return {k: v for k, v in environ.items() if not k.startswith(SCRUB_PREFIXES) and k not in SCRUB_NAMES}
 
 
 def make_transport(site: Site) -> Transport:
@@ -66,6 +67,10 @@ def make_scheduler(site: Site, root: str) -> Scheduler:
         from .schedulers.local import LocalScheduler
 
         return LocalScheduler(site.python, root, site.local_parallel or (os.cpu_count() or 1))
+    if site.scheduler == "pbs":
+        from .schedulers.pbs import PBSScheduler
+
+        return PBSScheduler(flavour=site.flavour or "pbspro")
     raise ConfigError(f"site {site.name!r}: the {site.scheduler!r} scheduler is not supported yet")
 
 
@@ -111,6 +116,9 @@ class Backend:
         if out.returncode != 0:
             if "Invalid job id" in out.stderr and not getattr(self.scheduler, "accounting", True):
                 return {}  # squeue forgot every one of them: fall back to scontrol show job
+            exit_ok = getattr(self.scheduler, "status_exit_ok", None)
+            if exit_ok is not None and exit_ok(out.returncode, out.stderr):
+                return self.scheduler.parse_status(out.stdout)  # qstat: some jobs unknown (they have left)
             log.warning("hpcbridge: status query %s failed (%s), will retry: %s",
                         out.argv[0], out.returncode, out.stderr.strip()[-300:])
             return None
@@ -138,9 +146,9 @@ class Backend:
         with self._lock:
             if self._checked:
                 return
-            if self.site.transport == "local" and os.path.realpath(self.site.python) == os.path.realpath(
-                sys.executable
-            ):
+            # the very interpreter running this process (not its realpath: a venv's python is a symlink to the
+            # system one, with other packages)
+            if self.site.transport == "local" and os.path.abspath(self.site.python) == sys.executable:
                 self._checked = True
                 return
             self._check_remote_env()

@@ -19,8 +19,11 @@ import cloudpickle
 from . import __version__
 from ._format import pack_inputs
 from .backend import Backend
+from .display import describe, progress_for
 from .errors import HpcBridgeError, SerializationError
+from .group import JobGroup
 from .job import Job
+from .launchers import plan as launch_plan
 from .poll import Submission
 from .render import render
 from .schedulers.base import ScriptRequest
@@ -47,6 +50,7 @@ class Executor(concurrent.futures.Executor):
     def __init__(self, site: Union[str, Site] = "local", *, folder: Optional[str] = None, **resources: Any) -> None:
         site_obj = load_site(site) if isinstance(site, str) else site
         self.resources: Resources = resources_from(site_obj.default_resources(), resources)
+        site_obj.check_resources(self.resources)  # partition limits, before anything is submitted
         self._backend = Backend(site_obj, folder)
         self._batch: Optional[List[Tuple[Submission, List[Call]]]] = None
         self._submissions: List[Submission] = []
@@ -59,6 +63,7 @@ class Executor(concurrent.futures.Executor):
         """A copy with some resources changed; it shares this executor's connection and poller."""
         copy = object.__new__(Executor)
         copy.resources = resources_from(self.resources, resources)
+        self._backend.site.check_resources(copy.resources)
         copy._backend = self._backend
         copy._batch = None
         copy._submissions = self._submissions
@@ -72,18 +77,19 @@ class Executor(concurrent.futures.Executor):
             return self._batch_add(call)
         return self._submit([[call]], is_array=False)[0]
 
-    def map_jobs(self, fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int = 1) -> List[Job]:
+    def map_jobs(self, fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int = 1) -> JobGroup:
         """One job per call, as one array job (split when longer than the site's max array size).
 
         ``chunksize=k`` runs k calls in each array task, for calls too short to be worth a task each.
+        Returns a :class:`~hpcbridge.group.JobGroup`: a list of jobs that also displays as a table in Jupyter.
         """
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError(f"chunksize={chunksize!r} must be a whole number >= 1")
         calls: List[Call] = [(fn, tuple(args), {}) for args in zip(*iterables)]
         if not calls:
-            return []
+            return JobGroup()
         tasks = [calls[i : i + chunksize] for i in range(0, len(calls), chunksize)]
-        return self._submit(tasks, is_array=True)
+        return JobGroup(self._submit(tasks, is_array=True))
 
     def map(
         self,
@@ -91,18 +97,26 @@ class Executor(concurrent.futures.Executor):
         *iterables: Iterable[Any],
         timeout: Optional[float] = None,
         chunksize: int = 1,
+        progress: Optional[bool] = None,
     ) -> Iterator[Any]:
-        """Like :meth:`concurrent.futures.Executor.map`: results in order; the jobs are submitted at once."""
+        """Like :meth:`concurrent.futures.Executor.map`: results in order; the jobs are submitted at once.
+
+        ``progress``: live progress in a notebook or terminal (default: only when someone watches; see
+        :mod:`hpcbridge.display`).
+        """
         end = None if timeout is None else time.monotonic() + timeout
         jobs = self.map_jobs(fn, *iterables, chunksize=chunksize)
 
         def results() -> Iterator[Any]:
             done = 0
+            shown = progress_for(jobs, describe(fn), progress)
             try:
                 for job in jobs:
+                    shown.wait(job, None if end is None else max(0.0, end - time.monotonic()))
                     yield job.result(None if end is None else max(0.0, end - time.monotonic()))
                     done += 1
             finally:
+                shown.close()
                 if done < len(jobs):
                     _cancel_jobs(jobs[done:])
 
@@ -252,17 +266,20 @@ class Executor(concurrent.futures.Executor):
         name = res.name or _job_name(fn)
         workdir = os.getcwd() if site.transport == "local" else None
         req = ScriptRequest(res, folder, name, tag, ntasks_array, workdir=workdir)
+        command, job_env = launch_plan(site, res, folder, tag)  # the worker, or a launcher around it
         context = {
             "directives": scheduler.directives(req),
             "version": __version__,
             "description": _describe(fn, ncalls),
             "modules": list(site.modules),
-            "env": dict(site.env),
+            "env": {**site.env, **job_env},
             "setup": list(site.setup),
             "task_index_expr": scheduler.task_index_expr,
-            "command": [site.python, "-u", "-m", "hpcbridge.worker", folder],
+            "command": command,
             "site": site.name,
             "resources": res,
+            "folder": folder,  # the job folder (the pbs template writes each task's log files there)
+            "workdir": workdir,  # the directory the job starts in (None: the scheduler's default)
         }
         user_dir = os.path.join(
             os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "hpcbridge", "templates"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import html
+import time
 from typing import TYPE_CHECKING, Any, Generator, List, Optional
 
 from .state import JobState
@@ -28,6 +28,11 @@ class Job(concurrent.futures.Future):  # type: ignore[type-arg]
         self.state: JobState = JobState.PENDING
         self.native_state: str = ""
         self._rank_values: Optional[List[Any]] = None
+        #: node list from the scheduler's last status (empty until known)
+        self.scheduler_nodes: str = ""
+        #: when this process saw the job finish (epoch seconds)
+        self.finished_at: Optional[float] = None
+        self.add_done_callback(_note_finished)
 
     # -- identity -----------------------------------------------------------------------------------------
     @property
@@ -78,13 +83,32 @@ class Job(concurrent.futures.Future):  # type: ignore[type-arg]
     def __await__(self) -> Generator[Any, None, Any]:
         return asyncio.wrap_future(self).__await__()
 
+    @property
+    def nodes(self) -> str:
+        """Where the job ran or runs: the scheduler's node list, else the hosts that wrote its results."""
+        if self.scheduler_nodes:
+            return self.scheduler_nodes
+        payloads = self._submission.payloads.get(self.task, {})
+        return ",".join(sorted({str(p.get("host", "")) for p in payloads.values() if isinstance(p, dict)}))
+
+    @property
+    def elapsed(self) -> Optional[float]:
+        """Seconds from submission until it finished (or until now); None before it was submitted."""
+        start = self._submission.submit_time
+        if not start:
+            return None
+        return max(0.0, (self.finished_at or time.time()) - start)
+
     # -- display ------------------------------------------------------------------------------------------
     def __repr__(self) -> str:
         return f"<Job {self.job_id} {self.state.value} site={self.site!r}>"
 
     def _repr_html_(self) -> str:
-        return (
-            "<table><tr><th>job id</th><th>state</th><th>site</th></tr>"
-            f"<tr><td>{html.escape(self.job_id)}</td><td>{html.escape(self.state.value)}</td>"
-            f"<td>{html.escape(self.site)}</td></tr></table>"
-        )
+        from .display import jobs_html
+
+        return jobs_html([self])
+
+
+def _note_finished(job: concurrent.futures.Future) -> None:  # type: ignore[type-arg]
+    if isinstance(job, Job) and job.finished_at is None:
+        job.finished_at = time.time()

@@ -111,6 +111,7 @@ class Submission:
                     job.state = JobState.CANCELLED
                     job.native_state = "CANCELLED"
                     concurrent.futures.Future.cancel(job)  # marks the future cancelled, wakes waiters
+                    job.set_running_or_notify_cancel()  # ... and concurrent.futures.wait/as_completed
                     self.backend.note_final(job)
         return True
 
@@ -124,17 +125,21 @@ class Submission:
             return False
         got = self.payloads.get(task, {})
         final = self.final_at.get(task)
-        if len(got) >= self.ranks:
+        if len(got) >= self.ranks or _any_error(got):
+            # a failed rank fails the task at once: the launchers end the other ranks (srun
+            # --kill-on-bad-exit, mpirun's abort, torchrun's group teardown), which may never write a result
             self._resolve_from_payloads(task, got)
         elif final is not None:
             status, since = final
             waited = now - since
-            if got and 0 in got and status.state == JobState.COMPLETED:
-                self._resolve_from_payloads(task, got)
-            elif status.state in _KILLED or waited >= RESULT_GRACE_S:
+            if status.state in _KILLED:
                 self._resolve_killed(task, status)
-            else:
+            elif waited < RESULT_GRACE_S:  # give every rank's result file time to show on the shared FS
                 return False
+            elif got:
+                self._resolve_from_payloads(task, got)  # the ranks that wrote nothing fail below
+            else:
+                self._resolve_killed(task, status)
         else:
             return False
         self.resolved.add(task)
@@ -144,14 +149,21 @@ class Submission:
         for pos, job in enumerate(self.jobs[task]):
             values: List[Any] = []
             failure: Optional[Tuple[int, Any, Tuple[Any, ...]]] = None
-            for rank in sorted(got):
+            # the first rank to fail (by finish time, then rank) is the cause; the others' errors are
+            # usually its echo (a collective whose peer went away)
+            for rank in sorted(got, key=lambda r: (got[r].get("finished", 0.0), r)):
                 outcomes = got[rank]["outcomes"]
                 outcome = outcomes[pos] if pos < len(outcomes) else outcomes[0]
                 if outcome[0] == "ok":
-                    values.append(outcome[1])
+                    values.append((rank, outcome[1]))
                 elif failure is None:
                     failure = (rank, got[rank], outcome)
-            if failure is None:
+            values = [v for _, v in sorted(values, key=lambda rv: rv[0])]
+            missing = [r for r in range(self.ranks) if r not in got]
+            if failure is None and missing:
+                job.state = JobState.FAILED
+                job.set_exception(self._missing_ranks(job, missing))
+            elif failure is None:
                 job.state = JobState.COMPLETED
                 job._rank_values = values
                 job.set_result(values[0] if values else None)
@@ -160,6 +172,16 @@ class Submission:
                 rank, payload, outcome = failure
                 job.set_exception(self._remote_exception(job, rank, payload, outcome))
             self.backend.note_final(job)
+
+    def _missing_ranks(self, job: Job, missing: List[int]) -> BaseException:
+        shown = ", ".join(str(r) for r in missing[:20]) + (" ..." if len(missing) > 20 else "")
+        return errors.JobLostError(
+            f"job {job.job_id}: rank(s) {shown} of {self.ranks} wrote no result "
+            f"({job.native_state or job.state.value}); their stderr is in the job's log",
+            job_id=job.job_id,
+            state=job.native_state,
+            stderr_tail=_tail(job.stderr(64 * 1024), 30),
+        )
 
     def _remote_exception(self, job: Job, rank: int, payload: Any, outcome: Tuple[Any, ...]) -> BaseException:
         _, blob, type_name, message, tb_text = outcome
@@ -218,6 +240,10 @@ class Submission:
             self.backend.note_final(job)
 
 
+def _any_error(got: Dict[int, Any]) -> bool:
+    return any(o[0] == "err" for p in got.values() for o in p["outcomes"])
+
+
 def _tail(text: str, lines: int) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
@@ -235,8 +261,9 @@ class Poller:
         self._wake = threading.Event()
         self._query_every = self.FIRST_QUERY_S
         self._next_query = 0.0
-        #: how many scheduler status queries this poller made (for benchmarks and tests)
+        #: how many scheduler status queries this poller made, and how many of them failed (retried later)
         self.queries = 0
+        self.failed_queries = 0
 
     def add(self, sub: Submission) -> None:
         with self.lock:
@@ -325,6 +352,7 @@ class Poller:
         self.queries += 1
         statuses = backend.query_status(ids, min(s.submit_time for s in subs))
         if statuses is None:
+            self.failed_queries += 1
             return
         now = time.monotonic()
         missing: List[Tuple[Submission, int]] = []
@@ -336,6 +364,14 @@ class Poller:
                         missing.append((sub, task))
                         continue
                     self._apply(sub, task, status, now)
+        gone = getattr(scheduler, "missing_status", None)
+        if missing and gone is not None:  # PBS: a job qstat no longer lists has ended (no history kept)
+            with self.lock:
+                for sub, task in missing:
+                    status = gone(sub.task_id(task))
+                    if status is not None:
+                        self._apply(sub, task, status, now)
+            return
         if missing and not getattr(scheduler, "accounting", True):
             for sub, task in missing[:20]:
                 status = backend.show_job(sub.task_id(task))
@@ -346,6 +382,8 @@ class Poller:
     @staticmethod
     def _apply(sub: Submission, task: int, status: NativeStatus, now: float) -> None:
         for job in sub.jobs[task]:
+            if status.nodes and status.nodes != "None assigned":
+                job.scheduler_nodes = status.nodes
             if not job.done():
                 job.state = status.state
                 job.native_state = status.native

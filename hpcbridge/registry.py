@@ -117,7 +117,8 @@ class Registry:
         try:
             query = (
                 "SELECT j.site, j.job_id, j.position, j.task, j.last_state, j.updated, s.function, s.folder, "
-                "s.submit_time, s.tag FROM jobs j JOIN submissions s ON j.tag = s.tag"
+                "s.submit_time, s.tag, s.job_id AS submission_id, s.is_array FROM jobs j JOIN submissions s "
+                "ON j.tag = s.tag"
             )
             args: Tuple[Any, ...] = ()
             if site:
@@ -125,5 +126,24 @@ class Registry:
                 args = (site,)
             query += " ORDER BY s.submit_time DESC, j.task, j.position LIMIT ?"
             return [dict(r) for r in conn.execute(query, args + (limit,)).fetchall()]
+        finally:
+            conn.close()
+
+    def lookup(self, job_id: str, site: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Rows (as :meth:`jobs`) whose job id or whose array job's id is ``job_id``, on any site or on ``site``."""
+        conn = self._connect()
+        conn.row_factory = sqlite3.Row
+        try:
+            query = (
+                "SELECT j.site, j.job_id, j.position, j.task, j.last_state, j.updated, s.function, s.folder, "
+                "s.submit_time, s.tag, s.job_id AS submission_id, s.is_array FROM jobs j JOIN submissions s "
+                "ON j.tag = s.tag WHERE (j.job_id=? OR s.job_id=?)"
+            )
+            args: Tuple[Any, ...] = (job_id, job_id)
+            if site:
+                query += " AND j.site=?"
+                args += (site,)
+            query += " ORDER BY j.site, j.task, j.position"
+            return [dict(r) for r in conn.execute(query, args).fetchall()]
         finally:
             conn.close()

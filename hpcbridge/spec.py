@@ -75,7 +75,10 @@ RESOURCE_NAMES = (
 
 def did_you_mean(word: str, choices: Any) -> str:
     """A `` (did you mean 'x'?)`` suffix, or an empty string."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    choices = [str(c) for c in choices]
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if not close and len(word) >= 3:  # 'cpus' -> 'cpus_per_task', 'gpus' -> 'gpus_per_node'
+        close = [c for c in choices if c.startswith(word) or word in c.split("_")][:1]
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 

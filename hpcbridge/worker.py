@@ -13,6 +13,8 @@ import time
 import traceback
 from typing import Any, Dict, List, Optional, Tuple
 
+#: where ranks come from, launcher by launcher: hpcbridge.jobenv (under mpirun, SLURM_PROCID is the rank of
+#: OpenMPI's per-node daemon, not of the process, so a fixed order of variables is wrong)
 RANK_VARS = ("HPCBRIDGE_RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "RANK")
 
 Outcome = Tuple[Any, ...]
@@ -20,11 +22,9 @@ Outcome = Tuple[Any, ...]
 
 def current_rank() -> int:
     """This process's rank from the launcher's variables (0 outside a multi-task launch)."""
-    for var in RANK_VARS:
-        value = os.environ.get(var)
-        if value is not None and value.isdigit():
-            return int(value)
-    return 0
+    from hpcbridge.jobenv import process_rank
+
+    return process_rank(os.environ)
 
 
 def _error_outcome(exc: BaseException, tb_text: str, dumps: Any) -> Outcome:
@@ -65,6 +65,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     folder = argv[0]
     task = int(os.environ.get("HPCBRIDGE_TASK", "0") or 0)
     rank = current_rank()
+    os.environ["HPCBRIDGE_FOLDER"] = folder  # for hpcbridge.environment() in the callable
+    if os.environ.get("HPCBRIDGE_BIND_GPUS"):  # the launcher does not bind GPUs: each rank takes its share
+        from hpcbridge.jobenv import bind_gpus
+
+        bind_gpus()
     started = time.time()
     try:
         calls = cloudpickle.loads(_format.read_input(os.path.join(folder, "inputs.bin"), task))
@@ -92,6 +97,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stderr.write(o[4] if o[4] else f"{o[2]}: {o[3]}\n")
     if failed:
         print(f"hpcbridge: {len(failed)} of {len(outcomes)} call(s) raised (rank {rank})", file=sys.stderr)
+        if os.environ.get("HPCBRIDGE_LAUNCHER"):
+            # one of several ranks: leave now, skipping atexit handlers. mpi4py's MPI_Finalize (and other
+            # collective shutdowns) would wait for ranks that are blocked waiting for this one, so the
+            # launcher would never see the failure and end them; the job would hang until its walltime.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
     return 1 if failed else 0
 
 

@@ -1,6 +1,6 @@
 # Shared settings and helpers for tests/cluster/{up,down,client}. Sourced, not executed.
 # The fixed names, paths and addresses below are the contract in docs/testcluster-contract.md.
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034
 
 STATE=/var/lib/hpcbridge-testcluster
 LOGDIR=$STATE/log
@@ -21,6 +21,7 @@ USERS_GROUP=hpcusers
 USERS_GID=2000
 STAGE=/opt/hpcbridge-test
 CLIENT_CMD=$STAGE/src/tests/cluster/client
+CTL_CMD=$STAGE/src/tests/cluster/ctl
 NETNS_DIR=/var/run/netns
 
 say() { printf '[testcluster] %s\n' "$*"; }
@@ -31,32 +32,74 @@ require_root() {
     [[ $EUID -eq 0 ]] || die "$(basename "$0") must run as root"
 }
 
+# read_pid PIDFILE: print the pid stored in PIDFILE (fails when there is none)
+read_pid() {
+    local pid
+    pid=$({ tr -dc '0-9' <"$1"; } 2>/dev/null) || return 1
+    [[ -n $pid ]] && printf '%s\n' "$pid"
+}
+
+# proc_alive PID COMM: true when PID is a live (not zombie) process whose comm is COMM
+proc_alive() {
+    [[ $({ cat "/proc/$1/comm"; } 2>/dev/null) == "$2" ]] || return 1
+    # a zombie (not yet reaped by pid 1) is not alive
+    [[ $({ sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' "/proc/$1/status"; } 2>/dev/null) != Z ]]
+}
+
 # pid_alive PIDFILE COMM: true when PIDFILE names a live process whose comm is COMM.
 pid_alive() {
-    local pidfile=$1 comm=$2 pid
-    [[ -r $pidfile ]] || return 1
-    pid=$(tr -dc '0-9' <"$pidfile")
-    [[ -n $pid && -r /proc/$pid/comm ]] || return 1
-    [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$comm" ]]
+    local pid
+    pid=$(read_pid "$1") || return 1
+    proc_alive "$pid" "$2"
 }
 
 # stop_pidfile PIDFILE COMM [NAME]: SIGTERM, wait up to 10 s, then SIGKILL.
 stop_pidfile() {
     local pidfile=$1 comm=$2 name=${3:-$2} pid i
-    if pid_alive "$pidfile" "$comm"; then
-        pid=$(tr -dc '0-9' <"$pidfile")
+    if pid=$(read_pid "$pidfile") && proc_alive "$pid" "$comm"; then
         say "stopping $name (pid $pid)"
         kill -TERM "$pid" 2>/dev/null || true
         for ((i = 0; i < 100; i++)); do
-            [[ -d /proc/$pid ]] || break
+            proc_alive "$pid" "$comm" || break
             sleep 0.1
         done
-        if [[ -d /proc/$pid ]]; then
+        if proc_alive "$pid" "$comm"; then
             warn "$name did not stop in 10 s; killing it"
             kill -KILL "$pid" 2>/dev/null || true
         fi
     fi
     rm -f "$pidfile"
+}
+
+# pids_by_cmdline ARGV...: pids of live processes whose full command line is exactly ARGV (how our own
+# daemons are recognised when their pid file is gone, e.g. a slurmd left in a deleted namespace).
+pids_by_cmdline() {
+    local want f pid
+    want=$(printf '%s\0' "$@" | od -An -tx1 | tr -d ' \n')
+    for f in /proc/[0-9]*/cmdline; do
+        pid=${f#/proc/}
+        pid=${pid%/cmdline}
+        [[ $pid != "$$" ]] || continue
+        if [[ $({ od -An -tx1 <"$f"; } 2>/dev/null | tr -d ' \n') == "$want" ]]; then
+            proc_alive "$pid" "$(cat "/proc/$pid/comm" 2>/dev/null)" && printf '%s\n' "$pid"
+        fi
+    done
+    return 0
+}
+
+# stop_stray NAME ARGV...: stop processes running exactly ARGV (see pids_by_cmdline)
+stop_stray() {
+    local name=$1 pid i
+    shift
+    for pid in $(pids_by_cmdline "$@"); do
+        say "stopping stray $name (pid $pid)"
+        kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < 50; i++)); do
+            pids_by_cmdline "$@" | grep -qx "$pid" || break
+            sleep 0.1
+        done
+        if pids_by_cmdline "$@" | grep -qx "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+    done
 }
 
 netns_exists() { [[ -e $NETNS_DIR/$1 ]] && ip netns list 2>/dev/null | grep -qw "^$1"; }

@@ -31,8 +31,16 @@ STAGED_CLIENT = STAGE / "src" / "tests" / "cluster" / "client"
 LOCAL_CLIENT = Path(__file__).resolve().parents[1] / "cluster" / "client"
 UP_HINT = "start it as root with: tests/cluster/up   (see docs/testcluster.md)"
 TERMINAL_STATES = (
-    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
-    "PREEMPTED", "BOOT_FAIL", "DEADLINE", "REVOKED",
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "OUT_OF_MEMORY",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "REVOKED",
 )
 # Env that OpenMPI jobs need here. The cluster already sets btl=self,tcp and the TCP interfaces in
 # /etc/openmpi/openmpi-mca-params.conf; this is only the extra needed when a test runs as root.
@@ -84,8 +92,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if problem is None:
         return ["live test cluster: up (node1..node3 responding)"]
     ci = os.environ.get("CI", "").lower() == "true"
-    return [f"live test cluster: NOT UP: {problem}; live tests will {'FAIL (CI=true)' if ci else 'skip'}; "
-            + UP_HINT]
+    return [f"live test cluster: NOT UP: {problem}; live tests will {'FAIL (CI=true)' if ci else 'skip'}; " + UP_HINT]
 
 
 @dataclass
@@ -111,8 +118,14 @@ class LiveCluster:
         return env
 
     def run(
-        self, args: Sequence[str], *, timeout: float = 60, check: bool = True, cwd: str | Path | None = None,
-        env: Mapping[str, str] | None = None, input: str | None = None,
+        self,
+        args: Sequence[str],
+        *,
+        timeout: float = 60,
+        check: bool = True,
+        cwd: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+        input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run a command with a timeout; with check=True fail the test (showing its output) on exit != 0."""
         try:
@@ -125,8 +138,7 @@ class LiveCluster:
 
     def sbatch(self, script: Path, *args: str, workdir: Path, env: Mapping[str, str] | None = None) -> str:
         """Submit a batch script from ``workdir``; returns the job id."""
-        p = self.run(["sbatch", "--parsable", "-D", str(workdir), *args, str(script)], cwd=workdir, env=env,
-                     timeout=30)
+        p = self.run(["sbatch", "--parsable", "-D", str(workdir), *args, str(script)], cwd=workdir, env=env, timeout=30)
         jobid = p.stdout.strip().split(";")[0]
         assert re.fullmatch(r"\d+", jobid), f"unexpected sbatch output: {p.stdout!r}"
         return jobid
@@ -155,7 +167,11 @@ class LiveCluster:
         pytest.fail(f"job {jobid} did not finish within {timeout} s; sacct: {rec}; squeue: {squeue}")
 
     def client(
-        self, args: Sequence[str], *, timeout: float = 60, user: str | None = None,
+        self,
+        args: Sequence[str],
+        *,
+        timeout: float = 60,
+        user: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run a command on the user's "laptop" (the client namespace), never raising on exit != 0."""
         if os.geteuid() == 0:

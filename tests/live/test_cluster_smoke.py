@@ -46,8 +46,10 @@ def _write(path: Path, text: str, mode: int = 0o644) -> Path:
 def _require_mpi4py(cluster: LiveCluster) -> None:
     p = cluster.run([sys.executable, "-c", "import mpi4py"], check=False, timeout=60)
     if p.returncode != 0:
-        pytest.fail(f"mpi4py is not installed in {sys.executable} (tests/requirements.txt; tests/stage "
-                    f"installs it): {p.stderr.strip()[-300:]}")
+        pytest.fail(
+            f"mpi4py is not installed in {sys.executable} (tests/requirements.txt; tests/stage "
+            f"installs it): {p.stderr.strip()[-300:]}"
+        )
 
 
 def _check_allreduce(out: str) -> None:
@@ -63,14 +65,17 @@ def _check_allreduce(out: str) -> None:
 
 
 def test_three_node_batch_job(cluster: LiveCluster, cluster_workdir: Path) -> None:
-    script = _write(cluster_workdir / "nodes.sh", """\
+    script = _write(
+        cluster_workdir / "nodes.sh",
+        """\
 #!/bin/bash
 #SBATCH --job-name=smoke-3node --nodes=3 --ntasks-per-node=1 --time=2
 #SBATCH --output=nodes-%j.out
 srun bash -c 'echo "NODE $(hostname) $(hostname -I)"'
-""")
+""",
+    )
     jobid = cluster.sbatch(script, workdir=cluster_workdir)
-    job = cluster.wait_job(jobid, timeout=120)
+    job = cluster.wait_job(jobid, timeout=300)
     out = (cluster_workdir / f"nodes-{jobid}.out").read_text()
     assert job.state == "COMPLETED" and job.exit_code == "0:0", (job, out)
     assert job.sacct["NNodes"] == "3" and job.sacct["User"] == cluster.user, job.sacct
@@ -88,9 +93,21 @@ def test_mpi_allreduce_srun_pmix(cluster: LiveCluster, cluster_workdir: Path) ->
     _require_mpi4py(cluster)
     prog = _write(cluster_workdir / "allreduce.py", ALLREDUCE)
     p = cluster.run(
-        ["srun", "--mpi=pmix", "--nodes=3", "--ntasks-per-node=2", "--time=2", "--job-name=smoke-pmix",
-         "-D", str(cluster_workdir), sys.executable, str(prog)],
-        cwd=cluster_workdir, timeout=180, check=False,
+        [
+            "srun",
+            "--mpi=pmix",
+            "--nodes=3",
+            "--ntasks-per-node=2",
+            "--time=2",
+            "--job-name=smoke-pmix",
+            "-D",
+            str(cluster_workdir),
+            sys.executable,
+            str(prog),
+        ],
+        cwd=cluster_workdir,
+        timeout=300,
+        check=False,
     )
     assert p.returncode == 0, f"srun --mpi=pmix failed ({p.returncode})\n{p.stdout}\n{p.stderr}"
     _check_allreduce(p.stdout)
@@ -99,34 +116,43 @@ def test_mpi_allreduce_srun_pmix(cluster: LiveCluster, cluster_workdir: Path) ->
 def test_mpi_allreduce_mpirun_in_sbatch(cluster: LiveCluster, cluster_workdir: Path) -> None:
     _require_mpi4py(cluster)
     prog = _write(cluster_workdir / "allreduce.py", ALLREDUCE)
-    script = _write(cluster_workdir / "mpirun.sh", f"""\
+    script = _write(
+        cluster_workdir / "mpirun.sh",
+        f"""\
 #!/bin/bash
 #SBATCH --job-name=smoke-mpirun --nodes=3 --ntasks-per-node=2 --time=3
 #SBATCH --output=mpirun-%j.out
 mpirun {sys.executable} {prog}
-""")
+""",
+    )
     jobid = cluster.sbatch(script, workdir=cluster_workdir)
-    job = cluster.wait_job(jobid, timeout=180)
+    job = cluster.wait_job(jobid, timeout=300)
     out = (cluster_workdir / f"mpirun-{jobid}.out").read_text()
     assert job.state == "COMPLETED" and job.exit_code == "0:0", (job, out)
     _check_allreduce(out)
 
 
 def test_torque_qsub_qstat(cluster: LiveCluster, cluster_workdir: Path) -> None:
-    script = _write(cluster_workdir / "hello.pbs", """\
+    script = _write(
+        cluster_workdir / "hello.pbs",
+        """\
 #!/bin/bash
 echo "hello from $(hostname) as $(id -un) job ${SLURM_JOB_ID}"
-""")
+""",
+    )
     outfile = cluster_workdir / "hello.out"
-    p = cluster.run(["qsub", "-N", "smoke-qsub", "-l", "nodes=1,walltime=00:02:00", "-o", str(outfile),
-                     str(script)], cwd=cluster_workdir, timeout=30)
+    p = cluster.run(
+        ["qsub", "-N", "smoke-qsub", "-l", "nodes=1,walltime=00:02:00", "-o", str(outfile), str(script)],
+        cwd=cluster_workdir,
+        timeout=30,
+    )
     jobid = p.stdout.strip().split(".")[0]
     assert re.fullmatch(r"\d+", jobid), f"unexpected qsub output: {p.stdout!r}"
     # qstat lists the job (Q, R or, once done, C: finished jobs stay visible for MinJobAge=300 s)
     st = cluster.run(["qstat", jobid], timeout=30)
     row = [line.split() for line in st.stdout.splitlines() if line.split()[:1] == [jobid]]
     assert row and row[0][1] == "smoke-qsub" and row[0][4] in ("Q", "R", "C", "E"), st.stdout
-    job = cluster.wait_job(jobid, timeout=120)
+    job = cluster.wait_job(jobid, timeout=300)
     assert job.state == "COMPLETED", job
     deadline = time.monotonic() + 30
     while not outfile.exists() and time.monotonic() < deadline:
@@ -134,14 +160,16 @@ echo "hello from $(hostname) as $(id -un) job ${SLURM_JOB_ID}"
     text = outfile.read_text()
     assert re.search(rf"^hello from node[123] as {cluster.user} job {jobid}$", text, re.M), text
     st = cluster.run(["qstat", jobid], timeout=30)
-    assert any(line.split()[:1] == [jobid] and line.split()[4] == "C" for line in st.stdout.splitlines()), \
-        st.stdout
+    assert any(line.split()[:1] == [jobid] and line.split()[4] == "C" for line in st.stdout.splitlines()), st.stdout
 
 
 def test_torque_qdel(cluster: LiveCluster, cluster_workdir: Path) -> None:
     script = _write(cluster_workdir / "sleep.pbs", "#!/bin/bash\nsleep 300\n")
-    p = cluster.run(["qsub", "-N", "smoke-qdel", "-l", "walltime=00:05:00", "-o", "/dev/null", str(script)],
-                    cwd=cluster_workdir, timeout=30)
+    p = cluster.run(
+        ["qsub", "-N", "smoke-qdel", "-l", "walltime=00:05:00", "-o", "/dev/null", str(script)],
+        cwd=cluster_workdir,
+        timeout=30,
+    )
     jobid = p.stdout.strip().split(".")[0]
     cluster.run(["qdel", jobid], timeout=30)
     job = cluster.wait_job(jobid, timeout=60)
@@ -168,8 +196,9 @@ def test_client_namespace(cluster: LiveCluster) -> None:
     assert "Unable to contact slurm controller" in p.stderr, p.stderr
 
     # and the cluster's shared directories are not there
-    p = cluster.client(["sh", "-c", 'ls -A /scratch; test -e "/scratch/$(id -un)" && echo SCRATCH-VISIBLE;'
-                        ' ls -A /home'])
+    p = cluster.client(
+        ["sh", "-c", 'ls -A /scratch; test -e "/scratch/$(id -un)" && echo SCRATCH-VISIBLE; ls -A /home']
+    )
     assert p.returncode == 0, p
     assert "SCRATCH-VISIBLE" not in p.stdout, p.stdout
     assert p.stdout.split() == [user], f"/home and /scratch on the laptop: {p.stdout!r}"

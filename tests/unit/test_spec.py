@@ -74,3 +74,9 @@ def test_resources_are_normalised_and_merged():
 def test_bad_values_are_refused_with_the_reason(kwargs, message):
     with pytest.raises(ResourceError, match=message.replace("(", r"\(").replace("[", r"\[")):
         resources_from(Resources(), kwargs)
+
+
+@pytest.mark.parametrize("word, suggestion", [("cpus", "cpus_per_task"), ("gpus", "gpus_per_node"), ("mem", "mem_gb")])
+def test_short_names_suggest_the_full_resource(word, suggestion):
+    with pytest.raises(ResourceError, match=rf"unknown resource '{word}' \(did you mean '{suggestion}'\?\)"):
+        resources_from(Resources(), {word: 1})

@@ -1,0 +1,62 @@
+"""Callables the CLI submits: a command (argv, no shell) or a Python file. The job imports them by name."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any, Dict, List, Optional
+
+
+class CommandFailed(Exception):
+    """The command (or script) of a ``hpcbridge submit`` job exited non-zero."""
+
+    def __init__(self, argv: List[str], returncode: int) -> None:
+        super().__init__(argv, returncode)
+        self.argv = list(argv)
+        self.returncode = returncode
+
+    def __str__(self) -> str:
+        return f"{' '.join(self.argv)} exited with status {self.returncode}"
+
+
+def run_command(argv: List[str]) -> int:
+    """Run ``argv`` in the job; its output goes to the job's log. Returns 0; a non-zero exit raises CommandFailed."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        code = subprocess.call(list(argv))  # noqa: S603 - an argv list the user gave, no shell
+    except OSError as exc:
+        print(f"hpcbridge: cannot run {argv[0]!r}: {exc.strerror or exc}", file=sys.stderr)
+        raise CommandFailed(argv, 127) from None
+    if code != 0:
+        raise CommandFailed(argv, code)
+    return 0
+
+
+def run_script(path: str, source: str, args: List[str]) -> Any:
+    """Run a Python file's ``source`` as ``__main__`` with ``sys.argv = [path, *args]``.
+
+    The source travels with the job, so the file need not be visible on the cluster; its folder is put first on
+    ``sys.path`` for sibling imports where it is. ``sys.exit(n)`` with n != 0 fails the job (CommandFailed).
+    """
+    code = compile(source, path, "exec")
+    namespace: Dict[str, Any] = {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__}
+    old_argv = sys.argv
+    sys.argv = [path, *args]
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(folder):
+        sys.path.insert(0, folder)
+    try:
+        exec(code, namespace)  # noqa: S102 - running the user's script is the point
+    except SystemExit as exc:
+        status: Optional[Any] = exc.code
+        if status not in (None, 0):
+            if not isinstance(status, int):
+                print(status, file=sys.stderr)
+                status = 1
+            raise CommandFailed([path, *args], status) from None
+    finally:
+        sys.argv = old_argv
+        sys.stdout.flush()
+    return None

@@ -1,0 +1,429 @@
+"""Inside a job: who am I (rank, local rank, node), who are the others, and where do we meet.
+
+``hpcbridge.environment()`` returns a :class:`JobEnvironment` built from the scheduler's and the launcher's
+variables (Slurm, PBS, srun, OpenMPI/PMIx/PMI ``mpirun``, ``torchrun``) and from what hpcbridge's launch step
+published (``HPCBRIDGE_MASTER_ADDR``/``HPCBRIDGE_MASTER_PORT``, also written to ``FOLDER/rdv/TASK.json``).
+
+Imported by the worker on every job start: standard library and :mod:`hpcbridge.hostlist` only. The module is
+called ``jobenv`` (not ``environment``) so that importing it never hides the ``hpcbridge.environment`` function.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import time
+from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
+
+from . import hostlist
+
+LAUNCHER_VAR = "HPCBRIDGE_LAUNCHER"
+MASTER_ADDR_VAR = "HPCBRIDGE_MASTER_ADDR"
+MASTER_PORT_VAR = "HPCBRIDGE_MASTER_PORT"
+BIND_GPUS_VAR = "HPCBRIDGE_BIND_GPUS"
+FOLDER_VAR = "HPCBRIDGE_FOLDER"
+GPUS_BOUND_VAR = "HPCBRIDGE_GPUS_BOUND"
+
+#: Where each launcher puts rank, local rank, world size, node rank and local world size (first set one wins).
+_SOURCES: Dict[str, Tuple[Tuple[str, ...], ...]] = {
+    "srun": (("SLURM_PROCID",), ("SLURM_LOCALID",), ("SLURM_NTASKS", "SLURM_NPROCS"), ("SLURM_NODEID",), ()),
+    "mpirun": (
+        ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "PALS_RANKID"),
+        ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PALS_LOCAL_RANKID"),
+        ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"),
+        ("PALS_NODEID",),
+        ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "PALS_LOCAL_SIZE"),
+    ),
+    "torchrun": (("RANK",), ("LOCAL_RANK",), ("WORLD_SIZE",), ("GROUP_RANK",), ("LOCAL_WORLD_SIZE",)),
+}
+
+#: A claimed port is protected from other hpcbridge jobs on the node for this long (the job's rank 0 binds it
+#: within seconds; after that the bind test itself keeps others off it).
+PORT_CLAIM_TTL_S = 600.0
+DEFAULT_PORT_RANGE = (20000, 32767)  # below Linux's ephemeral range (32768-60999): no outgoing socket holds it
+
+
+class RendezvousError(RuntimeError):
+    """No master address or port could be found or chosen."""
+
+
+class JobEnvironment(NamedTuple):
+    """What one process of a job needs to know to find the others."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    local_world_size: int
+    node_rank: int
+    num_nodes: int
+    #: every node of the allocation, expanded and in the scheduler's order (``node[1-3]`` -> node1 node2 node3)
+    nodes: Tuple[str, ...]
+    hostname: str
+    #: the first node (rank 0's): where a TCP store / c10d rendezvous listens
+    master_addr: str
+    #: a port that was free on ``master_addr`` and is not handed to another job on that node; 0 when unknown
+    master_port: int
+    job_id: str
+    #: the array task index (0 for plain jobs)
+    task: int
+    scheduler: str
+    launcher: Optional[str]
+    cpus_per_task: int
+    #: this rank's GPUs (``CUDA_VISIBLE_DEVICES``), empty when none are visible
+    gpus: Tuple[str, ...]
+    #: the CUDA device index this rank should use: 0 when its GPUs were narrowed to its own share, else
+    #: local_rank modulo the visible GPUs
+    device_index: int
+    #: the job folder of an hpcbridge job ('' otherwise)
+    folder: str
+
+    @property
+    def is_master(self) -> bool:
+        return self.rank == 0
+
+
+
+def environment() -> JobEnvironment:
+    """The job environment of this process (see :class:`JobEnvironment`).
+
+    Outside a scheduler it describes a one-process job on this machine. A single-process job without a
+    published master port gets a free one here (chosen once per process).
+    """
+    env = environment_from(os.environ, socket.gethostname())
+    if env.master_port == 0 and env.world_size == 1:
+        port = choose_port(job_id=env.job_id)
+        os.environ[MASTER_PORT_VAR] = str(port)
+        env = env._replace(master_port=port)
+    return env
+
+
+def detect_launcher(environ: Mapping[str, str]) -> Optional[str]:
+    """Which launcher started this process: hpcbridge's record of it, else the launchers' own variables."""
+    named = environ.get(LAUNCHER_VAR, "").strip()
+    if named in _SOURCES:
+        return named
+    if "OMPI_COMM_WORLD_RANK" in environ:
+        return "mpirun"
+    if "TORCHELASTIC_RUN_ID" in environ or ("GROUP_RANK" in environ and "LOCAL_RANK" in environ):
+        return "torchrun"
+    if "SLURM_STEP_ID" in environ and "SLURM_PROCID" in environ:  # an srun step (a batch script has no step id)
+        return "srun"
+    if any(v in environ for v in ("PMIX_RANK", "PMI_RANK", "PALS_RANKID")):
+        return "mpirun"
+    return None
+
+
+def process_rank(environ: Mapping[str, str]) -> int:
+    """This process's global rank (0 for a single-process job). The worker names its result file with it."""
+    explicit = _int(environ, ("HPCBRIDGE_RANK",))
+    if explicit is not None:
+        return explicit
+    launcher = detect_launcher(environ)
+    if launcher is None:
+        return 0
+    rank = _int(environ, _SOURCES[launcher][0])
+    return 0 if rank is None else rank
+
+
+def environment_from(
+    environ: Mapping[str, str],
+    hostname: str,
+    read_text: Optional[Callable[[str], Optional[str]]] = None,
+) -> JobEnvironment:
+    """A :class:`JobEnvironment` from variables and a host name (files read through ``read_text``)."""
+    read = read_text or _read_text
+    scheduler, job_id, nodes, task = _allocation(environ, read)
+    if not nodes:
+        nodes = [hostname]
+    launcher = detect_launcher(environ)
+    node_rank = node_index(nodes, hostname)
+    rank, local_rank, world_size, local_world_size = 0, 0, 1, 1
+    explicit_rank = _int(environ, ("HPCBRIDGE_RANK",))
+    if launcher is not None:
+        rank_vars, local_vars, size_vars, node_vars, local_size_vars = _SOURCES[launcher]
+        rank = _first(explicit_rank, _int(environ, rank_vars), 0)
+        local_rank = _first(_int(environ, local_vars), 0)
+        node_rank = _first(_int(environ, node_vars), node_rank)
+        if launcher == "srun":
+            counts = hostlist.tasks_per_node(
+                environ.get("SLURM_STEP_TASKS_PER_NODE") or environ.get("SLURM_TASKS_PER_NODE") or ""
+            )
+            local_world_size = counts[node_rank] if node_rank < len(counts) else 1
+        else:
+            local_world_size = _first(_int(environ, local_size_vars), 1)
+        world_size = _first(_int(environ, size_vars), max(rank + 1, local_world_size))
+    elif explicit_rank is not None:
+        rank = explicit_rank
+        world_size = _first(_int(environ, ("HPCBRIDGE_WORLD_SIZE",)), rank + 1)
+    folder = environ.get(FOLDER_VAR, "")
+    master_addr, master_port = _master(environ, launcher, nodes, folder, task, read)
+    gpus = tuple(d for d in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip())
+    bound = environ.get(GPUS_BOUND_VAR) == "1"
+    device_index = 0 if bound or not gpus else local_rank % len(gpus)
+    cpus = _first(_int(environ, ("SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS")), 1)
+    return JobEnvironment(
+        rank=rank,
+        local_rank=local_rank,
+        world_size=world_size,
+        local_world_size=local_world_size,
+        node_rank=max(node_rank, 0),
+        num_nodes=len(nodes),
+        nodes=tuple(nodes),
+        hostname=hostname,
+        master_addr=master_addr,
+        master_port=master_port,
+        job_id=job_id,
+        task=task,
+        scheduler=scheduler,
+        launcher=launcher,
+        cpus_per_task=cpus,
+        gpus=gpus,
+        device_index=device_index,
+        folder=folder,
+    )
+
+
+# -- the allocation ---------------------------------------------------------------------------------------
+def _allocation(
+    environ: Mapping[str, str], read: Callable[[str], Optional[str]]
+) -> Tuple[str, str, List[str], int]:
+    """(scheduler, job id, node list, array task) of the job this process runs in."""
+    task = _first(_int(environ, ("HPCBRIDGE_TASK",)), 0)
+    if environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID"):
+        job_id = environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID") or ""
+        if environ.get("SLURM_ARRAY_JOB_ID") and environ.get("SLURM_ARRAY_TASK_ID"):
+            job_id = f"{environ['SLURM_ARRAY_JOB_ID']}_{environ['SLURM_ARRAY_TASK_ID']}"
+        spec = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST") or ""
+        return "slurm", job_id, hostlist.expand_unique(spec), task
+    if environ.get("PBS_JOBID"):
+        path = environ.get("PBS_NODEFILE", "")
+        text = read(path) if path else None
+        return "pbs", environ["PBS_JOBID"], nodes_from_nodefile(text or ""), task
+    return "local", "", [], task
+
+
+def nodes_from_nodefile(text: str) -> List[str]:
+    """The nodes of a PBS_NODEFILE (one line per slot, a node repeated per slot), in order, once each."""
+    return hostlist.unique(line.strip() for line in text.splitlines() if line.strip())
+
+
+def node_index(nodes: List[str], hostname: str) -> int:
+    if hostname in nodes:
+        return nodes.index(hostname)
+    short = hostname.split(".", 1)[0]
+    for i, node in enumerate(nodes):
+        if node.split(".", 1)[0] == short:
+            return i
+    return 0
+
+
+# -- master address and port ------------------------------------------------------------------------------
+def _master(
+    environ: Mapping[str, str],
+    launcher: Optional[str],
+    nodes: List[str],
+    folder: str,
+    task: int,
+    read: Callable[[str], Optional[str]],
+) -> Tuple[str, int]:
+    if launcher == "torchrun" and environ.get("MASTER_ADDR") and environ.get("MASTER_PORT", "").isdigit():
+        return environ["MASTER_ADDR"], int(environ["MASTER_PORT"])  # torchrun's own store for its workers
+    addr = environ.get(MASTER_ADDR_VAR) or nodes[0]
+    port = _first(_int(environ, (MASTER_PORT_VAR,)), 0)
+    if port == 0 and folder:
+        published = read(rendezvous_path(folder, task))
+        if published:
+            try:
+                record = json.loads(published)
+                addr, port = str(record["addr"]), int(record["port"])
+            except (ValueError, KeyError, TypeError):
+                pass
+    return addr, port
+
+
+def rendezvous_path(folder: str, task: int) -> str:
+    """Where the launch step publishes the master address and port of a task."""
+    return os.path.join(folder, "rdv", f"{task}.json")
+
+
+def choose_port(
+    port_range: Tuple[int, int] = DEFAULT_PORT_RANGE,
+    *,
+    job_id: str = "",
+    claim_dir: Optional[str] = None,
+    attempts: int = 200,
+) -> int:
+    """A TCP port that binds on this node now and that no other hpcbridge job on this node was given recently.
+
+    Candidates are drawn at random from ``port_range``; each is claimed with an exclusive file in a node-local
+    directory shared by every user (``/dev/shm/hpcbridge-ports``), then bind-tested on every address (IPv4 and
+    IPv6, without SO_REUSEADDR, so a port in TIME_WAIT counts as taken). Two jobs starting together on one
+    node therefore never get the same port, unlike a port derived from the job id.
+    """
+    import random
+
+    lo, hi = port_range
+    if not (0 < lo <= hi < 65536):
+        raise RendezvousError(f"port range {lo}-{hi} is not within 1-65535")
+    claims = _claim_dir(claim_dir)
+    if claims:
+        _clean_stale_claims(claims)
+    rng = random.SystemRandom()
+    tried = set()
+    for _ in range(attempts):
+        port = rng.randint(lo, hi)
+        if port in tried:
+            continue
+        tried.add(port)
+        if claims and not _claim(claims, port, job_id):
+            continue
+        if port_is_free(port):
+            return port
+        if claims:
+            _unclaim(claims, port)
+    raise RendezvousError(
+        f"no free TCP port found in {lo}-{hi} on {socket.gethostname()} after {len(tried)} tries; "
+        "set [launchers] master_port_range in the site-config to a range open on the compute nodes"
+    )
+
+
+def port_is_free(port: int) -> bool:
+    """True if ``port`` binds on every IPv4 (and, where there is IPv6, every IPv6) address right now."""
+    families = [(socket.AF_INET, "0.0.0.0")]
+    if socket.has_ipv6:
+        families.append((socket.AF_INET6, "::"))
+    for family, any_addr in families:
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            continue  # no IPv6 on this node
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((any_addr, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                continue
+            return False
+        finally:
+            sock.close()
+    return True
+
+
+def _claim_dir(preferred: Optional[str]) -> Optional[str]:
+    for base in ([preferred] if preferred else ["/dev/shm", "/tmp"]):
+        path = os.path.join(base, "hpcbridge-ports") if not preferred else base
+        try:
+            os.mkdir(path, 0o1777)
+            os.chmod(path, 0o1777)  # umask: every user's jobs claim here
+        except FileExistsError:
+            pass
+        except OSError:
+            continue
+        if os.path.isdir(path) and not os.path.islink(path) and os.access(path, os.W_OK | os.X_OK):
+            return path
+    return None
+
+
+def _claim(claims: str, port: int, job_id: str) -> bool:
+    path = os.path.join(claims, str(port))
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except FileExistsError:
+            try:
+                if time.time() - os.lstat(path).st_mtime < PORT_CLAIM_TTL_S:
+                    return False
+                os.unlink(path)  # stale (sticky directory: only its owner can remove it)
+            except OSError:
+                return False
+            continue
+        except OSError:
+            return True  # cannot claim here: rely on the bind test alone
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{job_id} {socket.gethostname()} {os.getpid()} {time.time():.3f}\n")
+        return True
+    return False
+
+
+def _unclaim(claims: str, port: int) -> None:
+    try:
+        os.unlink(os.path.join(claims, str(port)))
+    except OSError:
+        pass
+
+
+def _clean_stale_claims(claims: str, limit: int = 1000) -> None:
+    """Remove this user's expired claims (other users' stay: the directory is sticky)."""
+    now = time.time()
+    uid = os.getuid()
+    try:
+        with os.scandir(claims) as it:
+            for i, entry in enumerate(it):
+                if i >= limit:
+                    break
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                    if st.st_uid == uid and now - st.st_mtime > PORT_CLAIM_TTL_S:
+                        os.unlink(entry.path)
+                except OSError:
+                    pass
+    except OSError:
+        pass
+
+
+# -- GPUs --------------------------------------------------------------------------------------------------
+def gpu_share(visible: List[str], local_rank: int, local_world_size: int) -> Optional[List[str]]:
+    """This local rank's share of the node's GPUs, or None when they cannot be split evenly (left alone).
+
+    4 GPUs, 4 ranks -> one each; 8 GPUs, 4 ranks -> two each; 2 GPUs, 4 ranks -> None (ranks share).
+    """
+    if local_world_size <= 1 or not visible or len(visible) % local_world_size:
+        return None
+    per = len(visible) // local_world_size
+    return visible[local_rank * per : (local_rank + 1) * per]
+
+
+def bind_gpus(environ: Optional[Dict[str, str]] = None) -> Optional[List[str]]:
+    """Narrow ``CUDA_VISIBLE_DEVICES`` to this local rank's share (before CUDA starts); returns the share.
+
+    Used by the worker when ``HPCBRIDGE_BIND_GPUS=N`` (N GPUs per node) says the launcher does not bind GPUs
+    itself. Without ``CUDA_VISIBLE_DEVICES`` the node's GPUs are taken to be 0..N-1.
+    """
+    env = os.environ if environ is None else environ
+    per_node = _first(_int(env, (BIND_GPUS_VAR,)), 0)
+    visible = [d.strip() for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if not visible:
+        visible = [str(i) for i in range(per_node)]
+    job = environment_from(env, socket.gethostname())
+    share = gpu_share(visible, job.local_rank, job.local_world_size)
+    if share is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(share)
+        env[GPUS_BOUND_VAR] = "1"
+    return share
+
+
+# -- helpers -----------------------------------------------------------------------------------------------
+def _int(environ: Mapping[str, str], names: Tuple[str, ...]) -> Optional[int]:
+    for name in names:
+        value = environ.get(name, "").strip()
+        if value.isdigit():
+            return int(value)
+    return None
+
+
+def _first(*values: Optional[int]) -> int:
+    for v in values:
+        if v is not None:
+            return v
+    return 0
+
+
+def _read_text(path: str) -> Optional[str]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+    except OSError:
+        return None

@@ -1,0 +1,217 @@
+"""Launchers: the worker's argv in, the argv that starts it on every rank out (pure).
+
+``Executor(nodes=N, tasks_per_node=T, launcher=...)`` runs the callable on N x T ranks:
+
+- ``srun``: ``srun [--mpi=<site>] --nodes=N --ntasks=N*T --ntasks-per-node=T --cpus-per-task=C
+  --kill-on-bad-exit=1 PY -u -m hpcbridge.worker F`` (Slurm only).
+- ``mpirun``: ``mpirun -np N*T --map-by ppr:T:node[:PE=C] PY -u -m hpcbridge.worker F`` (OpenMPI; MPICH's and
+  Cray PALS' ``mpiexec`` flags with ``[mpi] flavour``). Inside Slurm and PBS-with-TM allocations
+  OpenMPI finds the nodes itself; elsewhere a hostfile is passed.
+- ``torchrun``: one ``python -m torch.distributed.run`` per node (``srun --ntasks-per-node=1`` on Slurm, a
+  per-node ``mpirun`` on PBS) with c10d rendezvous on the first node:
+  ``--nnodes=N --nproc-per-node=T --rdzv-backend=c10d --rdzv-endpoint={master_addr}:{master_port}``.
+
+With a launcher the job's command is ``PY -m hpcbridge.rendezvous F -- <launcher argv>``: it picks the master
+port on the first node, publishes it, fills in ``{master_addr}``/``{master_port}``/``{nodefile}`` and execs the
+launcher (see :mod:`hpcbridge.rendezvous`). Site settings: :func:`site_options` (docs/multinode.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from .errors import ConfigError, ResourceError
+from .jobenv import DEFAULT_PORT_RANGE
+from .spec import Resources
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .sites import Site
+
+MPI_FLAVOURS = ("openmpi", "mpich", "pals")
+
+
+def site_options(site: Site) -> Dict[str, Any]:
+    """The launcher settings of a site-config, with defaults (keys as :func:`launcher_argv` reads them).
+
+    ``[slurm] mpi``, ``[slurm] srun_args``, ``[mpi] mpirun``/``args``/``flavour``/``env``, ``[distributed]
+    master_port_min``/``master_port_max``/``bind_gpus``/``torchrun_args`` and ``nccl`` (docs/site-configs.md).
+    """
+    flavour = site.mpi.get("flavour", "openmpi")
+    dist = site.distributed
+    options: Dict[str, Any] = {
+        "mpi": site.slurm.get("mpi") or None,
+        "srun_args": list(site.slurm.get("srun_args", ())),
+        "mpirun": [site.mpi.get("mpirun") or ("mpirun" if flavour == "openmpi" else "mpiexec")],
+        "mpirun_args": list(site.mpi.get("args", ())),
+        "mpirun_flavour": flavour,
+        "mpi_env": dict(site.mpi.get("env", {})),
+        "torchrun_args": list(dist.get("torchrun_args", ())),
+        "bind_gpus": bool(dist.get("bind_gpus", True)),
+    }
+    if "master_port_min" in dist or "master_port_max" in dist:
+        lo = int(dist.get("master_port_min", DEFAULT_PORT_RANGE[0]))
+        hi = int(dist.get("master_port_max", DEFAULT_PORT_RANGE[1]))
+        if not 1024 <= lo <= hi <= 65535:
+            raise ConfigError(
+                f"{site.where('distributed')}: master ports {lo}-{hi}: need 1024 <= master_port_min <= "
+                "master_port_max <= 65535"
+            )
+        options["master_port_range"] = (lo, hi)
+    return options
+
+
+def worker_argv(python: str, folder: str) -> List[str]:
+    return [python, "-u", "-m", "hpcbridge.worker", folder]
+
+
+def plan(site: Site, res: Resources, folder: str, tag: str) -> Tuple[List[str], Dict[str, str]]:
+    """The job's command and the extra variables its script exports, for ``res`` on ``site``.
+
+    Raises :class:`ResourceError` (before anything is submitted) for a launcher the site cannot run.
+    """
+    options = site_options(site)
+    worker = worker_argv(site.python, folder)
+    env: Dict[str, str] = {}
+    if site.nccl and (res.launcher or res.gpus_per_node):
+        env["HPCBRIDGE_NCCL_ENV"] = json.dumps(dict(sorted(site.nccl.items())), separators=(",", ":"))
+    if not res.launcher:
+        return worker, env
+    if res.launcher in ("srun", "mpirun"):
+        env.update(options["mpi_env"])
+    env["HPCBRIDGE_LAUNCHER"] = res.launcher
+    if res.gpus_per_node and res.launcher in ("srun", "mpirun") and options.get("bind_gpus", True):
+        env["HPCBRIDGE_BIND_GPUS"] = str(res.gpus_per_node)
+    launch = launcher_argv(
+        res.launcher,
+        res,
+        python=site.python,
+        folder=folder,
+        scheduler=site.scheduler,
+        mpi=options["mpi"],
+        rdzv_id=tag,
+        options=options,
+    )
+    wrapper = [site.python, "-m", "hpcbridge.rendezvous", folder]
+    if "master_port_range" in options:
+        lo, hi = options["master_port_range"]
+        wrapper += ["--port-range", f"{lo}-{hi}"]
+    return [*wrapper, "--", *launch], env
+
+
+def launcher_argv(
+    launcher: str,
+    res: Resources,
+    *,
+    python: str,
+    folder: str,
+    scheduler: str = "slurm",
+    mpi: Optional[str] = None,
+    rdzv_id: str = "hpcbridge",
+    options: Optional[Mapping[str, Any]] = None,
+) -> List[str]:
+    """The argv that runs the worker on every rank of ``res`` (``{master_*}`` placeholders left in)."""
+    options = options or {}
+    worker = worker_argv(python, folder)
+    if scheduler == "local" and res.nodes > 1:
+        raise ResourceError(
+            f"nodes={res.nodes} with launcher={launcher!r}: the local site is one machine; use nodes=1"
+        )
+    if launcher == "srun":
+        if scheduler != "slurm":
+            raise ResourceError(
+                f"launcher='srun' needs a Slurm site (this one is {scheduler!r}); use launcher='mpirun' or "
+                "'torchrun'"
+            )
+        return [*srun_argv(res, mpi=mpi, extra=options.get("srun_args", ())), *worker]
+    if launcher == "mpirun":
+        return [*mpirun_argv(res, scheduler=scheduler, options=options), *worker]
+    if launcher == "torchrun":
+        if scheduler == "slurm":
+            per_node = srun_per_node_argv(res, extra=options.get("srun_args", ()))
+        elif scheduler == "pbs":
+            one = dataclasses.replace(res, tasks_per_node=1, cpus_per_task=res.tasks_per_node * res.cpus_per_task)
+            per_node = mpirun_argv(one, scheduler=scheduler, options=options)
+        else:
+            per_node = []
+        return [
+            *per_node,
+            *torchrun_argv(res, python=python, rdzv_id=rdzv_id, extra=options.get("torchrun_args", ())),
+            "-m",
+            "hpcbridge.worker",
+            folder,
+        ]
+    raise ResourceError(f"launcher={launcher!r} is not known; use srun, mpirun, torchrun or None")
+
+
+def srun_argv(res: Resources, *, mpi: Optional[str] = None, extra: Sequence[str] = ()) -> List[str]:
+    """``srun`` for one task per rank; ``--kill-on-bad-exit`` so a failed rank ends the others."""
+    argv = ["srun"]
+    if mpi:
+        argv.append(f"--mpi={mpi}")
+    argv += [
+        f"--nodes={res.nodes}",
+        f"--ntasks={res.ntasks}",
+        f"--ntasks-per-node={res.tasks_per_node}",
+        f"--cpus-per-task={res.cpus_per_task}",
+        "--kill-on-bad-exit=1",
+    ]
+    return argv + list(extra)
+
+
+def srun_per_node_argv(res: Resources, *, extra: Sequence[str] = ()) -> List[str]:
+    """``srun`` for one process per node that may use all the node's CPUs of the job (torchrun's agents)."""
+    return [
+        "srun",
+        f"--nodes={res.nodes}",
+        f"--ntasks={res.nodes}",
+        "--ntasks-per-node=1",
+        f"--cpus-per-task={res.tasks_per_node * res.cpus_per_task}",
+        "--kill-on-bad-exit=1",
+        *extra,
+    ]
+
+
+def mpirun_argv(
+    res: Resources, *, scheduler: str = "slurm", options: Optional[Mapping[str, Any]] = None
+) -> List[str]:
+    """``mpirun``/``mpiexec`` for ``res.tasks_per_node`` ranks on each of ``res.nodes`` nodes.
+
+    On PBS the node file is passed as ``{nodefile}`` (filled in from ``PBS_NODEFILE`` in the job); on Slurm
+    every flavour reads the allocation itself.
+    """
+    options = options or {}
+    flavour = options.get("mpirun_flavour", "openmpi")
+    command = list(options.get("mpirun", ["mpirun"] if flavour == "openmpi" else ["mpiexec"]))
+    n, per, cpus = res.ntasks, res.tasks_per_node, res.cpus_per_task
+    hostfile = scheduler == "pbs"
+    if flavour == "openmpi":
+        mapping = f"ppr:{per}:node" + (f":PE={cpus}" if cpus > 1 else "")
+        argv = [*command, "-np", str(n), "--map-by", mapping]
+        if hostfile:
+            argv += ["--hostfile", "{nodefile}"]
+    elif flavour == "mpich":
+        argv = [*command, "-n", str(n), "-ppn", str(per)]
+        if hostfile:
+            argv += ["-f", "{nodefile}"]
+    else:  # Cray PALS (PBS Pro on HPE Cray EX): mpiexec reads the PBS allocation itself
+        argv = [*command, "-n", str(n), "--ppn", str(per), "--depth", str(cpus)]
+    return argv + list(options.get("mpirun_args", ()))
+
+
+def torchrun_argv(res: Resources, *, python: str, rdzv_id: str, extra: Sequence[str] = ()) -> List[str]:
+    """One torchrun agent (``python -m torch.distributed.run``) with c10d rendezvous on the first node."""
+    return [
+        python,
+        "-m",
+        "torch.distributed.run",
+        f"--nnodes={res.nodes}",
+        f"--nproc-per-node={res.tasks_per_node}",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint={master_addr}:{master_port}",
+        f"--rdzv-id={rdzv_id}",
+        "--max-restarts=0",
+        *extra,
+    ]
+

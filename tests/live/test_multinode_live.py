@@ -1,0 +1,210 @@
+"""Multi-node jobs on the live Slurm test cluster (3 nodes x 2 CPUs, OpenMPI 4.1 + PMIx, torch CPU build).
+
+Every job here is one allocation across nodes, run through hpcbridge's launchers (srun, mpirun, torchrun), as the
+user running pytest (alice in tests/run).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+
+import hpcbridge
+from hpcbridge import Executor, JobState, load_site
+
+NODES = ("node1", "node2", "node3")
+NCCL = {"NCCL_SOCKET_IFNAME": "eth0", "NCCL_DEBUG": "WARN", "NCCL_IB_DISABLE": "1"}
+
+pytestmark = pytest.mark.live
+
+
+#: the cluster is shared with other test runs, and a 3 x 2 job needs every CPU: allow for queueing
+WAIT_S = 600
+
+
+@pytest.fixture
+def make_executor(cluster, cluster_workdir):
+    made = []
+
+    def make(**resources):
+        site = load_site("testcluster", nccl=NCCL)
+        resources.setdefault("walltime", "00:05:00")
+        ex = Executor(site=site, folder=str(cluster_workdir / "jobs"), **resources)
+        made.append(ex)
+        return ex
+
+    yield make
+    for ex in made:  # a failed test leaves nothing running on the cluster
+        ex.shutdown(wait=False, cancel_futures=True)
+
+
+# -- callables that run on every rank -------------------------------------------------------------------------
+def mpi_allreduce(offset):
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    env = hpcbridge.environment()
+    total = comm.allreduce(comm.Get_rank() + offset, op=MPI.SUM)
+    gathered = comm.allgather(socket.gethostname())
+    return {"mpi_rank": comm.Get_rank(), "mpi_size": comm.Get_size(), "sum": total, "hosts": gathered,
+            "rank": env.rank, "host": socket.gethostname()}
+
+
+def torch_allreduce(barrier_dir=None, jobs_expected=0):
+    import torch
+    import torch.distributed as dist
+
+    env = hpcbridge.init_torch_distributed(timeout_s=120)
+    seen = {k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK",
+                                           "LOCAL_WORLD_SIZE", *NCCL)}
+    if barrier_dir and env.rank == 0:  # every job's store is listening now: wait until all jobs are here
+        with open(os.path.join(barrier_dir, env.job_id), "w") as fh:
+            fh.write(f"{env.master_addr}:{env.master_port}")
+        deadline = time.time() + 120
+        while len(os.listdir(barrier_dir)) < jobs_expected:
+            if time.time() > deadline:
+                raise TimeoutError(f"only {os.listdir(barrier_dir)} arrived")
+            time.sleep(0.1)
+    t = torch.tensor([float(env.rank + 1)])
+    dist.all_reduce(t)
+    backend = dist.get_backend()
+    dist.destroy_process_group()
+    return {"sum": t.item(), "env": seen, "backend": backend, "rank": env.rank, "host": env.hostname,
+            "node_rank": env.node_rank, "master": (env.master_addr, env.master_port), "job_id": env.job_id}
+
+
+def explode_on_rank_4():
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    if comm.Get_rank() == 4:
+        raise ValueError(f"boom on rank {comm.Get_rank()} of {comm.Get_size()}")
+    comm.barrier()  # the others wait for rank 4, which never comes: the launcher must end them
+    return "unreachable"
+
+
+def describe_environment():
+    env = hpcbridge.environment()
+    nodelist = os.environ["SLURM_JOB_NODELIST"]
+    scontrol = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                              timeout=30).stdout.split()
+    rdv = open(os.path.join(env.folder, "rdv", f"{env.task}.json")).read()
+    return {"env": env._asdict(), "scontrol": scontrol, "nodelist": nodelist, "rdv": rdv,
+            "host": socket.gethostname()}
+
+
+# -- MPI ----------------------------------------------------------------------------------------------------
+def _check_mpi(results):
+    assert len(results) == 6
+    for rank, r in enumerate(results):
+        assert (r["rank"], r["mpi_rank"], r["mpi_size"]) == (rank, rank, 6), r
+        assert r["sum"] == sum(range(6)) + 6 * 10, r  # ranks 0..5 each add rank + 10: 75
+        assert r["host"] == NODES[rank // 2], r  # block distribution: ranks 0,1 on node1 ...
+        assert r["hosts"] == [NODES[i // 2] for i in range(6)], r
+
+
+@pytest.mark.parametrize("launcher", ["srun", "mpirun"])
+def test_mpi4py_allreduce_on_3_nodes_x_2_tasks(cluster, make_executor, launcher):
+    ex = make_executor(nodes=3, tasks_per_node=2, launcher=launcher)
+    job = ex.submit(mpi_allreduce, 10)
+    results = job.results(timeout=WAIT_S)
+    _check_mpi(results)
+    assert job.result() == results[0] and job.state == JobState.COMPLETED
+    assert sorted(os.listdir(f"{job.folder}/res")) == [f"0.{r}.pkl" for r in range(6)]
+    rec = cluster.wait_job(job.job_id)
+    assert (rec.state, rec.sacct["NNodes"]) == ("COMPLETED", "3")
+
+
+# -- torch.distributed ------------------------------------------------------------------------------------------
+def test_torch_gloo_all_reduce_on_3_nodes_through_the_helper(make_executor):
+    ex = make_executor(nodes=3, tasks_per_node=1, launcher="srun", mem_gb=1)
+    job = ex.submit(torch_allreduce)
+    results = job.results(timeout=WAIT_S)
+    assert [r["rank"] for r in results] == [0, 1, 2]
+    assert [r["host"] for r in results] == list(NODES)
+    port = results[0]["master"][1]
+    for rank, r in enumerate(results):
+        assert r["sum"] == 6.0 and r["backend"] == "gloo", r
+        assert r["env"] == {"MASTER_ADDR": "node1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": "3",
+                            "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", **NCCL}, r
+    assert 20000 <= port <= 32767
+
+
+def test_torchrun_launcher_across_3_nodes(make_executor):
+    ex = make_executor(nodes=3, tasks_per_node=2, launcher="torchrun", mem_gb=1.5)
+    job = ex.submit(torch_allreduce)
+    results = job.results(timeout=WAIT_S)
+    assert [r["rank"] for r in results] == list(range(6))
+    for rank, r in enumerate(results):
+        assert r["sum"] == 21.0 and r["host"] == NODES[rank // 2] and r["node_rank"] == rank // 2, r
+        assert r["env"]["LOCAL_RANK"] == str(rank % 2) and r["env"]["WORLD_SIZE"] == "6", r
+        assert r["master"][0] == "node1", r
+    # c10d rendezvous on the first node, at the port the launch step chose and published
+    import json
+
+    rdv = json.load(open(f"{job.folder}/rdv/0.json"))
+    assert rdv["addr"] == "node1" and rdv["host"] == "node1" and 20000 <= rdv["port"] <= 32767
+    assert f"--rdzv-endpoint={{master_addr}}:{{master_port}}" in job.script
+    assert job.script.count("srun --nodes=3 --ntasks=3 --ntasks-per-node=1 --cpus-per-task=2") == 1
+
+
+# -- failures -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("launcher", ["srun", "mpirun"])
+def test_a_failure_on_rank_4_surfaces_rank_4s_traceback(cluster, make_executor, launcher):
+    ex = make_executor(nodes=3, tasks_per_node=2, launcher=launcher, walltime="00:03:00")
+    job = ex.submit(explode_on_rank_4)
+    with pytest.raises(ValueError, match="^boom on rank 4 of 6$") as info:
+        job.result(timeout=WAIT_S)
+    exc = info.value
+    assert exc.rank == 4
+    cause = str(exc.__cause__)
+    assert f"Remote traceback (job {job.job_id}, rank 4, host node3)" in cause
+    assert "in explode_on_rank_4\n" in exc.remote_traceback  # (pickled by value: no source lines)
+    assert exc.remote_traceback.rstrip().endswith("ValueError: boom on rank 4 of 6")
+    assert job.state == JobState.FAILED
+    # the other ranks were blocked in a barrier: rank 4 left at once and the launcher ended them (before, mpi4py's
+    # MPI_Finalize on rank 4 waited for them and the job hung until its walltime)
+    rec = cluster.wait_job(job.job_id, timeout=240)
+    elapsed = cluster.run(["sacct", "-n", "-X", "-P", "-j", job.job_id, "-o", "ElapsedRaw"], timeout=30).stdout
+    assert rec.state == "FAILED" and int(elapsed.split()[0]) < 60, (rec, elapsed)
+
+
+# -- concurrent jobs on the same nodes --------------------------------------------------------------------------
+def test_two_2_node_jobs_at_once_on_the_same_nodes_get_different_ports(make_executor, cluster_workdir):
+    barrier = cluster_workdir / "barrier"
+    barrier.mkdir()
+    ex = make_executor(nodes=2, tasks_per_node=1, launcher="srun", mem_gb=1,
+                   extra_directives=["--nodelist=node1,node2"])
+    jobs = [ex.submit(torch_allreduce, str(barrier), 2) for _ in range(2)]
+    results = [job.results(timeout=WAIT_S) for job in jobs]
+    masters = [rs[0]["master"] for rs in results]
+    assert [m[0] for m in masters] == ["node1", "node1"]
+    assert masters[0][1] != masters[1][1], masters
+    for rs in results:
+        assert [r["sum"] for r in rs] == [3.0, 3.0] and [r["host"] for r in rs] == ["node1", "node2"]
+    # both rank-0 stores were listening on node1 at the same time (each waited for the other's marker)
+    assert sorted(os.listdir(barrier)) == sorted(job.job_id for job in jobs)
+
+
+# -- environment() --------------------------------------------------------------------------------------------
+def test_environment_inside_a_3_node_job(make_executor):
+    ex = make_executor(nodes=3, tasks_per_node=2, cpus_per_task=1, launcher="srun")
+    job = ex.submit(describe_environment)
+    results = job.results(timeout=WAIT_S)
+    first = results[0]["env"]
+    for rank, r in enumerate(results):
+        env = r["env"]
+        assert env == {
+            "rank": rank, "local_rank": rank % 2, "world_size": 6, "local_world_size": 2, "node_rank": rank // 2,
+            "num_nodes": 3, "nodes": NODES, "hostname": NODES[rank // 2], "master_addr": "node1",
+            "master_port": first["master_port"], "job_id": job.job_id, "task": 0, "scheduler": "slurm",
+            "launcher": "srun", "cpus_per_task": 1, "gpus": (), "device_index": 0, "folder": job.folder,
+        }, r
+        assert r["nodelist"] == "node[1-3]" and tuple(r["scontrol"]) == env["nodes"]  # Slurm agrees
+    import json
+
+    assert json.loads(results[0]["rdv"])["port"] == first["master_port"]

@@ -1,0 +1,442 @@
+"""Launchers (argv in, argv out), the in-job environment, the launch step, GPU shares, and golden GPU scripts."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+import hpcbridge.executor as executor_mod
+from hpcbridge import Executor
+from hpcbridge import jobenv, rendezvous
+from hpcbridge.distributed import site_nccl_env, torch_env
+from hpcbridge.errors import ConfigError, ResourceError
+from hpcbridge.launchers import launcher_argv, mpirun_argv, plan, site_options
+from hpcbridge.sites import site_from_mapping
+from hpcbridge.spec import Resources
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
+PY = "/opt/py/bin/python"
+F = "/scratch/alice/hpcb/0123456789abcdef"
+
+
+def _site(**over):
+    data = {
+        "scheduler": "slurm",
+        "python": PY,
+        "workdir": "/scratch/alice/hpcb",
+        "env": {"OMPI_MCA_btl": "self,tcp"},
+        "modules": ["cuda/12.4"],
+        "defaults": {"partition": "gpu", "walltime": "01:00:00"},
+    }
+    data.update(over)
+    return site_from_mapping("golden", data)
+
+
+def _check(name, text):
+    path = os.path.join(GOLDEN, name)
+    if os.environ.get("HPCBRIDGE_UPDATE_GOLDEN"):
+        with open(path, "w") as fh:
+            fh.write(text)
+    with open(path) as fh:
+        assert text == fh.read(), f"{name} changed; rerun with HPCBRIDGE_UPDATE_GOLDEN=1 if intended"
+
+
+@pytest.fixture
+def fixed(monkeypatch):
+    monkeypatch.setattr(executor_mod, "_new_tag", lambda: "0123456789abcdef")
+    monkeypatch.chdir("/")
+
+
+def train(cfg):
+    return cfg
+
+
+# -- golden scripts (there is no GPU here: the scripts are pinned instead) -----------------------------------
+def test_golden_srun_gpus_per_node_with_nccl(fixed):
+    site = _site(slurm={"mpi": "pmix"}, nccl={"NCCL_SOCKET_IFNAME": "ib0", "NCCL_IB_HCA": "mlx5_0,mlx5_1",
+                                              "NCCL_DEBUG": "WARN"})
+    ex = Executor(site=site, nodes=2, tasks_per_node=4, gpus_per_node=4, cpus_per_task=8, launcher="srun")
+    text = ex.render(train, {})
+    _check("slurm_srun_gpu.sh", text)
+    assert "#SBATCH --gpus-per-node=4\n" in text and "--gres" not in text
+    assert "export HPCBRIDGE_BIND_GPUS=4\n" in text  # srun gives every task all the node's GPUs: split them
+
+
+def test_golden_mpirun_gres(fixed):
+    site = _site(
+        slurm={"gpu_directive": "gres"},
+        mpi={"mpirun": "/opt/openmpi/bin/mpirun", "args": ["--bind-to", "core"], "env": {"UCX_TLS": "rc,sm"}},
+    )
+    ex = Executor(site=site, nodes=3, tasks_per_node=2, gpus_per_node=2, cpus_per_task=4, launcher="mpirun")
+    text = ex.render(train, {})
+    _check("slurm_mpirun_gres.sh", text)
+    assert "#SBATCH --gres=gpu:2\n" in text and "export UCX_TLS=rc,sm\n" in text
+
+
+def test_golden_torchrun_gpu(fixed):
+    site = _site(
+        nccl={"NCCL_DEBUG": "INFO"},
+        distributed={"master_port_min": 29400, "master_port_max": 29499, "torchrun_args": ["--log-dir=logs"]},
+    )
+    ex = Executor(site=site, nodes=2, tasks_per_node=8, gpus_per_node=8, launcher="torchrun")
+    text = ex.render(train, {})
+    _check("slurm_torchrun_gpu.sh", text)
+    assert "HPCBRIDGE_BIND_GPUS" not in text  # torchrun workers pick their GPU by LOCAL_RANK
+
+
+def test_no_launcher_script_is_unchanged_by_the_distributed_settings(fixed):
+    site = _site(nccl={"NCCL_DEBUG": "INFO"}, distributed={"bind_gpus": False})
+    text = Executor(site=site).render(train, {})
+    assert "HPCBRIDGE" not in text.replace("HPCBRIDGE_TASK", "")
+    assert text.rstrip().endswith(f"exec {PY} -u -m hpcbridge.worker {F}")
+
+
+def test_gpu_job_without_launcher_still_gets_the_site_nccl_settings(fixed):
+    site = _site(nccl={"NCCL_DEBUG": "INFO"})
+    text = Executor(site=site, gpus_per_node=1).render(train, {})
+    assert "export HPCBRIDGE_NCCL_ENV='{\"NCCL_DEBUG\":\"INFO\"}'\n" in text
+
+
+def test_bind_gpus_false_leaves_gpus_to_the_launcher(fixed):
+    site = _site(distributed={"bind_gpus": False})
+    text = Executor(site=site, nodes=1, tasks_per_node=4, gpus_per_node=4, launcher="srun").render(train, {})
+    assert "HPCBRIDGE_BIND_GPUS" not in text
+
+
+def test_the_rendered_script_runs_the_launch_step_then_the_launcher(fixed, tmp_path):
+    """The exec line parses back, in bash, into exactly the argv the launchers built (quoted once)."""
+    site = _site(slurm={"mpi": "pmix"})
+    text = Executor(site=site, nodes=3, tasks_per_node=2, launcher="srun").render(train, {})
+    exec_line = [line for line in text.splitlines() if line.startswith("exec ")][0]
+    out = subprocess.run(["bash", "-c", f"printf '%s\\n' {exec_line[5:]}"], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.splitlines() == [
+        PY, "-m", "hpcbridge.rendezvous", F, "--",
+        "srun", "--mpi=pmix", "--nodes=3", "--ntasks=6", "--ntasks-per-node=2", "--cpus-per-task=1",
+        "--kill-on-bad-exit=1", PY, "-u", "-m", "hpcbridge.worker", F,
+    ]
+
+
+# -- argv -----------------------------------------------------------------------------------------------------
+R32 = Resources(nodes=3, tasks_per_node=2)
+
+
+def test_srun_without_a_site_mpi_leaves_mpi_to_slurm():
+    argv = launcher_argv("srun", R32, python=PY, folder=F)
+    assert argv[:2] == ["srun", "--nodes=3"] and not any(a.startswith("--mpi") for a in argv)
+
+
+def test_srun_site_args_come_after_ours():
+    argv = launcher_argv("srun", R32, python=PY, folder=F, mpi="pmi2", options={"srun_args": ["--cpu-bind=none"]})
+    assert argv[:8] == ["srun", "--mpi=pmi2", "--nodes=3", "--ntasks=6", "--ntasks-per-node=2",
+                        "--cpus-per-task=1", "--kill-on-bad-exit=1", "--cpu-bind=none"]
+
+
+def test_mpirun_openmpi_maps_per_node_and_cpus():
+    assert mpirun_argv(R32) == ["mpirun", "-np", "6", "--map-by", "ppr:2:node"]
+    res = Resources(nodes=2, tasks_per_node=4, cpus_per_task=8)
+    assert mpirun_argv(res) == ["mpirun", "-np", "8", "--map-by", "ppr:4:node:PE=8"]
+
+
+def test_mpirun_on_pbs_passes_the_nodefile_placeholder():
+    assert mpirun_argv(R32, scheduler="pbs") == ["mpirun", "-np", "6", "--map-by", "ppr:2:node", "--hostfile",
+                                                 "{nodefile}"]
+    mpich = {"mpirun_flavour": "mpich"}
+    assert mpirun_argv(R32, scheduler="pbs", options=mpich) == ["mpiexec", "-n", "6", "-ppn", "2", "-f",
+                                                                "{nodefile}"]
+
+
+def test_mpiexec_pals_flavour():
+    res = Resources(nodes=2, tasks_per_node=4, cpus_per_task=16)
+    opts = {"mpirun_flavour": "pals", "mpirun_args": ["--cpu-bind", "depth"]}
+    assert mpirun_argv(res, scheduler="pbs", options=opts) == [
+        "mpiexec", "-n", "8", "--ppn", "4", "--depth", "16", "--cpu-bind", "depth"]
+
+
+def test_torchrun_on_slurm_one_agent_per_node_with_all_its_cpus():
+    res = Resources(nodes=3, tasks_per_node=2, cpus_per_task=3)
+    argv = launcher_argv("torchrun", res, python=PY, folder=F, rdzv_id="tag1")
+    assert argv == [
+        "srun", "--nodes=3", "--ntasks=3", "--ntasks-per-node=1", "--cpus-per-task=6", "--kill-on-bad-exit=1",
+        PY, "-m", "torch.distributed.run", "--nnodes=3", "--nproc-per-node=2", "--rdzv-backend=c10d",
+        "--rdzv-endpoint={master_addr}:{master_port}", "--rdzv-id=tag1", "--max-restarts=0",
+        "-m", "hpcbridge.worker", F,
+    ]
+
+
+def test_torchrun_on_pbs_runs_one_agent_per_node_through_mpirun():
+    argv = launcher_argv("torchrun", R32, python=PY, folder=F, scheduler="pbs")
+    assert argv[:7] == ["mpirun", "-np", "3", "--map-by", "ppr:1:node:PE=2", "--hostfile", "{nodefile}"]
+    assert argv[7:10] == [PY, "-m", "torch.distributed.run"]
+
+
+def test_local_site_launchers():
+    one = Resources(tasks_per_node=4)
+    assert launcher_argv("mpirun", one, python=PY, folder=F, scheduler="local")[:5] == [
+        "mpirun", "-np", "4", "--map-by", "ppr:4:node"]
+    assert launcher_argv("torchrun", one, python=PY, folder=F, scheduler="local")[:3] == [
+        PY, "-m", "torch.distributed.run"]
+
+
+@pytest.mark.parametrize(
+    ("launcher", "scheduler", "res", "message"),
+    [
+        ("srun", "pbs", R32, "launcher='srun' needs a Slurm site (this one is 'pbs')"),
+        ("srun", "local", Resources(), "launcher='srun' needs a Slurm site"),
+        ("mpirun", "local", R32, "nodes=3 with launcher='mpirun': the local site is one machine"),
+    ],
+)
+def test_launchers_a_site_cannot_run_fail_before_submission(launcher, scheduler, res, message):
+    with pytest.raises(ResourceError) as info:
+        launcher_argv(launcher, res, python=PY, folder=F, scheduler=scheduler)
+    assert message in str(info.value)
+
+
+def test_executor_on_the_local_site_refuses_srun_before_anything_is_written(tmp_path):
+    ex = Executor(site="local", folder=str(tmp_path / "jobs"), launcher="srun")
+    with pytest.raises(ResourceError, match="needs a Slurm site"):
+        ex.submit(train, 1)
+    assert not (tmp_path / "jobs").exists() or not any((tmp_path / "jobs").iterdir())
+
+
+def test_site_options_defaults_and_port_range():
+    opts = site_options(_site())
+    assert opts["mpi"] is None and opts["mpirun"] == ["mpirun"] and opts["bind_gpus"] is True
+    assert "master_port_range" not in opts
+    opts = site_options(_site(distributed={"master_port_min": 25000}))
+    assert opts["master_port_range"] == (25000, 32767)  # the other end keeps its default
+    with pytest.raises(ConfigError, match="need 1024 <= master_port_min <= master_port_max <= 65535"):
+        plan(_site(distributed={"master_port_min": 40000}), Resources(launcher="srun"), F, "t")
+    opts = site_options(_site(mpi={"flavour": "mpich"}))
+    assert opts["mpirun"] == ["mpiexec"]
+
+
+def test_unknown_distributed_key_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown key 'master_port' in \\[distributed\\]"):
+        _site(distributed={"master_port": 1})
+
+
+def test_plan_port_range_reaches_the_launch_step():
+    site = _site(distributed={"master_port_min": 29400, "master_port_max": 29410})
+    command, env = plan(site, Resources(nodes=2, launcher="srun"), F, "tag")
+    assert command[:7] == [PY, "-m", "hpcbridge.rendezvous", F, "--port-range", "29400-29410", "--"]
+    assert env == {"HPCBRIDGE_LAUNCHER": "srun"}
+
+
+# -- the in-job environment -----------------------------------------------------------------------------------
+SLURM_JOB = {
+    "SLURM_JOB_ID": "77",
+    "SLURM_JOB_NODELIST": "gpu-a[01-03]",
+    "SLURM_TASKS_PER_NODE": "2(x3)",
+    "SLURM_CPUS_PER_TASK": "4",
+    "HPCBRIDGE_TASK": "0",
+    "HPCBRIDGE_FOLDER": F,
+}
+
+
+def test_environment_under_srun():
+    environ = dict(SLURM_JOB, HPCBRIDGE_LAUNCHER="srun", SLURM_STEP_ID="0", SLURM_PROCID="3", SLURM_LOCALID="1",
+                   SLURM_NODEID="1", SLURM_NTASKS="6", SLURM_STEP_TASKS_PER_NODE="2(x3)",
+                   HPCBRIDGE_MASTER_ADDR="gpu-a01", HPCBRIDGE_MASTER_PORT="23456", CUDA_VISIBLE_DEVICES="2,3")
+    env = jobenv.environment_from(environ, "gpu-a02")
+    assert env._asdict() == {
+        "rank": 3, "local_rank": 1, "world_size": 6, "local_world_size": 2, "node_rank": 1, "num_nodes": 3,
+        "nodes": ("gpu-a01", "gpu-a02", "gpu-a03"), "hostname": "gpu-a02", "master_addr": "gpu-a01",
+        "master_port": 23456, "job_id": "77", "task": 0, "scheduler": "slurm", "launcher": "srun",
+        "cpus_per_task": 4, "gpus": ("2", "3"), "device_index": 1, "folder": F,
+    }
+    assert not env.is_master
+
+
+def test_environment_under_mpirun_ignores_the_daemons_slurm_procid():
+    """OpenMPI starts its per-node daemons with srun: SLURM_PROCID is the daemon's rank, not the process's."""
+    environ = dict(SLURM_JOB, SLURM_STEP_ID="1", SLURM_PROCID="2", SLURM_NODEID="2", OMPI_COMM_WORLD_RANK="5",
+                   OMPI_COMM_WORLD_LOCAL_RANK="1", OMPI_COMM_WORLD_SIZE="6", OMPI_COMM_WORLD_LOCAL_SIZE="2",
+                   PMIX_RANK="5", HPCBRIDGE_MASTER_PORT="23456")
+    for launcher in ("mpirun", None):  # named by hpcbridge, or found from OpenMPI's own variables
+        if launcher:
+            environ["HPCBRIDGE_LAUNCHER"] = launcher
+        env = jobenv.environment_from(environ, "gpu-a03")
+        assert (env.rank, env.local_rank, env.world_size, env.local_world_size, env.node_rank) == (5, 1, 6, 2, 2)
+        assert env.launcher == "mpirun" and jobenv.process_rank(environ) == 5
+
+
+def test_environment_under_torchrun_uses_torchruns_store():
+    environ = dict(SLURM_JOB, HPCBRIDGE_LAUNCHER="torchrun", SLURM_STEP_ID="0", SLURM_PROCID="1", RANK="4",
+                   LOCAL_RANK="0", WORLD_SIZE="6", LOCAL_WORLD_SIZE="2", GROUP_RANK="2", MASTER_ADDR="gpu-a01",
+                   MASTER_PORT="41234", HPCBRIDGE_MASTER_PORT="29400", TORCHELASTIC_RUN_ID="x")
+    env = jobenv.environment_from(environ, "gpu-a03")
+    assert (env.rank, env.world_size, env.node_rank, env.master_port) == (4, 6, 2, 41234)
+    del environ["HPCBRIDGE_LAUNCHER"]
+    assert jobenv.detect_launcher(environ) == "torchrun" and jobenv.process_rank(environ) == 4
+
+
+def test_environment_of_a_batch_script_is_one_process():
+    environ = dict(SLURM_JOB, SLURM_PROCID="0", SLURM_NTASKS="6", SLURM_NODEID="0")  # no step id: batch step
+    env = jobenv.environment_from(environ, "gpu-a01")
+    assert (env.rank, env.world_size, env.launcher, env.num_nodes) == (0, 1, None, 3)
+
+
+def test_environment_of_an_array_task():
+    environ = dict(SLURM_JOB, SLURM_ARRAY_JOB_ID="70", SLURM_ARRAY_TASK_ID="7", HPCBRIDGE_TASK="7")
+    env = jobenv.environment_from(environ, "gpu-a01")
+    assert (env.job_id, env.task) == ("70_7", 7)
+
+
+def test_environment_reads_the_published_port_from_the_job_folder(tmp_path):
+    (tmp_path / "rdv").mkdir()
+    (tmp_path / "rdv" / "0.json").write_text(json.dumps({"addr": "gpu-a01", "port": 24680}))
+    environ = dict(SLURM_JOB, HPCBRIDGE_FOLDER=str(tmp_path), HPCBRIDGE_LAUNCHER="srun", SLURM_STEP_ID="0",
+                   SLURM_PROCID="0", SLURM_NTASKS="6")
+    env = jobenv.environment_from(environ, "gpu-a01")
+    assert (env.master_addr, env.master_port) == ("gpu-a01", 24680)
+
+
+def test_environment_on_pbs_from_the_nodefile(tmp_path):
+    nodefile = tmp_path / "nodefile"
+    nodefile.write_text("cn-07.hpc\ncn-07.hpc\ncn-02.hpc\ncn-02.hpc\ncn-11.hpc\ncn-11.hpc\n")
+    environ = {"PBS_JOBID": "4242.pbs01", "PBS_NODEFILE": str(nodefile), "OMPI_COMM_WORLD_RANK": "2",
+               "OMPI_COMM_WORLD_LOCAL_RANK": "0", "OMPI_COMM_WORLD_SIZE": "6", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}
+    env = jobenv.environment_from(environ, "cn-02")  # short host name vs the node file's long ones
+    assert env.nodes == ("cn-07.hpc", "cn-02.hpc", "cn-11.hpc")
+    assert (env.scheduler, env.job_id, env.rank, env.node_rank, env.master_addr) == (
+        "pbs", "4242.pbs01", 2, 1, "cn-07.hpc")
+
+
+def test_environment_outside_any_job_is_this_machine(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith(("SLURM_", "PBS_", "OMPI_", "PMI", "HPCBRIDGE_")) or name in ("RANK", "WORLD_SIZE"):
+            monkeypatch.delenv(name)
+    env = jobenv.environment()
+    assert (env.scheduler, env.rank, env.world_size, env.nodes) == ("local", 0, 1, (socket.gethostname(),))
+    assert env.master_port > 0 and jobenv.environment().master_port == env.master_port  # chosen once
+
+
+# -- ports -------------------------------------------------------------------------------------------------
+def test_choose_port_skips_a_port_in_use_and_a_port_claimed_by_another_job(tmp_path):
+    busy = socket.socket()
+    busy.bind(("0.0.0.0", 0))
+    busy.listen()
+    taken = busy.getsockname()[1]
+    try:
+        assert not jobenv.port_is_free(taken)
+        claims = tmp_path / "claims"
+        first = jobenv.choose_port((taken, taken + 2), claim_dir=str(claims), job_id="job-1")
+        second = jobenv.choose_port((taken, taken + 2), claim_dir=str(claims), job_id="job-2")
+        assert taken not in (first, second) and first != second  # both free; the claim keeps them apart
+        assert (claims / str(first)).read_text().startswith("job-1 ")
+        with pytest.raises(jobenv.RendezvousError, match=f"no free TCP port found in {taken}-{taken + 2}"):
+            jobenv.choose_port((taken, taken + 2), claim_dir=str(claims), job_id="job-3", attempts=50)
+    finally:
+        busy.close()
+
+
+def test_stale_claims_are_taken_over(tmp_path):
+    sock = socket.socket()
+    sock.bind(("0.0.0.0", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    (tmp_path / str(port)).write_text("old 1 2 3\n")
+    old = os.stat(tmp_path / str(port)).st_mtime - jobenv.PORT_CLAIM_TTL_S - 5
+    os.utime(tmp_path / str(port), (old, old))
+    assert jobenv.choose_port((port, port), claim_dir=str(tmp_path), job_id="new") == port
+
+
+def test_many_concurrent_launch_steps_on_one_node_get_distinct_ports(tmp_path):
+    """Eight processes choosing at the same moment from a small range: no two get the same port."""
+    code = (
+        "import sys; from hpcbridge.jobenv import choose_port; "
+        f"print(choose_port((30000, 30015), claim_dir={str(tmp_path)!r}, job_id=sys.argv[1]))"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], stdout=subprocess.PIPE, text=True)
+             for i in range(8)]
+    ports = [int(p.communicate(timeout=60)[0]) for p in procs]
+    assert len(set(ports)) == 8 and all(30000 <= p <= 30015 for p in ports)
+
+
+# -- the launch step ------------------------------------------------------------------------------------------
+def test_rendezvous_parses_and_substitutes():
+    folder, ports, command = rendezvous.parse_args([F, "--port-range", "29400-29410", "--", "srun", "x"])
+    assert (folder, ports, command) == (F, (29400, 29410), ["srun", "x"])
+    assert rendezvous.substitute(["--rdzv-endpoint={master_addr}:{master_port}", "{nodefile}", "{x}"], "n1", 5,
+                                 "/var/nf") == ["--rdzv-endpoint=n1:5", "/var/nf", "{x}"]
+    for bad in ([F], [F, "--"], ["--", "srun"], [F, "--bogus", "--", "srun"]):
+        with pytest.raises(ValueError):
+            rendezvous.parse_args(bad)
+
+
+def test_rendezvous_publishes_then_execs_the_launcher(tmp_path):
+    """The real launch step in a fake one-node Slurm job: it writes rdv/3.json and the launcher sees the port."""
+    env = {"PATH": os.environ["PATH"], "SLURM_JOB_ID": "9", "SLURM_JOB_NODELIST": socket.gethostname(),
+           "HPCBRIDGE_TASK": "3", "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run(
+        [sys.executable, "-m", "hpcbridge.rendezvous", str(tmp_path), "--port-range", "31000-31999", "--",
+         "sh", "-c", 'echo "$1 $HPCBRIDGE_MASTER_ADDR $HPCBRIDGE_MASTER_PORT $HPCBRIDGE_FOLDER"', "sh",
+         "{master_addr}:{master_port}"],
+        env=env, capture_output=True, text=True, timeout=60, check=True,
+    )
+    record = json.loads((tmp_path / "rdv" / "3.json").read_text())
+    addr, port = record["addr"], record["port"]
+    assert addr == socket.gethostname() and 31000 <= port <= 31999 and record["job_id"] == "9"
+    assert out.stdout.split() == [f"{addr}:{port}", addr, str(port), str(tmp_path)]
+    assert oct(os.stat(tmp_path / "rdv").st_mode & 0o777) == "0o700"
+
+
+def test_rendezvous_reports_a_launcher_that_is_not_there(tmp_path):
+    env = {"PATH": "/nonexistent", "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-m", "hpcbridge.rendezvous", str(tmp_path), "--", "srun", "x"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 127 and "hpcbridge.rendezvous: cannot start 'srun'" in out.stderr
+
+
+# -- GPUs -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("visible", "local_rank", "per_node", "share"),
+    [
+        (["0", "1", "2", "3"], 2, 4, ["2"]),
+        (["0", "1", "2", "3", "4", "5", "6", "7"], 1, 4, ["2", "3"]),
+        (["4", "5"], 1, 2, ["5"]),  # Slurm's own numbering is kept
+        (["0", "1"], 3, 4, None),  # fewer GPUs than ranks: they share, nothing is hidden
+        (["0", "1", "2"], 0, 2, None),  # uneven
+        (["0"], 0, 1, None),  # one rank: leave it alone
+    ],
+)
+def test_gpu_share(visible, local_rank, per_node, share):
+    assert jobenv.gpu_share(visible, local_rank, per_node) == share
+
+
+def test_bind_gpus_narrows_cuda_visible_devices_per_local_rank():
+    environ = dict(SLURM_JOB, HPCBRIDGE_LAUNCHER="srun", SLURM_STEP_ID="0", SLURM_PROCID="3", SLURM_LOCALID="1",
+                   SLURM_NODEID="1", SLURM_NTASKS="6", HPCBRIDGE_BIND_GPUS="4", CUDA_VISIBLE_DEVICES="0,1,2,3")
+    assert jobenv.environment_from(environ, "gpu-a02").device_index == 1  # all 4 visible: its own index
+    assert jobenv.bind_gpus(environ) == ["2", "3"] and environ["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert jobenv.environment_from(environ, "gpu-a02").device_index == 0  # first of its own share
+    del environ["CUDA_VISIBLE_DEVICES"]  # no gres plugin setting it: the node's GPUs are 0..N-1
+    assert jobenv.bind_gpus(environ) == ["2", "3"]
+    env = jobenv.environment_from(environ, "gpu-a02")
+    assert env.gpus == ("2", "3") and env.device_index == 0
+
+
+# -- torch.distributed variables --------------------------------------------------------------------------
+def test_torch_env_sets_the_rendezvous_and_the_site_nccl_settings():
+    env = jobenv.environment_from(
+        dict(SLURM_JOB, HPCBRIDGE_LAUNCHER="srun", SLURM_STEP_ID="0", SLURM_PROCID="5", SLURM_LOCALID="1",
+             SLURM_NODEID="2", SLURM_NTASKS="6", HPCBRIDGE_MASTER_PORT="23456"), "gpu-a03")
+    environ = {"HPCBRIDGE_NCCL_ENV": '{"NCCL_DEBUG":"WARN","NCCL_SOCKET_IFNAME":"ib0"}', "NCCL_DEBUG": "TRACE"}
+    assert site_nccl_env(environ) == {"NCCL_DEBUG": "WARN", "NCCL_SOCKET_IFNAME": "ib0"}
+    out = torch_env(env, {"NCCL_IB_HCA": "mlx5_0"}, environ)
+    assert out == {
+        "NCCL_SOCKET_IFNAME": "ib0",  # NCCL_DEBUG was set by the user already: theirs wins
+        "NCCL_IB_HCA": "mlx5_0",
+        "MASTER_ADDR": "gpu-a01", "MASTER_PORT": "23456", "RANK": "5", "WORLD_SIZE": "6", "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "2",
+    }
+
+
+def test_torch_env_without_a_port_says_how_to_get_one():
+    env = jobenv.environment_from(dict(SLURM_JOB, HPCBRIDGE_RANK="1", HPCBRIDGE_WORLD_SIZE="2"), "gpu-a02")
+    with pytest.raises(jobenv.RendezvousError, match="run it with launcher='srun', 'mpirun' or 'torchrun'"):
+        torch_env(env, None, {})

@@ -1,0 +1,330 @@
+"""The PBS adapter's parsers and argv, on output written from the PBS Pro / Torque documentation and recorded from
+the slurm-wlm-torque wrappers of the live test cluster (tests/unit/fixtures/pbs/README.md says which is which)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+
+from hpcbridge.backend import make_scheduler
+from hpcbridge.errors import ResourceError, SchedulerError
+from hpcbridge.schedulers.base import ScriptRequest
+from hpcbridge.schedulers.pbs import (
+    PBSScheduler,
+    expand_range,
+    parse_qstat_json,
+    parse_qstat_text,
+    walltime_arg,
+)
+from hpcbridge.sites import site_from_mapping
+from hpcbridge.spec import Resources, resources_from
+from hpcbridge.state import JobState
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "pbs")
+
+
+def fixture(name: str) -> str:
+    """The fixture's output, without its provenance header (the leading '#' lines)."""
+    with open(os.path.join(FIXTURES, name)) as fh:
+        lines = fh.read().splitlines(keepends=True)
+    while lines and lines[0].startswith("#"):
+        lines.pop(0)
+    return "".join(lines)
+
+
+@pytest.fixture
+def pro() -> PBSScheduler:
+    return PBSScheduler("pbspro")
+
+
+@pytest.fixture
+def torque() -> PBSScheduler:
+    return PBSScheduler("torque")
+
+
+# -- qsub -----------------------------------------------------------------------------------------------------
+def test_parse_submit_reads_the_id_qsub_prints(pro, torque):
+    lines = fixture("pbspro_qsub.txt").splitlines()
+    assert pro.parse_submit(lines[0] + "\n") == "1234.pbs-server"
+    assert pro.parse_submit("\n".join(lines[1:]) + "\n") == "1235[].pbs-server.example.org"
+    assert torque.parse_submit("46\n") == "46"  # slurm-wlm-torque prints Slurm's plain id, arrays included
+    with pytest.raises(SchedulerError, match="qsub printed no job id: 'qsub: Unknown queue'"):
+        pro.parse_submit("qsub: Unknown queue\n")
+
+
+def test_submit_argv_puts_the_scheduler_log_on_the_command_line(pro):
+    # the slurm-wlm-torque qsub overrides #PBS -o/-j with defaults in the caller's current directory
+    assert pro.submit_argv("/home/a/.hpcbridge/jobs/0123/script.sh") == [
+        "qsub", "-j", "oe", "-o", "/home/a/.hpcbridge/jobs/0123/log/pbs.out", "/home/a/.hpcbridge/jobs/0123/script.sh"
+    ]
+
+
+def test_task_ids(pro, torque):
+    assert pro.task_id("1235[].pbs-server", 4, True) == "1235[4].pbs-server"
+    assert pro.task_id("1236.pbs-server", 0, True) == "1236.pbs-server"  # a one-task array goes as a plain job
+    assert pro.task_id("1237.pbs-server", 0, False) == "1237.pbs-server"
+    assert torque.task_id("1300[].torque-server", 2, True) == "1300[2].torque-server"
+    assert torque.task_id("46", 3, True) == "46[3]"  # a bare array of the Slurm-backed wrapper
+
+
+# -- PBS Pro: qstat -f -F json -x -t ---------------------------------------------------------------------------
+PRO_EXPECTED = {
+    "1001.pbs-server": (JobState.COMPLETED, 0, "F Exit_status=0"),
+    "1002.pbs-server": (JobState.FAILED, 1, "F Exit_status=1"),
+    "1003.pbs-server": (JobState.TIMEOUT, -29, "F Exit_status=-29 JOB_EXEC_KILL_WALLTIME"),
+    "1004.pbs-server": (JobState.OUT_OF_MEMORY, -27, "F Exit_status=-27 JOB_EXEC_KILL_MEM"),
+    "1005.pbs-server": (JobState.CANCELLED, 271, "F Exit_status=271 (deleted)"),
+    "1006.pbs-server": (JobState.CANCELLED, None, "F (deleted)"),
+    "1007.pbs-server": (
+        JobState.TIMEOUT, 271,
+        "F Exit_status=271 (killed by signal 15 (SIGTERM): walltime 602 s reached the limit 600 s)",
+    ),
+    "1008.pbs-server": (JobState.FAILED, 265, "F Exit_status=265 (killed by signal 9 (SIGKILL))"),
+    "1009.pbs-server": (JobState.NODE_FAIL, -20, "F Exit_status=-20 JOB_EXEC_RERUN_MS_FAIL"),
+    "1010.pbs-server": (JobState.RUNNING, None, "R"),
+    "1011.pbs-server": (JobState.PENDING, None, "Q"),
+    "1012.pbs-server": (JobState.PENDING, None, "H"),
+    "1013.pbs-server": (JobState.PENDING, None, "W"),
+    "1014.pbs-server": (JobState.RUNNING, None, "S"),
+    "1015.pbs-server": (JobState.RUNNING, None, "E"),
+    "1016.pbs-server": (JobState.PENDING, None, "T"),
+    "1020[].pbs-server": (JobState.RUNNING, None, "B"),
+    "1020[0].pbs-server": (JobState.COMPLETED, 0, "X Exit_status=0"),
+    "1020[1].pbs-server": (JobState.FAILED, 1, "X Exit_status=1"),
+    "1020[2].pbs-server": (JobState.RUNNING, None, "R"),
+    "1020[3].pbs-server": (JobState.RUNNING, None, "E"),
+    "1020[4].pbs-server": (JobState.PENDING, None, "Q"),
+    "1020[5].pbs-server": (JobState.PENDING, None, "Q (subjob not started)"),  # listed only in its parent's range
+    "1030[0].pbs-server": (JobState.COMPLETED, 0, "X Exit_status=0"),
+    "1030[1].pbs-server": (JobState.COMPLETED, 0, "X Exit_status=0"),
+}
+
+
+def test_pbspro_json_states_and_exit_statuses(pro):
+    statuses = pro.parse_status(fixture("pbspro_qstat_json.txt"))
+    got = {k: (v.state, v.exit_code, v.native) for k, v in statuses.items() if k in PRO_EXPECTED}
+    assert got == PRO_EXPECTED
+    assert statuses["1010.pbs-server"].nodes == "node01/0*4+node02/0*4"
+    assert statuses["1011.pbs-server"].reason.startswith("Not Running: Insufficient amount of resource: ncpus")
+
+
+def test_pbspro_json_is_flattened_with_nested_resources():
+    jobs = parse_qstat_json(fixture("pbspro_qstat_json.txt"))
+    assert jobs["1007.pbs-server"]["resources_used.walltime"] == "00:10:02"
+    assert jobs["1007.pbs-server"]["Resource_List.walltime"] == "00:10:00"
+    assert jobs["1010.pbs-server"]["Resource_List.select"] == "2:ncpus=4:mpiprocs=4:ngpus=1:mem=2048mb"
+    assert jobs["1020[].pbs-server"]["array"] == "True"
+    assert parse_qstat_json("") == {}
+    # no Jobs key: qstat found none of the ids (it also says so on stderr)
+    assert parse_qstat_json('{"timestamp":1,"pbs_version":"2022.1.1","pbs_server":"s"}') == {}
+
+
+def test_pbspro_invalid_json_is_read_line_by_line(pro):
+    text = fixture("pbspro_qstat_json_invalid.txt")
+    with pytest.raises(ValueError):
+        json.loads(text, strict=False)  # what openpbs#2541 reports: json.loads gives up
+    statuses = pro.parse_status(text)
+    assert {k: (v.state, v.exit_code) for k, v in statuses.items()} == {
+        "2001.pbs-server": (JobState.COMPLETED, 0),
+        "2002.pbs-server": (JobState.TIMEOUT, -29),
+    }
+    jobs = parse_qstat_json(text)
+    assert jobs["2002.pbs-server"]["resources_used.walltime"] == "00:10:01"
+    assert jobs["2001.pbs-server"]["Variable_List.LEVEL"] == "005"
+
+
+def test_pbspro_status_is_one_query_with_history_and_subjobs(pro):
+    argv = pro.status_argv(["1001.pbs-server", "1020[].pbs-server"], 0)
+    assert argv == ["qstat", "-f", "-F", "json", "-x", "-t", "1001.pbs-server", "1020[].pbs-server"]
+
+
+# -- Torque: qstat -f (text) ----------------------------------------------------------------------------------
+def test_torque_text_states_and_exit_statuses(torque):
+    statuses = torque.parse_status(fixture("torque_qstat_f.txt"))
+    got = {k: (v.state, v.exit_code, v.native) for k, v in statuses.items()}
+    assert got == {
+        "1299.torque-server": (JobState.COMPLETED, 0, "C Exit_status=0"),
+        "1300[0].torque-server": (JobState.COMPLETED, 0, "C Exit_status=0"),
+        "1300[1].torque-server": (JobState.FAILED, 2, "C Exit_status=2"),
+        "1300[2].torque-server": (JobState.RUNNING, None, "R"),
+        "1301.torque-server": (JobState.TIMEOUT, -11, "C Exit_status=-11 JOB_EXEC_OVERLIMIT_WT"),
+        "1302.torque-server": (JobState.CANCELLED, 271, "C Exit_status=271 (killed by signal 15 (SIGTERM))"),
+        "1303.torque-server": (
+            JobState.TIMEOUT, 271, "C Exit_status=271 (killed by signal 15 (SIGTERM): walltime 600 s reached the "
+            "limit 600 s)"
+        ),
+        "1304.torque-server": (JobState.RUNNING, None, "R"),
+        "1305.torque-server": (JobState.PENDING, None, "Q"),
+        "1306.torque-server": (JobState.PENDING, None, "H"),
+    }
+    assert statuses["1304.torque-server"].nodes == "node01/0+node01/1+node02/0+node02/1"
+
+
+def test_torque_text_joins_wrapped_values():
+    jobs = parse_qstat_text(fixture("torque_qstat_f.txt"))
+    env = jobs["1299.torque-server"]["Variable_List"]
+    assert env.startswith("PBS_O_QUEUE=batch,") and env.endswith("PBS_O_HOST=login01,PBS_O_SERVER=torque-server")
+    assert "PBS_O_PATH=/usr/local/bin:/usr/bin:/bin," in env
+
+
+def test_torque_status_argv(torque):
+    assert torque.status_argv(["1299.torque-server"], 0) == ["qstat", "-f", "1299.torque-server"]
+    assert torque.status_argv(["1299.torque-server", "1300[].torque-server"], 0) == [
+        "qstat", "-f", "-t", "1299.torque-server", "1300[].torque-server"
+    ]
+
+
+# -- jobs that left qstat -------------------------------------------------------------------------------------
+def test_a_job_qstat_no_longer_lists_has_ended(torque, pro):
+    torque.parse_status(fixture("torque_qstat_f.txt"))
+    gone = torque.missing_status("1298.torque-server")
+    assert gone is not None and gone.state == JobState.COMPLETED and gone.exit_code is None
+    assert gone.native == "gone from qstat (it finished; its exit status is no longer kept)"
+    # a subjob Torque has not made yet, while others of its array are listed: no news, not "gone"
+    assert torque.missing_status("1300[3].torque-server") is None
+    # once nothing of the array is listed any more, its unlisted subjobs have ended
+    torque.parse_status(fixture("torque_qstat_f.txt").split("Job Id: 1300[0]")[0])
+    assert torque.missing_status("1300[3].torque-server") is not None
+    assert pro.missing_status("1040.pbs-server") is not None
+
+
+def test_qstat_exit_status_for_unknown_jobs_is_an_answer(pro, torque):
+    assert pro.status_exit_ok(153, "qstat: Unknown Job Id 1299.pbs-server\n")
+    assert pro.status_exit_ok(35, "qstat: 1299.pbs-server Job has finished, use -x or -H to obtain historical job "
+                                  "information\n")
+    assert torque.status_exit_ok(153, "qstat: Unknown Job Id Error 1299.torque-server\n")
+    assert torque.status_exit_ok(153, "")  # slurm-wlm-torque: none of the ids known, and it says nothing
+    assert not pro.status_exit_ok(15010 & 0xFF, "qstat: cannot connect to server pbs-server (errno=111)\n")
+    assert not pro.status_exit_ok(153, "qstat: Unknown Job Id 1.s\nqstat: cannot connect to server s\n")
+    assert not torque.status_exit_ok(2, "")
+
+
+# -- the Slurm-backed wrapper's arrays ----------------------------------------------------------------------
+WRAPPER_IDS = ["749", "750"]
+
+
+def _bare(torque: PBSScheduler) -> None:
+    """Submitted: the executor named every task (for the registry); each poll asks qstat, then reads its answer."""
+    for index in range(200):
+        torque.task_id("749", index, True)
+    torque.status_argv(WRAPPER_IDS, 0)
+
+
+def _set_state(text: str, job_id: str, state: str) -> str:
+    return re.sub(rf"(Job Id:\t{job_id}\n(?:\t.*\n)*?\tjob_state = )\S", rf"\g<1>{state}", text)
+
+
+def _drop(text: str, job_id: str) -> str:
+    return re.sub(rf"Job Id:\t{job_id}\n(?:\t.*\n)*\n?", "", text)
+
+
+def test_bare_array_tasks_follow_their_group(torque):
+    _bare(torque)
+    assert torque.status_argv(WRAPPER_IDS, 0) == ["qstat", "-f"]  # its started tasks have ids nobody told us
+    text = fixture("slurm_torque_qstat_f.txt")
+    statuses = torque.parse_status(text)
+    assert statuses["749[0]"].state == JobState.RUNNING and statuses["749[199]"].state == JobState.RUNNING
+    assert statuses["749[7]"].native == "R (array 749: 2 running, 1 queued)"  # 944, 945 run; 749 holds the rest
+    assert statuses["750"].state == JobState.PENDING
+    assert torque.missing_status("749[7]") is None  # never guessed: only the group speaks for these
+
+
+def test_bare_array_is_not_over_while_a_task_runs_after_its_own_record_ended(torque):
+    _bare(torque)
+    text = _set_state(_set_state(fixture("slurm_torque_qstat_f.txt"), "749", "C"), "944", "C")
+    assert torque.parse_status(text)["749[3]"].native == "R (array 749: 1 running, 0 queued)"
+    # Slurm purges 749 300 s after it ended; 945 still runs and still belongs to the array
+    assert torque.parse_status(_drop(text, "749"))["749[3]"].state == JobState.RUNNING
+
+
+def test_bare_array_ends_when_all_its_tasks_have(torque):
+    _bare(torque)
+    text = fixture("slurm_torque_qstat_f.txt")
+    for job_id in ("749", "944", "945"):
+        text = _set_state(text, job_id, "C")
+    status = torque.parse_status(text)["749[12]"]
+    # 824 (queued, same name, submitted later) is not part of it: else this would still be PENDING
+    assert status.state == JobState.COMPLETED and status.exit_code is None
+    assert status.native == "C (every task of array 749 has ended; exit status not reported)"
+    for job_id in ("749", "757", "758", "943", "944", "945"):
+        text = _drop(text, job_id)
+    assert torque.parse_status(text)["749[12]"].state == JobState.COMPLETED  # all purged
+
+
+def test_bare_array_tasks_cannot_be_cancelled_alone(torque):
+    _bare(torque)
+    assert torque.cancel_argv(["749"]) == ["qdel", "749"]  # the whole array
+    with pytest.raises(SchedulerError) as info:
+        torque.cancel_argv(["749[1]", "749[2]"])
+    assert str(info.value).startswith(
+        "cannot cancel 749[1], 749[2] on its own: this site's qsub printed the plain id 749 for the array, so its "
+        "qdel knows only the whole array (qdel 749[1] would cancel every task)."
+    )
+
+
+def test_cancel_argv(pro):
+    assert pro.cancel_argv(["1020[3].pbs-server", "1001.pbs-server"]) == [
+        "qdel", "1020[3].pbs-server", "1001.pbs-server"
+    ]
+
+
+# -- directives and their validation ---------------------------------------------------------------------------
+def _req(res: Resources, folder: str = "/home/a/jobs/0123", n=None) -> ScriptRequest:
+    return ScriptRequest(res, folder, "hpcb-f", "0123", n)
+
+
+def test_pbspro_select_syntax(pro):
+    res = resources_from(Resources(), dict(nodes=3, tasks_per_node=2, cpus_per_task=4, gpus_per_node=1, mem_gb=8,
+                                            walltime="1-02:00:00", partition="gpu", account="p1"))
+    assert pro.directives(_req(res)) == [
+        "-N hpcb-f", "-o /home/a/jobs/0123/log/pbs.out", "-j oe",
+        "-l select=3:ncpus=8:mpiprocs=2:ngpus=1:mem=8192mb", "-l place=scatter", "-l walltime=26:00:00",
+        "-q gpu", "-A p1",
+    ]
+
+
+def test_pbspro_one_task_array_is_a_plain_job(pro):
+    assert not any(d.startswith("-J") for d in pro.directives(_req(Resources(), n=1)))
+    assert "-J 0-1" in pro.directives(_req(Resources(), n=2))
+
+
+def test_torque_nodes_syntax_and_job_wide_memory(torque):
+    res = resources_from(Resources(), dict(nodes=2, tasks_per_node=4, gpus_per_node=2, mem_gb=1, walltime=30,
+                                            array_parallelism=3))
+    assert torque.directives(_req(res, n=1)) == [
+        "-N hpcb-f", "-o /home/a/jobs/0123/log/pbs.out", "-j oe", "-l nodes=2:ppn=4:gpus=2", "-l mem=2048mb",
+        "-l walltime=00:30:00", "-t 0-0%3",
+    ]
+
+
+def test_bad_requests_fail_before_submission(pro):
+    with pytest.raises(ResourceError, match="qos='high': PBS has no quality-of-service option"):
+        pro.directives(_req(resources_from(Resources(), {"qos": "high"})))
+    with pytest.raises(ResourceError, match="extra_directives entry '--constraint=a100' is not a PBS option"):
+        pro.directives(_req(resources_from(Resources(), {"extra_directives": ["--constraint=a100"]})))
+    with pytest.raises(ResourceError, match="name='_x': PBS job names must start with a letter or digit"):
+        pro.directives(ScriptRequest(Resources(), "/j/0123", "_x", "0123", None))
+    with pytest.raises(ResourceError, match="the job folder '/home/a b/0123' cannot be given to PBS"):
+        pro.directives(_req(Resources(), folder="/home/a b/0123"))
+    assert "-W group_list=proj" in pro.directives(
+        _req(resources_from(Resources(), {"extra_directives": ["-W group_list=proj"]}))
+    )
+
+
+# -- wiring and helpers ---------------------------------------------------------------------------------------
+def test_make_scheduler_reads_the_flavour():
+    torque = make_scheduler(site_from_mapping("t", {"scheduler": "pbs", "flavour": "torque"}), "/r")
+    assert isinstance(torque, PBSScheduler) and torque.flavour == "torque"
+    assert torque.task_index_expr == "${PBS_ARRAYID:-${SLURM_ARRAY_TASK_ID:-0}}"
+    pro = make_scheduler(site_from_mapping("p", {"scheduler": "pbs"}), "/r")
+    assert isinstance(pro, PBSScheduler) and pro.flavour == "pbspro" and pro.task_index_expr == "${PBS_ARRAY_INDEX:-0}"
+
+
+def test_helpers():
+    assert walltime_arg(93784) == "26:03:04" and walltime_arg(59) == "00:00:59"
+    assert expand_range("0-4:2,7") == [0, 2, 4, 7]
+    assert expand_range("0-3%2") == [0, 1, 2, 3]
+    assert expand_range("") == []

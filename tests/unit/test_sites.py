@@ -1,0 +1,410 @@
+"""Site-configs: the layers and who wins, --origin, and every validation message as a user reads it."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import pytest
+
+import hpcbridge.sites as sites
+from hpcbridge import Executor
+from hpcbridge.errors import ConfigError, ResourceError, UnknownSiteError
+from hpcbridge.sites import Site, load_site, load_site_file, site_from_mapping
+from hpcbridge.siteschema import SCHEMA, find_line, walk
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def write(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write(textwrap.dedent(text).lstrip("\n"))
+    return str(path)
+
+
+@pytest.fixture
+def layers(tmp_path, monkeypatch):
+    """Empty system, env-path, package, user and project layers under tmp_path; cwd is the project's subfolder."""
+    d = {k: tmp_path / k for k in ("system", "envpath", "package", "xdg", "project")}
+    for p in d.values():
+        p.mkdir()
+    monkeypatch.setattr(sites, "SYSTEM_DIR", str(d["system"]))
+    monkeypatch.setenv("HPCBRIDGE_SITES_PATH", str(d["envpath"]))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(d["xdg"]))
+    monkeypatch.delenv("HPCBRIDGE_SITE", raising=False)
+    monkeypatch.setattr(sites, "package_dirs", lambda: [("package mycentre-hpcbridge 1.0", str(d["package"]))])
+    (d["project"] / "src" / "deep").mkdir(parents=True)
+    monkeypatch.chdir(d["project"] / "src" / "deep")
+    d["user"] = d["xdg"] / "hpcbridge" / "sites"
+    return d
+
+
+# -- layering ---------------------------------------------------------------------------------------------------
+def test_each_layer_overrides_the_one_below_and_origin_says_where(layers):
+    sysf = write(layers["system"] / "hpc.toml", """
+        description = "the system's"
+        python = "/sys/python"
+        workdir = "/sys/work"
+        [defaults]
+        walltime = "00:10:00"
+        [partitions.gpu]
+        max_nodes = 4
+        gpus_per_node = 4
+        [env]
+        A = "system"
+    """)
+    envf = write(layers["envpath"] / "hpc.toml", """
+        workdir = "/envpath/work"
+    """)
+    pkgf = write(layers["package"] / "hpc.toml", """
+        [defaults]
+        walltime = "00:20:00"
+        [env]
+        B = "package"
+    """)
+    userf = write(layers["user"] / "hpc.toml", """
+        [defaults]
+        account = "alice-proj"
+        [partitions.gpu]
+        max_nodes = 2
+    """)
+    projf = write(layers["project"] / "hpcbridge.toml", """
+        default_site = "hpc"
+
+        [sites.hpc]
+        python = "/project/python"
+
+        [sites.hpc.env]
+        A = "project"
+    """)
+    site = load_site("hpc", max_array_size=50)
+    assert site.description == "the system's"
+    assert site.workdir == "/envpath/work"
+    assert site.python == "/project/python"
+    assert site.max_array_size == 50
+    assert dict(site.defaults) == {"walltime": "00:20:00", "account": "alice-proj"}
+    assert dict(site.env) == {"A": "project", "B": "package"}
+    assert site.partitions["gpu"].max_nodes == 2 and site.partitions["gpu"].gpus_per_node == 4
+    assert site.origins["description"] == f"{sysf}:1"
+    assert site.origins["workdir"] == f"{envf}:1"
+    assert site.origins["defaults.walltime"] == f"{pkgf}:2 (package mycentre-hpcbridge 1.0)"
+    assert site.origins["defaults.account"] == f"{userf}:2"
+    assert site.origins["partitions.gpu.max_nodes"] == f"{userf}:4"
+    assert site.origins["partitions.gpu.gpus_per_node"] == f"{sysf}:8"
+    assert site.origins["python"] == f"{projf}:4"
+    assert site.origins["env.A"] == f"{projf}:7"
+    assert site.origins["max_array_size"] == "keyword argument"
+    assert site.origins["accounting"] == "built-in default"
+    assert site.origin == (sysf, envf, f"{pkgf} (package mycentre-hpcbridge 1.0)", userf, projf)
+    assert sites.default_site() == "hpc"
+
+
+def test_the_env_variable_names_the_default_site_before_the_project_file(layers, monkeypatch):
+    write(layers["project"] / "hpcbridge.toml", 'default_site = "hpc"\n')
+    monkeypatch.setenv("HPCBRIDGE_SITE", "other")
+    assert sites.default_site() == "other"
+
+
+def test_a_project_file_alone_can_define_a_site_and_the_nearest_one_wins(layers):
+    write(layers["project"] / "hpcbridge.toml", '[sites.far]\npython = "/far"\n')
+    write(layers["project"] / "src" / "hpcbridge.toml", '[sites.near]\npython = "/near"\n')
+    assert load_site("near").python == "/near"
+    with pytest.raises(UnknownSiteError):
+        load_site("far")  # only the nearest project file counts
+    assert "near" in sites.known_sites()
+
+
+def test_local_is_built_in_and_can_be_tuned_by_a_user_file(layers):
+    assert load_site("local").scheduler == "local"
+    write(layers["user"] / "local.toml", "local_parallel = 3\n")
+    site = load_site("local")
+    assert site.scheduler == "local" and site.local_parallel == 3
+    assert site.origins["scheduler"] == "built-in"
+
+
+def test_unknown_site_lists_the_known_ones_with_a_suggestion(layers):
+    write(layers["system"] / "mycluster.toml", 'python = "/p"\n')
+    with pytest.raises(UnknownSiteError) as info:
+        load_site("mycluter")
+    assert str(info.value).startswith(
+        "unknown site 'mycluter' (did you mean 'mycluster'?); known sites: local, mycluster. "
+        "Add mycluter.toml to one of: "
+    )
+
+
+def test_sites_list_says_which_layers_define_each_site(layers):
+    write(layers["system"] / "hpc.toml", 'python = "/p"\n')
+    write(layers["user"] / "hpc.toml", 'python = "/q"\n')
+    write(layers["package"] / "pkgsite.toml", 'python = "/r"\n')
+    assert sites.site_names() == {"hpc": ["system", "user"], "local": ["built-in"], "pkgsite": ["package"]}
+
+
+# -- validation messages ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text, line, message",
+    [
+        ('pyhton = "/x"\n', 1, "unknown key 'pyhton' in the top level (did you mean 'python'?); valid keys: "),
+        ('[partitions.gpu]\nmax_node = 3\n', 2,
+         "unknown key 'max_node' in [partitions.gpu] (did you mean 'max_nodes'?); valid keys: max_nodes, "
+         "cpus_per_node, mem_gb_per_node, gpus_per_node, gpu_type, max_walltime, default, description"),
+        ('[slurm]\ngpu_directiv = "gres"\n', 2,
+         "unknown key 'gpu_directiv' in [slurm] (did you mean 'gpu_directive'?); valid keys: mpi, gpu_directive"),
+        ('[ssh]\nhostname = "x"\n', 2, "unknown key 'hostname' in [ssh] (did you mean 'host'?); valid keys: "),
+        ('[container]\nimages = "a.sif"\n', 2,
+         "unknown key 'images' in [container] (did you mean 'image'?); valid keys: runtime, image, binds, options"),
+        ('[mpi]\nmpi_run = "x"\n', 2, "unknown key 'mpi_run' in [mpi] (did you mean 'mpirun'?); valid keys: "),
+        ('[defaults]\nwall_time = "1:00:00"\n', 2,
+         "unknown key 'wall_time' in [defaults] (did you mean 'walltime'?); valid keys: nodes, "),
+    ],
+)
+def test_an_unknown_key_in_any_table_names_file_line_and_the_closest_key(layers, text, line, message):
+    path = write(layers["system"] / "hpc.toml", text)
+    with pytest.raises(ConfigError) as info:
+        load_site("hpc")
+    assert str(info.value).startswith(f"{path}:{line}: {message}")
+
+
+@pytest.mark.parametrize(
+    "text, line, message",
+    [
+        ('[partitions.gpu]\nmax_nodes = "3"\n', 2,
+         "partitions.gpu.max_nodes: must be a whole number, got a string ('3')"),
+        ('scheduler = "slurn"\n', 1,
+         "scheduler: 'slurn' is not one of 'slurm', 'pbs', 'local' (did you mean 'slurm'?)"),
+        ('accounting = "yes"\n', 1, "accounting: must be true or false, got a string ('yes')"),
+        ('modules = "gcc"\n', 1, 'modules: must be a list of strings such as ["a", "b"], got a string (\'gcc\')'),
+        ('[env]\n"BAD-NAME" = "x"\n', 2, "env.BAD-NAME: 'BAD-NAME' is not a valid environment variable name"),
+        ('[partitions.gpu]\nmax_walltime = "2 days"\n', 2, "partitions.gpu.max_walltime: '2 days' is not a duration"),
+        ('[defaults]\nmem_gb = "lots"\n', 2, "defaults.mem_gb: mem_gb='lots' is not a memory size"),
+        ("max_array_size = 0\n", 1, "max_array_size: must be >= 1, got 0"),
+    ],
+)
+def test_a_bad_value_names_file_line_and_what_is_wrong(layers, text, line, message):
+    path = write(layers["system"] / "hpc.toml", text)
+    with pytest.raises(ConfigError) as info:
+        load_site("hpc")
+    assert str(info.value).startswith(f"{path}:{line}: {message}")
+
+
+def test_a_malformed_file_reports_file_line_and_column(layers):
+    path = write(layers["user"] / "hpc.toml", 'python = "/x"\n[defaults\nwalltime = 5\n')
+    with pytest.raises(ConfigError) as info:
+        load_site("hpc")
+    assert str(info.value) == f"{path}:2:10: not valid TOML: Expected ']' at the end of a table declaration"
+
+
+def test_a_bad_key_in_the_project_file_points_into_the_project_file(layers):
+    path = write(layers["project"] / "hpcbridge.toml",
+                 '[sites.hpc]\npython = "/x"\n\n[sites.hpc.partitions.a]\nmax_node = 3\n')
+    with pytest.raises(ConfigError) as info:
+        load_site("hpc")
+    assert str(info.value).startswith(f"{path}:5: unknown key 'max_node' in [partitions.a] (did you mean 'max_nodes'?)")
+    write(layers["project"] / "hpcbridge.toml", 'default-site = "hpc"\n')
+    with pytest.raises(ConfigError, match=r"hpcbridge.toml:1: unknown key 'default-site' in the project file "
+                                          r"\(did you mean 'default_site'\?\)"):
+        sites.default_site()
+
+
+def test_keyword_overrides_are_validated_too(layers):
+    write(layers["system"] / "hpc.toml", 'python = "/x"\n')
+    with pytest.raises(ConfigError) as info:
+        load_site("hpc", max_aray_size=5)
+    assert str(info.value).startswith(
+        "keyword argument: unknown key 'max_aray_size' in the top level (did you mean 'max_array_size'?)"
+    )
+
+
+def test_defaults_beyond_a_partition_limit_fail_at_load_pointing_at_the_default(layers):
+    path = write(layers["system"] / "hpc.toml", """
+        [defaults]
+        partition = "short"
+        walltime = "02:00:00"
+        [partitions.short]
+        max_walltime = "00:30:00"
+        [partitions.long]
+        max_walltime = "2-00:00:00"
+    """)
+    with pytest.raises(ConfigError) as info:
+        load_site("hpc")
+    assert str(info.value) == (
+        f"{path}:2: the defaults do not fit: walltime=02:00:00 exceeds partition 'short' (max 00:30:00); "
+        "partitions with 02:00:00: 'long'"
+    )
+
+
+def test_other_whole_site_checks(layers):
+    path = write(layers["system"] / "a.toml", "poll_interval_min_s = 10\npoll_interval_max_s = 5\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:1: poll_interval_min_s=10 is more than poll_interval_max_s=5$"):
+        load_site("a")
+    write(layers["system"] / "b.toml", '[partitions.x]\ndefault = true\n[partitions.y]\ndefault = true\n')
+    with pytest.raises(ConfigError, match=r":4: partitions 'x', 'y' are all marked default = true; mark one"):
+        load_site("b")
+    write(layers["system"] / "c.toml", 'transport = "ssh"\n')
+    with pytest.raises(ConfigError, match=r"c.toml:1: transport = 'ssh' needs \[ssh\] host"):
+        load_site("c")
+
+
+# -- partition limits, checked by the Executor before anything is submitted -------------------------------------
+def gpu_site(**over):
+    data = {
+        "scheduler": "slurm",
+        "python": sys.executable,
+        "workdir": "/nonexistent/hpcb",
+        "defaults": {"partition": "gpu"},
+        "partitions": {
+            "cpu": {"max_nodes": 64, "cpus_per_node": 128, "mem_gb_per_node": 512, "gpus_per_node": 0,
+                    "max_walltime": "2-00:00:00", "default": True},
+            "gpu": {"max_nodes": 16, "cpus_per_node": 64, "mem_gb_per_node": 480, "gpus_per_node": 4,
+                    "max_walltime": "1-00:00:00"},
+            "gpu-large": {"max_nodes": 8, "cpus_per_node": 112, "mem_gb_per_node": "1900GB", "gpus_per_node": 8,
+                          "max_walltime": "12:00:00"},
+        },
+    }
+    data.update(over)
+    return site_from_mapping("gpucluster", data)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"gpus_per_node": 8}, "gpus_per_node=8 exceeds partition 'gpu' (max 4); partitions with 8: 'gpu-large'"),
+        ({"gpus_per_node": 9}, "gpus_per_node=9 exceeds partition 'gpu' (max 4); "
+                               "no partition of site 'gpucluster' allows more than 8"),
+        ({"nodes": 32}, "nodes=32 exceeds partition 'gpu' (max 16); partitions with 32: 'cpu'"),
+        ({"cpus_per_task": 100}, "cpus_per_task=100 exceeds partition 'gpu' (max 64 CPUs per node); "
+                                 "partitions with 100 CPUs per node: 'cpu', 'gpu-large'"),
+        ({"tasks_per_node": 4, "cpus_per_task": 32},
+         "tasks_per_node x cpus_per_task = 4 x 32 = 128 CPUs per node exceeds partition 'gpu' (max 64 CPUs per node); "
+         "partitions with 128 CPUs per node: 'cpu'"),
+        ({"mem_gb": "1TB"}, "mem_gb=1024 exceeds partition 'gpu' (max 480 GB per node); "
+                            "partitions with 1024 GB: 'gpu-large'"),
+        ({"walltime": "3-00:00:00"}, "walltime=72:00:00 exceeds partition 'gpu' (max 24:00:00); "
+                                     "no partition of site 'gpucluster' allows more than 48:00:00"),
+        ({"partition": "gpu-large", "walltime": "1-00:00:00"},
+         "walltime=24:00:00 exceeds partition 'gpu-large' (max 12:00:00); partitions with 24:00:00: 'cpu', 'gpu'"),
+        ({"partition": "gpu_large"}, "partition='gpu_large' is not a partition of site 'gpucluster' "
+                                     "(did you mean 'gpu-large'?); partitions: cpu, gpu, gpu-large"),
+        ({"partition": None, "gpus_per_node": 1},
+         "gpus_per_node=1 exceeds partition 'cpu' (max 0); partitions with 1: 'gpu', 'gpu-large'"),
+    ],
+)
+def test_a_request_beyond_a_partition_limit_names_the_limit_and_partitions_that_fit(kwargs, message, tmp_path):
+    with pytest.raises(ResourceError) as info:
+        Executor(site=gpu_site(), folder=str(tmp_path), **kwargs)
+    assert str(info.value) == message
+    assert not os.listdir(tmp_path)  # nothing was written, let alone submitted
+
+
+def test_requests_within_the_limits_pass_and_with_resources_checks_too(tmp_path):
+    ex = Executor(site=gpu_site(), folder=str(tmp_path), gpus_per_node=4, nodes=16, walltime="1-00:00:00")
+    assert ex.resources.gpus_per_node == 4
+    ex = Executor(site=gpu_site(), folder=str(tmp_path), gpus_per_node=4, nodes=8)
+    assert ex.with_resources(partition="gpu-large", gpus_per_node=8, walltime="12:00:00").resources.gpus_per_node == 8
+    with pytest.raises(ResourceError, match=r"^gpus_per_node=8 exceeds partition 'gpu' \(max 4\); partitions with 8"):
+        ex.with_resources(gpus_per_node=8)
+
+
+def test_a_site_without_partitions_checks_no_limits(tmp_path):
+    site = site_from_mapping("plain", {"scheduler": "slurm", "python": sys.executable, "workdir": str(tmp_path)})
+    assert Executor(site=site, folder=str(tmp_path), nodes=1000, gpus_per_node=64).resources.nodes == 1000
+
+
+# -- the schema is documented, and matches Site ----------------------------------------------------------------
+def test_every_site_field_has_a_schema_entry_and_every_key_is_documented():
+    fields = {f.name for f in dataclasses.fields(Site)} - {"name", "origin", "origins"}
+    assert fields == set(SCHEMA)
+    with open(os.path.join(REPO, "docs", "site-configs.md")) as fh:
+        doc = fh.read()
+    missing = [".".join(p) for p, _ in walk(SCHEMA) if f"`{'.'.join(p)}`" not in doc]
+    assert not missing, f"docs/site-configs.md does not document: {missing}"
+
+
+def test_shipped_site_configs_are_valid():
+    folder = os.path.join(REPO, "site-configs")
+    names = sorted(f for f in os.listdir(folder) if f.endswith(".toml"))
+    assert {"example-slurm-gpu.toml", "example-pbspro.toml", "testcluster.toml"} <= set(names)
+    for name in names:
+        load_site_file(os.path.join(folder, name))
+    example = load_site_file(os.path.join(folder, "example-slurm-gpu.toml"))
+    with pytest.raises(ResourceError, match=r"^gpus_per_node=8 exceeds partition 'gpu' \(max 4\); "
+                                            r"partitions with 8: 'gpu-large'$"):
+        example.check_resources(dataclasses.replace(example.default_resources(), gpus_per_node=8))
+
+
+def test_find_line_handles_headers_dotted_keys_and_inline_tables():
+    text = 'a = 1\n[partitions.gpu]\nmax_nodes = 3\n[ "x" . y ]\nz.w = 2\n[env]\nB = { c = 1 }\n'
+    assert find_line(text, ("a",)) == 1
+    assert find_line(text, ("partitions", "gpu", "max_nodes")) == 3
+    assert find_line(text, ("partitions", "gpu", "other")) == 2
+    assert find_line(text, ("x", "y", "z", "w")) == 5
+    assert find_line(text, ("env", "B", "c")) == 7
+    assert find_line(text, ("nothing",)) is None
+
+
+# -- a real package shipping a site-config through the entry point ----------------------------------------------
+def _wheel(folder, name="mycentre_hpcbridge", dist="mycentre_hpcbridge", version="1.0"):
+    files = {
+        f"{name}/__init__.py": b'"""Site-configs of My Centre for hpcbridge."""\n',
+        f"{name}/mycentre.toml": textwrap.dedent("""\
+            description = "My Centre's cluster (from the package)"
+            python = "/pkg/python"
+            [defaults]
+            walltime = "00:20:00"
+        """).encode(),
+        f"{dist}-{version}.dist-info/METADATA":
+            f"Metadata-Version: 2.1\nName: mycentre-hpcbridge\nVersion: {version}\n".encode(),
+        f"{dist}-{version}.dist-info/WHEEL":
+            b"Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{dist}-{version}.dist-info/entry_points.txt": f"[hpcbridge.sites]\nmycentre = {name}\n".encode(),
+    }
+    record = []
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{dist}-{version}.dist-info/RECORD,,")
+    files[f"{dist}-{version}.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
+    path = os.path.join(folder, f"{dist}-{version}-py3-none-any.whl")
+    with zipfile.ZipFile(path, "w") as zf:
+        for name_, data in files.items():
+            zf.writestr(name_, data)
+    return path
+
+
+def test_an_installed_package_ships_a_site_between_system_and_user_layers(tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    wheel = _wheel(str(tmp_path))
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel], check=True,
+                   capture_output=True, timeout=120)
+    system = tmp_path / "etc"
+    write(system / "mycentre.toml", 'python = "/system/python"\nworkdir = "/system/work"\n')
+    xdg = tmp_path / "xdg"
+    user = write(xdg / "hpcbridge" / "sites" / "mycentre.toml", '[defaults]\naccount = "alice"\n')
+    code = (
+        "import json; from hpcbridge.sites import load_site; s = load_site('mycentre'); "
+        "print(json.dumps({'python': s.python, 'workdir': s.workdir, 'defaults': dict(s.defaults), "
+        "'description': s.description, 'origins': dict(s.origins)}))"
+    )
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": REPO, "HPCBRIDGE_SITES_PATH": str(system),
+           "XDG_CONFIG_HOME": str(xdg), "HOME": str(tmp_path)}
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env, cwd=str(tmp_path),
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    where = "import mycentre_hpcbridge as m, os; print(os.path.dirname(m.__file__))"
+    site_packages = subprocess.run([python, "-c", where], capture_output=True, text=True, env=env,
+                                   check=True).stdout.strip()
+    assert got["python"] == "/pkg/python"  # the package wins over the system directory
+    assert got["workdir"] == "/system/work"
+    assert got["defaults"] == {"walltime": "00:20:00", "account": "alice"}  # the user layer adds to it
+    assert got["origins"]["python"] == f"{site_packages}/mycentre.toml:2 (package mycentre-hpcbridge 1.0)"
+    assert got["origins"]["defaults.account"] == f"{user}:2"
