@@ -1,8 +1,9 @@
 """200 trivial calls on the live test cluster, in one run: hpcbridge vs submitit vs raw ``sbatch --array``.
 
-Run as a cluster user (the test cluster must be up):
+Run as a cluster user that nothing else uses meanwhile (sdiag counts RPCs per user; the tests run as alice),
+with the test cluster up and otherwise idle:
 
-    runuser -u alice -- /opt/hpcbridge-test/venv/bin/python benchmarks/bench_map.py [--calls 200] [--rounds 1]
+    runuser -u bob -- /opt/hpcbridge-test/venv/bin/python benchmarks/bench_map.py [--calls 200] [--rounds 2]
 
 Prints, per method: wall time from submission to the last result in hand, the ratio to raw sbatch, the ratio to
 submitit, and the slurmctld RPCs this user made during the run (from ``sdiag``'s per-user counters, diffed; sacct
@@ -110,9 +111,12 @@ def main() -> None:
     raw = best["raw sbatch --array"][0]
     sub = best["submitit map_array"][0]
     print(f"\n{n} trivial calls on {cpus} CPUs (best of {args.rounds}):")
-    print(f"{'method':34s} {'wall s':>8s} {'x raw':>7s} {'x submitit':>11s} {'RPCs/task':>10s}")
-    for name, (wall, rpcs, _) in best.items():
-        print(f"{name:34s} {wall:8.2f} {wall / raw:7.2f} {wall / sub:11.2f} {rpcs / n:10.3f}")
+    print(f"{'method':34s} {'wall s':>8s} {'x raw':>7s} {'x submitit':>11s} {'RPCs/task':>10s} {'cmds/task':>10s}")
+    for name, (wall, rpcs, commands) in best.items():
+        cmds = f"{commands / n:10.3f}" if commands >= 0 else f"{'?':>10s}"
+        print(f"{name:34s} {wall:8.2f} {wall / raw:7.2f} {wall / sub:11.2f} {rpcs / n:10.3f} {cmds}")
+    print("RPCs: slurmctld RPCs of this user (sdiag, diffed); cmds: scheduler commands the client ran "
+          "(submit + status queries; sacct goes to slurmdbd, which sdiag does not count)")
     shutil.rmtree(base, ignore_errors=True)
 
 

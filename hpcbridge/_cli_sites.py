@@ -208,8 +208,8 @@ def _summary(site: Any) -> str:
 
 # -- discover ---------------------------------------------------------------------------------------------------
 def cmd_discover(args: argparse.Namespace, out: Any) -> int:
+    from ._cli_base import CliError
     from .backend import make_transport
-    from .cli import CliError
     from .discover import discover
     from .sites import builtin_local, load_site, load_site_file
 

@@ -113,6 +113,14 @@ class Backend:
         except TransportError as exc:
             log.warning("hpcbridge: status query failed, will retry: %s", exc)
             return None
+        if out.returncode != 0 and getattr(self.scheduler, "accounting", False) and (
+            "accounting storage is disabled" in out.stderr.lower()
+        ):
+            # detected: this cluster keeps no accounting (site-config said it does); use squeue + scontrol
+            log.warning("hpcbridge: site %r has no Slurm accounting; using squeue and scontrol show job "
+                        "(set `accounting = false` in its site-config)", self.site.name)
+            self.scheduler.accounting = False  # type: ignore[attr-defined]
+            return self.query_status(job_ids, since)
         if out.returncode != 0:
             if "Invalid job id" in out.stderr and not getattr(self.scheduler, "accounting", True):
                 return {}  # squeue forgot every one of them: fall back to scontrol show job

@@ -13,6 +13,13 @@ Tree::
     ├── CommandError                a command failed (argv, exit_code, stdout, stderr)
     │   └── SchedulerError          the scheduler refused or failed (sbatch, sacct, qsub ...)
     ├── TransportError              the transport could not run a command or move a file
+    │   ├── HostUnreachableError    SSH: no connection to the host (DNS, refused, timed out, bastion failed)
+    │   ├── AuthenticationError     SSH: the server refused every key / answer
+    │   ├── HostKeyError            SSH: the host key cannot be trusted
+    │   │   ├── UnknownHostKeyError     not in known_hosts (the message shows the fingerprint and the fix)
+    │   │   └── HostKeyChangedError     differs from known_hosts (possible man-in-the-middle)
+    │   ├── ConnectionLostError     SSH: the connection dropped and the operation could not be finished
+    │   └── RemoteCommandError      a transport operation failed on the remote side (also a CommandError)
     └── JobError                    a job did not produce a result
         ├── RemoteError             the callable raised, and its exception could not be rebuilt here
         ├── JobKilledError          the scheduler ended the job (state, stderr tail)
@@ -58,6 +65,37 @@ class TransportError(HpcBridgeError):
     """The transport failed to run a command or move a file."""
 
 
+class HostUnreachableError(TransportError):
+    """No connection to the host: unknown name, refused, timed out, or the bastion could not forward."""
+
+
+class AuthenticationError(TransportError):
+    """The SSH server refused every key, passphrase or keyboard-interactive answer."""
+
+
+class HostKeyError(TransportError):
+    """The host's key cannot be trusted; nothing was sent."""
+
+
+class UnknownHostKeyError(HostKeyError):
+    """The host is not in known_hosts (and StrictHostKeyChecking is not accept-new/no)."""
+
+
+class HostKeyChangedError(HostKeyError):
+    """The host sent a key other than the one in known_hosts: possibly a man-in-the-middle."""
+
+
+class ConnectionLostError(TransportError):
+    """The connection dropped and the operation could not be finished.
+
+    ``maybe_ran`` is True when the command had already been sent: it may or may not have run on the cluster.
+    """
+
+    def __init__(self, message: str, *, maybe_ran: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_ran = maybe_ran
+
+
 class CommandError(HpcBridgeError):
     """A command exited non-zero.
 
@@ -90,6 +128,10 @@ class CommandError(HpcBridgeError):
 
 class SchedulerError(CommandError):
     """The scheduler refused a request or could not be queried."""
+
+
+class RemoteCommandError(CommandError, TransportError):
+    """A transport operation (mkdir, file transfer, listing) failed on the remote side."""
 
 
 class JobError(HpcBridgeError):

@@ -25,6 +25,7 @@ MASTER_PORT_VAR = "HPCBRIDGE_MASTER_PORT"
 BIND_GPUS_VAR = "HPCBRIDGE_BIND_GPUS"
 FOLDER_VAR = "HPCBRIDGE_FOLDER"
 GPUS_BOUND_VAR = "HPCBRIDGE_GPUS_BOUND"
+CLAIM_DIR_VAR = "HPCBRIDGE_PORT_CLAIM_DIR"  # node-local claims directory (default /dev/shm/hpcbridge-ports)
 
 #: Where each launcher puts rank, local rank, world size, node rank and local world size (first set one wins).
 _SOURCES: Dict[str, Tuple[Tuple[str, ...], ...]] = {
@@ -313,6 +314,7 @@ def port_is_free(port: int) -> bool:
 
 
 def _claim_dir(preferred: Optional[str]) -> Optional[str]:
+    preferred = preferred or os.environ.get(CLAIM_DIR_VAR) or None
     for base in ([preferred] if preferred else ["/dev/shm", "/tmp"]):
         path = os.path.join(base, "hpcbridge-ports") if not preferred else base
         try:

@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+import traceback
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
 
 import cloudpickle
@@ -95,9 +96,11 @@ class Submission:
         """Cancel tasks on the cluster; True if any was still live."""
         with self.backend.poller.lock:
             live = [t for t in tasks if t not in self.resolved]
+            # every unfinished task: cancel by the submission's id (the Slurm-backed PBS qdel knows no others)
+            all_left = set(live) == set(self.live_tasks())
         if not live or not self.job_id:
             return False
-        if len(live) == len(self.chunks):
+        if len(live) == len(self.chunks) or all_left:
             ids = [self.job_id]
         else:
             ids = [self.task_id(t) for t in live]
@@ -240,6 +243,19 @@ class Submission:
             self.backend.note_final(job)
 
 
+def _load_payload(blob: bytes, ncalls: int, rank: int) -> Any:
+    """A result file's payload; one that cannot be unpickled here becomes an error for each of its calls."""
+    try:
+        return cloudpickle.loads(blob)
+    except Exception as exc:
+        message = (
+            f"the job's result could not be unpickled on this side ({type(exc).__name__}: {exc}); "
+            "the value's type must be importable here too"
+        )
+        outcome = ("err", None, "hpcbridge.errors.SerializationError", message, traceback.format_exc())
+        return {"outcomes": [outcome] * ncalls, "rank": rank, "host": "?", "started": 0.0, "finished": 0.0}
+
+
 def _any_error(got: Dict[int, Any]) -> bool:
     return any(o[0] == "err" for p in got.values() for o in p["outcomes"])
 
@@ -329,7 +345,7 @@ class Poller:
             for path, blob in data.items():
                 sub, task, rank = wanted[path]
                 sub.seen.add(os.path.basename(path))
-                sub.add_payload(task, rank, cloudpickle.loads(blob))
+                sub.add_payload(task, rank, _load_payload(blob, len(sub.jobs[task]), rank))
                 progressed |= sub.try_resolve(task, now)
         return progressed
 

@@ -6,7 +6,7 @@ import json
 import os
 import sqlite3
 import time
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS submissions (
@@ -34,6 +34,9 @@ CREATE INDEX IF NOT EXISTS jobs_by_tag ON jobs (tag);
 """
 
 
+_READY: Set[str] = set()  # registry files whose schema this process has created or seen
+
+
 def home() -> str:
     """hpcbridge's client-side directory (``$HPCBRIDGE_HOME`` or ``~/.hpcbridge``)."""
     return os.environ.get("HPCBRIDGE_HOME") or os.path.expanduser("~/.hpcbridge")
@@ -46,10 +49,20 @@ class Registry:
         self.path = path or os.path.join(home(), "registry.sqlite")
 
     def _connect(self) -> sqlite3.Connection:
+        # The default rollback journal, not WAL: the registry usually lives in an NFS home, and WAL's shared
+        # memory does not work across the hosts (login node, jobs) that open it.
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.executescript(_SCHEMA)
+        conn = sqlite3.connect(self.path, timeout=60)
+        if self.path not in _READY:
+            for attempt in range(20):
+                try:
+                    conn.executescript(_SCHEMA)
+                    break
+                except sqlite3.OperationalError as exc:  # another process is creating it right now
+                    if "locked" not in str(exc) or attempt == 19:
+                        raise
+                    time.sleep(0.1 * (attempt + 1))
+            _READY.add(self.path)
         return conn
 
     def record(

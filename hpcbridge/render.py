@@ -17,6 +17,13 @@ def sh(value: Any) -> str:
 
 
 def package_template_dir() -> str:
+    """hpcbridge's own templates: ``templates/`` beside the package in a source tree, else the installed copy.
+
+    (In a source tree run through PYTHONPATH, an editable install elsewhere would otherwise serve its templates.)
+    """
+    source_tree = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "templates")
+    if os.path.isfile(os.path.join(source_tree, "partials", "body.sh.j2")):
+        return source_tree
     from importlib.resources import files
 
     return str(files("hpcbridge.templates"))

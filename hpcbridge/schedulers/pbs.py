@@ -129,8 +129,8 @@ EXIT_UNKNOWN_JOB = 153
 _UNKNOWN_JOB_LINE = re.compile(r"unknown job id|job has finished|does not exist", re.IGNORECASE)
 
 #: what a path in a -o argument or a #PBS line may hold (':' would read as host:path; the Slurm-backed qsub
-#: builds a shell command from it)
-_SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+@%=,\-]+$")
+#: builds a shell command from it and sbatch expands '%' patterns in it)
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+@=\-]+$")
 _JOB_ID = re.compile(r"^\d+(\[\d*\])?(\.[A-Za-z0-9_.\-]+)?$")
 _BARE_TASK = re.compile(r"^(\d+)\[(\d+)\]$")
 _PBS_OPTION = re.compile(r"^-[A-Za-z](\s+\S.*)?$")
@@ -306,6 +306,7 @@ class PBSScheduler:
         self._lock = threading.Lock()
         self._bare: Dict[str, _BareArray] = {}
         self._queried: Set[str] = set()
+        self._unknown_answer = False  # the last qstat exited non-zero because (some) jobs are unknown
         self._arrays_seen: Set[str] = set()
 
     # -- submission -----------------------------------------------------------------------------------------
@@ -401,6 +402,7 @@ class PBSScheduler:
     def status_argv(self, job_ids: Sequence[str], since_epoch: float) -> List[str]:
         with self._lock:
             self._queried = set(job_ids)
+            self._unknown_answer = False
             bare = any(j in self._bare for j in job_ids)
         if self.flavour == "pbspro":
             return ["qstat", "-f", "-F", "json", "-x", "-t", *job_ids]
@@ -413,11 +415,17 @@ class PBSScheduler:
         """Whether a qstat that exited non-zero still answered: it does so when some jobs are unknown."""
         lines = [line for line in stderr.splitlines() if line.strip()]
         if lines:
-            return all(_UNKNOWN_JOB_LINE.search(line) for line in lines)
-        return returncode == EXIT_UNKNOWN_JOB  # the Slurm-backed qstat: none of the jobs, silently
+            ok = all(_UNKNOWN_JOB_LINE.search(line) for line in lines)
+        else:
+            ok = returncode == EXIT_UNKNOWN_JOB  # the Slurm-backed qstat: none of the jobs, silently
+        self._unknown_answer = ok
+        return ok
 
     def parse_status(self, stdout: str) -> Dict[str, NativeStatus]:
         records = parse_qstat_json(stdout) if self.flavour == "pbspro" else parse_qstat_text(stdout)
+        if not records and not self._unknown_answer:
+            # qstat exits 0 only when it found the jobs: an empty answer is a broken one, not "all gone"
+            raise SchedulerError(f"qstat reported no job and no error: {stdout.strip()[:300]!r}")
         out: Dict[str, NativeStatus] = {}
         arrays: Set[str] = set()
         for job_id, rec in records.items():
@@ -541,8 +549,8 @@ class PBSScheduler:
             raise SchedulerError(
                 f"cannot cancel {', '.join(bare)} on its own: this site's qsub printed the plain id {base} for "
                 f"the array, so its qdel knows only the whole array (qdel {bare[0]} would cancel every task). "
-                "Cancel all of the array's unfinished jobs at once before any of them has finished, or "
-                "submit the calls as separate jobs."
+                "Cancel all of its unfinished jobs together (executor.shutdown(cancel_futures=True), or stop "
+                "reading a map's results), or submit calls you may cancel alone as separate jobs."
             )
         return ["qdel", *job_ids]
 

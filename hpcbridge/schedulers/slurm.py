@@ -116,13 +116,34 @@ class SlurmScheduler:
                 return job_id
         raise SchedulerError(f"sbatch printed no job id: {stdout.strip()!r}")
 
+    def find_by_tag_argv(self, tag: str) -> List[str]:
+        """The user's jobs with their comments (``--comment=hpcbridge:TAG``), recent finished ones included.
+
+        Used after a connection dropped while ``sbatch`` ran, to find the job instead of submitting it twice.
+        """
+        return ["squeue", "--me", "--noheader", "--states=all", "--format=%i|%k"]
+
+    def parse_find_by_tag(self, stdout: str, tag: str) -> Optional[str]:
+        """The job id carrying ``hpcbridge:TAG`` (the array's id for array tasks), or None."""
+        want = f"hpcbridge:{tag}"
+        for line in stdout.splitlines():
+            job_id, sep, comment = line.strip().partition("|")
+            if sep and comment.strip() == want:
+                base = job_id.split("_", 1)[0]
+                if base.isdigit():
+                    return base
+        return None
+
     def task_id(self, job_id: str, index: int, is_array: bool) -> str:
         return f"{job_id}_{index}" if is_array else job_id
 
     # -- status -------------------------------------------------------------------------------------------
     def status_argv(self, job_ids: Sequence[str], since_epoch: float) -> List[str]:
         if self.accounting:
-            since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since_epoch - 86400))
+            # the window starts shortly before the oldest submission: sacct without -S scans from the epoch, and
+            # a wide window can return an older job that had the same id (ids restart when a cluster's state
+            # is reset); 10 minutes allow for clock skew between this host and slurmctld
+            since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since_epoch - 600))
             return [
                 "sacct",
                 "--noheader",

@@ -147,11 +147,12 @@ class LiveCluster:
         """The accounting record of the job allocation (sacct -X), {} while slurmdbd has none yet."""
         fields = ["JobID", "JobName", "State", "ExitCode", "NodeList", "NNodes", "Partition", "User"]
         p = self.run(["sacct", "-n", "-X", "-P", "-j", jobid, "-o", ",".join(fields)], timeout=30, check=False)
-        for line in p.stdout.splitlines():
+        found: dict[str, str] = {}
+        for line in p.stdout.splitlines():  # the newest record wins: ids repeat after a cluster's state reset
             values = line.split("|")
             if len(values) == len(fields) and values[0] == jobid:
-                return dict(zip(fields, values))
-        return {}
+                found = dict(zip(fields, values))
+        return found
 
     def wait_job(self, jobid: str, timeout: float = 180) -> Job:
         """Poll sacct until the job reached a final state (a few seconds for small jobs here)."""

@@ -92,7 +92,8 @@ def test_a_function_job_from_submit_to_status_logs_and_result(hb, cluster):
     assert rows[0][:4] == [job_id, "testcluster", "COMPLETED", "jobs_mod.double"], rows
 
     p = hb("submit", "--site", "testcluster", "--wait", "--timeout", "400", "jobs_mod:broken", rc=1)
-    assert "Remote traceback (job " in p.stderr and 'raise ValueError("bad input")' in p.stderr
+    assert re.search(r"^Remote traceback \(job \d+, host node[123]\):$", p.stderr, re.M), p.stderr
+    assert ", in broken\nValueError: bad input\n" in p.stderr
     assert re.search(r"^hpcbridge: error: job \d+ failed: ValueError: bad input$", p.stderr, re.M), p.stderr
 
 

@@ -323,3 +323,13 @@ def test_a_slurmctld_outage_never_fails_a_job(cluster, cluster_workdir):
     assert not any(j.done() for j in jobs) and all(j.state != JobState.FAILED for j in jobs)
     marker.write_text("")
     assert [j.result(timeout=300) for j in jobs] == [10, 20, 30]
+
+
+def test_map_longer_than_the_sites_max_array_size_is_split(cluster, cluster_workdir):
+    site = dataclasses.replace(load_site("testcluster"), max_array_size=40)
+    ex = Executor(site=site, folder=str(cluster_workdir / "jobs"))
+    jobs = ex.map_jobs(square, range(90), chunksize=1)
+    arrays = sorted({j.job_id.split("_")[0] for j in jobs}, key=int)
+    assert len(arrays) == 3
+    assert [j.result(timeout=600) for j in jobs] == [i * i for i in range(90)]
+    assert [len(sacct_tasks(cluster, a, n)) for a, n in zip(arrays, (40, 40, 10))] == [40, 40, 10]

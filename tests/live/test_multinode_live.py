@@ -26,8 +26,20 @@ pytestmark = pytest.mark.live
 WAIT_S = 600
 
 
+@pytest.fixture(scope="module")
+def cluster_python(cluster):
+    """The site's python must have mpi4py and torch (tests/requirements.txt, installed by tests/stage)."""
+    python = load_site("testcluster").python
+    for module in ("mpi4py", "torch"):
+        p = cluster.run([python, "-c", f"import {module}"], check=False, timeout=120)
+        if p.returncode != 0:
+            pytest.fail(f"{module} is not importable in {python}: install tests/requirements.txt into it "
+                        f"(tests/stage does): {p.stderr.strip()[-300:]}")
+    return python
+
+
 @pytest.fixture
-def make_executor(cluster, cluster_workdir):
+def make_executor(cluster, cluster_python, cluster_workdir):
     made = []
 
     def make(**resources):
@@ -148,7 +160,7 @@ def test_torchrun_launcher_across_3_nodes(make_executor):
 
     rdv = json.load(open(f"{job.folder}/rdv/0.json"))
     assert rdv["addr"] == "node1" and rdv["host"] == "node1" and 20000 <= rdv["port"] <= 32767
-    assert f"--rdzv-endpoint={{master_addr}}:{{master_port}}" in job.script
+    assert "--rdzv-endpoint={master_addr}:{master_port}" in job.script
     assert job.script.count("srun --nodes=3 --ntasks=3 --ntasks-per-node=1 --cpus-per-task=2") == 1
 
 

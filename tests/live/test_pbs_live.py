@@ -122,6 +122,21 @@ def test_one_task_of_an_array_cannot_be_cancelled_and_the_others_are_unharmed(ex
     assert [j.result(timeout=WAIT) for j in jobs] == ["a", "b", "c"]
 
 
+def test_cancelling_what_is_left_of_an_array_cancels_it_whole(ex, cluster):
+    jobs = ex.map_jobs(napping, [1, 300, 300], ["a", "b", "c"])
+    assert jobs[0].result(timeout=WAIT) == "a"
+    ex.shutdown(wait=False, cancel_futures=True)  # tasks 1 and 2 are all that is left: qdel of the array's id
+    assert jobs[1].cancelled() and jobs[2].cancelled()
+    base = jobs[0].job_id.split("[")[0]
+    deadline = time.time() + 60
+    while True:
+        squeue = cluster.run(["squeue", "--noheader", "--array", "--jobs", base], check=False, timeout=60).stdout
+        if not squeue.strip():
+            break
+        assert time.time() < deadline, f"still queued after qdel {base}: {squeue}"
+        time.sleep(1)
+
+
 def test_a_task_that_dies_is_reported_once_its_whole_array_has_ended(ex):
     # task 2 is the array's own Slurm record (started last) and ends first; task 0 runs on after it
     slow, dead, quick = ex.map_jobs(die_or_return, ["slow", "die", "quick"])

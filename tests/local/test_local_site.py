@@ -242,3 +242,33 @@ def test_shutdown_waits_and_context_manager(tmp_path):
     with Executor(site="local", folder=str(tmp_path / "j")) as ex:
         jobs = ex.map_jobs(square, range(3))
     assert all(j.done() for j in jobs)
+
+
+def test_a_map_longer_than_the_max_array_size_is_split(tmp_path):
+    import dataclasses
+
+    from hpcbridge import load_site
+
+    site = dataclasses.replace(load_site("local"), max_array_size=5)
+    ex = Executor(site=site, folder=str(tmp_path / "jobs"))
+    jobs = ex.map_jobs(square, range(12))
+    assert [j.result(60) for j in jobs] == [x * x for x in range(12)]
+    arrays = [j.job_id.rsplit("_", 1)[0] for j in jobs]
+    assert len(set(arrays)) == 3 and arrays[0] == arrays[4] != arrays[5]
+    assert [j.job_id.rsplit("_", 1)[1] for j in jobs[5:10]] == ["0", "1", "2", "3", "4"]
+    assert len(os.listdir(tmp_path / "jobs")) == 3
+
+
+def _value_of_a_class_unknown_here():
+    import types
+
+    mod = types.ModuleType("only_in_the_job")
+    exec("class Point:\n    def __init__(self, x):\n        self.x = x\n", mod.__dict__)
+    sys.modules["only_in_the_job"] = mod
+    return mod.Point(3)
+
+
+def test_a_result_that_cannot_be_unpickled_here_fails_the_job_clearly(ex):
+    job = ex.submit(_value_of_a_class_unknown_here)
+    with pytest.raises(RemoteError, match="the job's result could not be unpickled on this side"):
+        job.result(60)

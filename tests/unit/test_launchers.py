@@ -9,8 +9,7 @@ import sys
 import pytest
 
 import hpcbridge.executor as executor_mod
-from hpcbridge import Executor
-from hpcbridge import jobenv, rendezvous
+from hpcbridge import Executor, jobenv, rendezvous
 from hpcbridge.distributed import site_nccl_env, torch_env
 from hpcbridge.errors import ConfigError, ResourceError
 from hpcbridge.launchers import launcher_argv, mpirun_argv, plan, site_options
@@ -306,13 +305,15 @@ def test_environment_on_pbs_from_the_nodefile(tmp_path):
         "pbs", "4242.pbs01", 2, 1, "cn-07.hpc")
 
 
-def test_environment_outside_any_job_is_this_machine(monkeypatch):
+def test_environment_outside_any_job_is_this_machine(monkeypatch, tmp_path):
     for name in list(os.environ):
         if name.startswith(("SLURM_", "PBS_", "OMPI_", "PMI", "HPCBRIDGE_")) or name in ("RANK", "WORLD_SIZE"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("HPCBRIDGE_PORT_CLAIM_DIR", str(tmp_path))
     env = jobenv.environment()
     assert (env.scheduler, env.rank, env.world_size, env.nodes) == ("local", 0, 1, (socket.gethostname(),))
     assert env.master_port > 0 and jobenv.environment().master_port == env.master_port  # chosen once
+    assert os.listdir(tmp_path) == [str(env.master_port)]  # and claimed against other jobs on this node
 
 
 # -- ports -------------------------------------------------------------------------------------------------

@@ -202,6 +202,16 @@ def test_qstat_exit_status_for_unknown_jobs_is_an_answer(pro, torque):
     assert not torque.status_exit_ok(2, "")
 
 
+def test_an_empty_answer_is_gone_jobs_only_when_qstat_said_they_are_unknown(pro, torque):
+    torque.status_argv(["1299.torque-server"], 0)
+    with pytest.raises(SchedulerError, match="qstat reported no job and no error"):
+        torque.parse_status("")  # exit 0 and nothing: broken, retried; not "every job has ended"
+    torque.status_argv(["46"], 0)
+    assert torque.status_exit_ok(153, "") and torque.parse_status("") == {}
+    pro.status_argv(["1299.pbs-server"], 0)
+    assert pro.status_exit_ok(153, "qstat: Unknown Job Id 1299.pbs-server\n") and pro.parse_status("") == {}
+
+
 # -- the Slurm-backed wrapper's arrays ----------------------------------------------------------------------
 WRAPPER_IDS = ["749", "750"]
 
