@@ -10,6 +10,7 @@ once. Each task runs ``bash SCRIPT`` with HPCBRIDGE_TASK set, stdout/stderr to l
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -65,12 +66,19 @@ def run(script: str) -> int:
                 if not pending:
                     return
                 task = pending.pop(0)
+            if os.path.exists(os.path.join(state, f"cancelled.{task}")):
+                continue  # cancelled before it started
             write_atomic(os.path.join(state, f"{task}.start"), b"")
             env = dict(os.environ, HPCBRIDGE_TASK=str(task))
             with open(os.path.join(folder, "log", f"{task}.out"), "ab") as out, open(
                 os.path.join(folder, "log", f"{task}.err"), "ab"
             ) as err:
-                code = subprocess.call(["bash", script], stdout=out, stderr=err, env=env, cwd=workdir)  # noqa: S603,S607
+                # each task in its own process group, so that one task can be cancelled alone
+                proc = subprocess.Popen(  # noqa: S603
+                    ["bash", script], stdout=out, stderr=err, env=env, cwd=workdir, start_new_session=True  # noqa: S607
+                )
+                write_atomic(os.path.join(state, f"{task}.pid"), str(proc.pid).encode())
+                code = proc.wait()
             write_atomic(os.path.join(state, f"{task}.exit"), str(code).encode())
 
     threads = [threading.Thread(target=worker) for _ in range(min(parallel, ntasks))]
@@ -87,9 +95,12 @@ def _alive(pid: int, tag: str) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            if fh.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
+                return False  # exited, not yet reaped
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             return tag.encode() in fh.read()
-    except OSError:
+    except (OSError, IndexError):
         return True
 
 
@@ -112,13 +123,16 @@ def status(root: str, ids: List[str]) -> int:
         is_array = _directives(script).get("array") == "1"
         pid = _runner_pid(state)
         alive = pid is not None and _alive(pid, job_id)
-        cancelled = os.path.exists(os.path.join(state, "cancelled"))
+        all_cancelled = os.path.exists(os.path.join(state, "cancelled"))
         for task in range(ntasks):
             task_id = f"{job_id}_{task}" if is_array else job_id
+            cancelled = all_cancelled or os.path.exists(os.path.join(state, f"cancelled.{task}"))
             try:
                 with open(os.path.join(state, f"{task}.exit")) as fh:
                     code = int(fh.read().strip())
                 native, exit_code = ("COMPLETED" if code == 0 else "FAILED"), str(code)
+                if code != 0 and cancelled:
+                    native = "CANCELLED"
             except (OSError, ValueError):
                 exit_code = ""
                 if cancelled:
@@ -133,25 +147,48 @@ def status(root: str, ids: List[str]) -> int:
     return 0
 
 
+def _kill_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def _stop_tasks(state: str, tasks: List[int]) -> None:
+    """SIGTERM the process groups of these tasks, SIGKILL what is left after 3 s."""
+    pids = []
+    for task in tasks:
+        with contextlib.suppress(OSError, ValueError), open(os.path.join(state, f"{task}.pid")) as fh:
+            pids.append(int(fh.read().strip()))
+    for pid in pids:
+        _kill_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 3
+    while pids and time.monotonic() < deadline:
+        pids = [p for p in pids if _alive(p, "")]
+        time.sleep(0.05)
+    for pid in pids:
+        _kill_group(pid, signal.SIGKILL)
+
+
 def cancel(root: str, ids: List[str]) -> int:
+    """Cancel whole jobs (``ID``) or single tasks (``ID_TASK``); exit 1 if an id is unknown."""
+    status = 0
     for job_id in ids:
-        job_id = job_id.split("_", 1)[0]
-        state = os.path.join(root, job_id, "local")
+        base, _, task_text = job_id.partition("_")
+        state = os.path.join(root, base, "local")
         if not os.path.isdir(state):
             print(f"cancel: no such local job {job_id}", file=sys.stderr)
+            status = 1
+            continue
+        ntasks = int(_directives(os.path.join(root, base, "script.sh")).get("ntasks", "1"))
+        if task_text:
+            write_atomic(os.path.join(state, f"cancelled.{int(task_text)}"), b"")
+            _stop_tasks(state, [int(task_text)])
             continue
         write_atomic(os.path.join(state, "cancelled"), b"")
         pid = _runner_pid(state)
-        if pid is None or not _alive(pid, job_id):
-            continue
-        os.killpg(pid, signal.SIGTERM)
-        for _ in range(30):
-            if not _alive(pid, job_id):
-                break
-            time.sleep(0.1)
-        else:
-            os.killpg(pid, signal.SIGKILL)
-    return 0
+        if pid is not None and _alive(pid, base):
+            _kill_group(pid, signal.SIGTERM)  # the runner starts no more tasks
+        _stop_tasks(state, list(range(ntasks)))
+    return status
 
 
 def main(argv: Optional[List[str]] = None) -> int:

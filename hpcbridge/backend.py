@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import threading
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import __version__
-from .errors import ConfigError, RemoteEnvironmentError, SchedulerError, TransportError
+from .errors import ConfigError, ConnectionLostError, RemoteEnvironmentError, SchedulerError, TransportError
 from .poll import Poller
 from .registry import Registry
 from .schedulers.base import NativeStatus, Scheduler
@@ -23,6 +25,8 @@ log = logging.getLogger("hpcbridge")
 #: inside a job; srun/sbatch read SLURM_* as input and would inherit the parent's layout).
 SCRUB_PREFIXES = ("SLURM_", "SRUN_", "SALLOC_", "PBS_", "PMI_", "PMIX_", "OMPI_COMM_WORLD_")
 SCRUB_NAMES = ("HPCBRIDGE_TASK", "HPCBRIDGE_RANK")
+#: after a drop during a submission: when to look for the job by its tag (s, cumulative ~10 s)
+FIND_BY_TAG_WAITS_S = (0.0, 1.0, 2.0, 3.0, 4.0)
 
 _CHECK = (
     "import json, sys\n"
@@ -34,6 +38,10 @@ _CHECK = (
     "print(json.dumps({'python': '%d.%d.%d' % sys.version_info[:3], 'executable': sys.executable,\n"
     "                  'cloudpickle': v('cloudpickle'), 'hpcbridge': v('hpcbridge')}))\n"
 )
+
+
+#: paths that can stand in scheduler directives as they are (no quoting there): no spaces, quotes, % or #
+SAFE_PATH = re.compile(r"^/[A-Za-z0-9_.+,@=:/~-]*$")
 
 
 def clean_env(environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
@@ -51,7 +59,10 @@ def make_transport(site: Site) -> Transport:
         try:
             from .transport.ssh import SSHTransport  # type: ignore[import-not-found,unused-ignore]
         except ImportError as exc:
-            raise ConfigError(f"site {site.name!r}: the ssh transport is not available: {exc}") from exc
+            raise ConfigError(
+                f"site {site.name!r}: the ssh transport is not available ({exc}); install it with: "
+                "pip install 'hpcbridge[ssh]' (or pip install paramiko)"
+            ) from exc
         return SSHTransport(site)  # type: ignore[no-any-return,unused-ignore]
     raise ConfigError(f"site {site.name!r}: unknown transport {site.transport!r}")
 
@@ -81,6 +92,12 @@ class Backend:
         self.site = site
         self.transport = make_transport(site)
         self.root = self.transport.expanduser(folder or site.workdir).rstrip("/")
+        if not SAFE_PATH.match(self.root):
+            raise ConfigError(
+                f"site {site.name!r}: the job folder {self.root!r} must be an absolute path without spaces, quotes, "
+                "'%' or '#' (it is written into the scheduler's directives); set another `workdir` in the "
+                "site-config or pass folder=..."
+            )
         self.scheduler = make_scheduler(site, self.root)
         self.poller = Poller(self)
         self.registry = Registry()
@@ -88,14 +105,25 @@ class Backend:
         self._checked = False
         self._root_ready = False
         self._final: List[Tuple[str, int, str]] = []
+        self._final_lock = threading.Lock()
 
     # -- commands -----------------------------------------------------------------------------------------
     def run(self, argv: Sequence[str], timeout: float = 120.0) -> Completed:
         env = clean_env() if self.site.transport == "local" else None
         return self.transport.run(argv, env=env, timeout=timeout)
 
-    def run_checked(self, argv: Sequence[str], what: str) -> Completed:
-        out = self.run(argv)
+    def run_checked(self, argv: Sequence[str], what: str, tag: Optional[str] = None) -> Completed:
+        """Run ``argv``; a non-zero exit raises :class:`SchedulerError`.
+
+        ``tag``: ``argv`` submits the job tagged ``hpcbridge:TAG``. If the connection drops after it was sent (the
+        outcome is unknown), the job is looked up by its tag instead of being submitted a second time.
+        """
+        try:
+            out = self.run(argv)
+        except ConnectionLostError as exc:
+            if tag is None or not exc.maybe_ran or not hasattr(self.scheduler, "find_by_tag_argv"):
+                raise
+            out = self._find_submitted(argv, tag, exc)
         if out.returncode != 0:
             raise SchedulerError(
                 f"could not {what} on site {self.site.name!r}",
@@ -106,10 +134,33 @@ class Backend:
             )
         return out
 
+    def _find_submitted(self, argv: Sequence[str], tag: str, lost: ConnectionLostError) -> Completed:
+        """After a drop during a submission: the job's id if it exists (found by its tag), else submit it again."""
+        sched: Any = self.scheduler
+        for wait in FIND_BY_TAG_WAITS_S:  # an sbatch still running on the login node gets a few seconds to finish
+            time.sleep(wait)
+            try:
+                found = self.run(sched.find_by_tag_argv(tag), timeout=60)
+            except TransportError as exc:
+                raise ConnectionLostError(
+                    f"{lost} (site {self.site.name!r}; the job, if submitted, carries the comment hpcbridge:{tag}: "
+                    f"see `squeue --me --format=%i|%k`)",
+                    maybe_ran=True,
+                ) from exc
+            job_id = sched.parse_find_by_tag(found.stdout, tag) if found.returncode == 0 else None
+            if job_id:
+                log.warning("hpcbridge: the connection dropped during the submission; job %s was found by its tag "
+                            "hpcbridge:%s (not submitted again)", job_id, tag)
+                return Completed(list(argv), 0, f"{job_id}\n", "")
+        log.warning("hpcbridge: the connection dropped during the submission and no job carries the tag "
+                    "hpcbridge:%s; submitting it again", tag)
+        return self.run(argv)
+
     def query_status(self, job_ids: Sequence[str], since: float) -> Optional[Dict[str, NativeStatus]]:
         """Statuses of all tasks of ``job_ids``, or None when the query failed (retried later)."""
         try:
-            out = self.run(self.scheduler.status_argv(job_ids, since), timeout=60)
+            # a hung controller holds up the poller thread: give up after 30 s, retry on the back-off
+            out = self.run(self.scheduler.status_argv(job_ids, since), timeout=30)
         except TransportError as exc:
             log.warning("hpcbridge: status query failed, will retry: %s", exc)
             return None
@@ -136,7 +187,7 @@ class Backend:
         show = getattr(self.scheduler, "show_job_argv", None)
         if show is None:
             return None
-        out = self.run(show(task_id), timeout=60)
+        out = self.run(show(task_id), timeout=30)
         if out.returncode != 0:
             return None
         parsed: Optional[NativeStatus] = self.scheduler.parse_show_job(task_id, out.stdout)  # type: ignore[attr-defined]
@@ -203,12 +254,18 @@ class Backend:
 
     # -- registry -----------------------------------------------------------------------------------------
     def note_final(self, job: object) -> None:
-        self._final.append((job.job_id, job.position, job.state.value))  # type: ignore[attr-defined]
+        with self._final_lock:
+            self._final.append((job.job_id, job.position, job.state.value))  # type: ignore[attr-defined]
 
     def flush_states(self) -> None:
-        if self._final:
+        """Write the final states noted so far to the registry; kept for the next flush if that fails."""
+        with self._final_lock:
             rows, self._final = self._final, []
-            try:
-                self.registry.update_states(self.site.name, rows)
-            except Exception as exc:  # the registry is a convenience; never fail a job over it
-                log.warning("hpcbridge: could not update the job registry: %s", exc)
+        if not rows:
+            return
+        try:
+            self.registry.update_states(self.site.name, rows)
+        except Exception as exc:  # the registry is a convenience; never fail a job over it
+            log.warning("hpcbridge: could not update the job registry (will retry): %s", exc)
+            with self._final_lock:
+                self._final[:0] = rows

@@ -7,7 +7,9 @@ import contextlib
 import dataclasses
 import getpass
 import json
+import logging
 import os
+import posixpath
 import re
 import socket
 import time
@@ -18,17 +20,21 @@ import cloudpickle
 
 from . import __version__
 from ._format import pack_inputs
-from .backend import Backend
+from .backend import SAFE_PATH, Backend
 from .display import describe, progress_for
 from .errors import HpcBridgeError, SerializationError
 from .group import JobGroup
-from .job import Job
+from .job import Job, mark_cancelled
 from .launchers import plan as launch_plan
 from .poll import Submission
+from .registry import Registry
 from .render import render
 from .schedulers.base import ScriptRequest
 from .sites import Site, load_site
 from .spec import Resources, resources_from
+from .state import JobState
+
+log = logging.getLogger("hpcbridge")
 
 Call = Tuple[Callable[..., Any], Tuple[Any, ...], Dict[str, Any]]
 
@@ -126,7 +132,9 @@ class Executor(concurrent.futures.Executor):
     def batch(self) -> Iterator[Executor]:
         """Gather the ``submit`` calls made inside the block into one array job, submitted at the end.
 
-        If the block raises, nothing is submitted and the gathered jobs are cancelled.
+        If the block raises, nothing is submitted and the gathered jobs are cancelled. If submitting fails at the
+        end, what was already submitted of the batch is cancelled, the gathered jobs carry the error, and it is
+        raised.
         """
         if self._batch is not None:
             raise RuntimeError("executor.batch() blocks cannot be nested")
@@ -137,11 +145,23 @@ class Executor(concurrent.futures.Executor):
             pending, self._batch = self._batch, None
             for sub, _ in pending:
                 for job in sub.all_jobs:
-                    concurrent.futures.Future.cancel(job)
+                    mark_cancelled(job)
             raise
         pending, self._batch = self._batch, None
-        for sub, calls in pending:
-            self._send(sub, [[c] for c in calls])
+        sent: List[Submission] = []
+        try:
+            for sub, calls in pending:
+                self._send(sub, [[c] for c in calls])
+                sent.append(sub)
+        except BaseException as exc:
+            for sub in sent:  # no orphans
+                with contextlib.suppress(Exception):
+                    sub.cancel_tasks(sub.live_tasks())
+            for sub, _ in pending[len(sent) :]:
+                for job in sub.all_jobs:
+                    if not job.done():
+                        job.set_exception(exc)
+            raise
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Optionally cancel the jobs still running (``cancel_futures``), and wait for the rest."""
@@ -236,26 +256,33 @@ class Executor(concurrent.futures.Executor):
                 }
             )
             sub.submit_time = time.time()
-            out = backend.run_checked(backend.scheduler.submit_argv(f"{sub.folder}/script.sh"), "submit the job")
+            out = backend.run_checked(
+                backend.scheduler.submit_argv(f"{sub.folder}/script.sh"), "submit the job", tag=sub.tag
+            )
             sub.job_id = backend.scheduler.parse_submit(out.stdout)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                transport.remove_tree(sub.folder)
+        except BaseException as exc:
+            if not getattr(exc, "maybe_ran", False):  # a job that may exist keeps its folder
+                with contextlib.suppress(Exception):
+                    transport.remove_tree(sub.folder)
             raise
-        backend.registry.record(
-            tag=sub.tag,
-            site=sub.site,
-            job_id=sub.job_id,
-            folder=sub.folder,
-            is_array=sub.is_array,
-            chunks=sub.chunks,
-            ranks=sub.ranks,
-            function=_qualname(fn),
-            submit_time=sub.submit_time,
-            task_ids=[sub.task_id(t) for t in range(len(sub.chunks))],
-        )
         self._submissions.append(sub)
         backend.poller.add(sub)
+        try:
+            backend.registry.record(
+                tag=sub.tag,
+                site=sub.site,
+                job_id=sub.job_id,
+                folder=sub.folder,
+                is_array=sub.is_array,
+                chunks=sub.chunks,
+                ranks=sub.ranks,
+                function=_qualname(fn),
+                submit_time=sub.submit_time,
+                task_ids=[sub.task_id(t) for t in range(len(sub.chunks))],
+            )
+        except Exception as exc:  # the job is submitted and watched; only attach from elsewhere is lost
+            log.warning("hpcbridge: job %s is running but could not be recorded in %s (attach will not find "
+                        "it): %s", sub.job_id, backend.registry.path, exc)
 
     def _render_script(
         self, folder: str, tag: str, ntasks_array: Optional[int], fn: Callable[..., Any], ncalls: int
@@ -264,7 +291,10 @@ class Executor(concurrent.futures.Executor):
         scheduler = self._backend.scheduler
         res = self.resources
         name = res.name or _job_name(fn)
-        workdir = os.getcwd() if site.transport == "local" else None
+        # the job starts where the client is (on a login node the folder is shared with the nodes); a directory
+        # whose name cannot stand in a directive is left to the scheduler's default (the submit directory)
+        cwd = os.getcwd() if site.transport == "local" else None
+        workdir = cwd if cwd is not None and SAFE_PATH.match(cwd) else None
         req = ScriptRequest(res, folder, name, tag, ntasks_array, workdir=workdir)
         command, job_env = launch_plan(site, res, folder, tag)  # the worker, or a launcher around it
         context = {
@@ -360,11 +390,17 @@ def attach(job_id: Union[str, int], site: Union[str, Site] = "local", position: 
     ``position`` picks one call when several were bundled into one array task (``map_jobs(chunksize=k)``).
     """
     site_obj = load_site(site) if isinstance(site, str) else site
-    backend = Backend(site_obj)
-    rows = backend.registry.find(site_obj.name, str(job_id))
+    registry = Registry()
+    rows = registry.find(site_obj.name, str(job_id))
     if not rows:
+        tasks = sorted({r["job_id"] for r in registry.lookup(str(job_id), site_obj.name)})
+        if tasks:
+            raise HpcBridgeError(
+                f"job {job_id} is an array of {len(tasks)} task(s); attach one of them: "
+                + ", ".join(tasks[:3]) + (f" ... {tasks[-1]}" if len(tasks) > 3 else "")
+            )
         raise HpcBridgeError(
-            f"no job {job_id} of site {site_obj.name!r} in the registry {backend.registry.path}; "
+            f"no job {job_id} of site {site_obj.name!r} in the registry {registry.path}; "
             "attach works for jobs submitted by hpcbridge from this machine and user "
             "(see `hpcbridge status`)"
         )
@@ -373,6 +409,9 @@ def attach(job_id: Union[str, int], site: Union[str, Site] = "local", position: 
         raise HpcBridgeError(f"job {job_id} holds {len(rows)} bundled call(s); position={position} is not one")
     row = matching[0]
     chunks = json.loads(row["chunks"])
+    # the job's own folder root (it may have been submitted with Executor(folder=...)): the local batch
+    # system finds its jobs there
+    backend = Backend(site_obj, folder=posixpath.dirname(row["folder"]))
     sub = Submission(
         backend,
         tag=row["tag"],
@@ -387,6 +426,8 @@ def attach(job_id: Union[str, int], site: Union[str, Site] = "local", position: 
     script = backend.transport.read_files([f"{row['folder']}/script.sh"])
     sub.script = next(iter(script.values()), b"").decode("utf-8", "replace")
     sub.resolved = set(range(len(chunks))) - {row["task"]}
-    backend.poller.add(sub)
     job: Job = sub.jobs[row["task"]][position]
+    with contextlib.suppress(ValueError):
+        job.state = JobState(row["last_state"])  # what was last seen, until the poller knows better
+    backend.poller.add(sub)
     return job

@@ -30,6 +30,8 @@ class Job(concurrent.futures.Future):  # type: ignore[type-arg]
         self._rank_values: Optional[List[Any]] = None
         #: node list from the scheduler's last status (empty until known)
         self.scheduler_nodes: str = ""
+        #: the hosts that wrote this job's results (known once it finished)
+        self.result_hosts: List[str] = []
         #: when this process saw the job finish (epoch seconds)
         self.finished_at: Optional[float] = None
         self.add_done_callback(_note_finished)
@@ -88,8 +90,7 @@ class Job(concurrent.futures.Future):  # type: ignore[type-arg]
         """Where the job ran or runs: the scheduler's node list, else the hosts that wrote its results."""
         if self.scheduler_nodes:
             return self.scheduler_nodes
-        payloads = self._submission.payloads.get(self.task, {})
-        return ",".join(sorted({str(p.get("host", "")) for p in payloads.values() if isinstance(p, dict)}))
+        return ",".join(self.result_hosts)
 
     @property
     def elapsed(self) -> Optional[float]:
@@ -107,6 +108,14 @@ class Job(concurrent.futures.Future):  # type: ignore[type-arg]
         from .display import jobs_html
 
         return jobs_html([self])
+
+
+def mark_cancelled(job: concurrent.futures.Future) -> bool:  # type: ignore[type-arg]
+    """Mark a future cancelled and wake every waiter (result(), wait(), as_completed()); False if it was done."""
+    if not concurrent.futures.Future.cancel(job):
+        return False
+    job.set_running_or_notify_cancel()
+    return True
 
 
 def _note_finished(job: concurrent.futures.Future) -> None:  # type: ignore[type-arg]

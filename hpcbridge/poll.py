@@ -8,7 +8,6 @@ marks a job failed.
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import os
 import threading
@@ -20,7 +19,7 @@ import cloudpickle
 
 from . import errors
 from ._format import result_name
-from .job import Job
+from .job import Job, mark_cancelled
 from .schedulers.base import NativeStatus
 from .state import JobState
 
@@ -105,50 +104,83 @@ class Submission:
         else:
             ids = [self.task_id(t) for t in live]
         self.backend.run_checked(self.backend.scheduler.cancel_argv(ids), "cancel the job")
+        marked = False
         with self.backend.poller.lock:
             for t in live:
-                if t in self.resolved:
+                if t in self.resolved:  # the poller delivered it while scancel ran: not cancelled after all
                     continue
                 self.resolved.add(t)
+                self.payloads.pop(t, None)
                 for job in self.jobs[t]:
-                    job.state = JobState.CANCELLED
-                    job.native_state = "CANCELLED"
-                    concurrent.futures.Future.cancel(job)  # marks the future cancelled, wakes waiters
-                    job.set_running_or_notify_cancel()  # ... and concurrent.futures.wait/as_completed
-                    self.backend.note_final(job)
-        return True
+                    if mark_cancelled(job):
+                        job.state = JobState.CANCELLED
+                        job.native_state = "CANCELLED"
+                        self.backend.note_final(job)
+                        marked = True
+        self.backend.flush_states()
+        return marked
 
     # -- resolution ---------------------------------------------------------------------------------------
     def add_payload(self, task: int, rank: int, payload: Any) -> None:
         self.payloads.setdefault(task, {})[rank] = payload
 
     def try_resolve(self, task: int, now: float) -> bool:
-        """Resolve a task's jobs when its results are complete, or when the scheduler says it is over."""
+        """Resolve a task's jobs when its results are complete, or when the scheduler says it is over.
+
+        Runs under the poller's lock. A task is marked resolved before any of its futures is set, so a failure
+        half-way (a log that cannot be read) never sets a future twice.
+        """
         if task in self.resolved:
             return False
         got = self.payloads.get(task, {})
         final = self.final_at.get(task)
-        if len(got) >= self.ranks or _any_error(got):
+        status: Optional[NativeStatus] = None
+        if len(got) < self.ranks and not _any_error(got):
             # a failed rank fails the task at once: the launchers end the other ranks (srun
             # --kill-on-bad-exit, mpirun's abort, torchrun's group teardown), which may never write a result
-            self._resolve_from_payloads(task, got)
-        elif final is not None:
-            status, since = final
-            waited = now - since
-            if status.state in _KILLED:
-                self._resolve_killed(task, status)
-            elif waited < RESULT_GRACE_S:  # give every rank's result file time to show on the shared FS
+            if final is None:
                 return False
-            elif got:
-                self._resolve_from_payloads(task, got)  # the ranks that wrote nothing fail below
-            else:
-                self._resolve_killed(task, status)
-        else:
-            return False
+            status, since = final
+            if status.state not in _KILLED and now - since < RESULT_GRACE_S:
+                return False  # give every rank's result file time to show on the shared FS
+            got = self._read_missing_results(task)
+            if status.state in _KILLED and len(got) < self.ranks and not _any_error(got):
+                got = {}  # the scheduler's kill is the story, not the ranks that happened to finish first
         self.resolved.add(task)
+        tail = self._stderr_tail(task)
+        if got:
+            self._resolve_from_payloads(task, got, tail)  # ranks that wrote nothing fail there
+        else:
+            assert status is not None
+            self._resolve_killed(task, status, tail)
+        hosts = sorted({str(p.get("host", "")) for p in got.values() if isinstance(p, dict)} - {"", "?"})
+        for job in self.jobs[task]:
+            job.result_hosts = hosts
+        self.payloads.pop(task, None)  # the futures hold the values now
         return True
 
-    def _resolve_from_payloads(self, task: int, got: Dict[int, Any]) -> None:
+    def _read_missing_results(self, task: int) -> Dict[int, Any]:
+        """Before declaring results lost, open them by name: a directory listing on NFS can lag the files."""
+        got = self.payloads.setdefault(task, {})
+        wanted = {f"{self.folder}/res/{result_name(task, r)}": r for r in range(self.ranks) if r not in got}
+        try:
+            found = self.backend.transport.read_files(list(wanted))
+        except Exception as exc:
+            log.warning("hpcbridge: could not re-read the results of %s: %s", self.task_id(task), exc)
+            found = {}
+        for path, blob in found.items():
+            self.seen.add(os.path.basename(path))
+            got[wanted[path]] = _load_payload(blob, len(self.jobs[task]), wanted[path])
+        return got
+
+    def _stderr_tail(self, task: int) -> str:
+        try:
+            return _tail(self.read_log(task, "err", 64 * 1024), 30)
+        except Exception as exc:  # the tail is a courtesy: never let it stop a result from being delivered
+            return f"(the job's stderr could not be read: {exc})"
+
+    def _resolve_from_payloads(self, task: int, got: Dict[int, Any], tail: str) -> None:
+        missing = [r for r in range(self.ranks) if r not in got]
         for pos, job in enumerate(self.jobs[task]):
             values: List[Any] = []
             failure: Optional[Tuple[int, Any, Tuple[Any, ...]]] = None
@@ -162,10 +194,11 @@ class Submission:
                 elif failure is None:
                     failure = (rank, got[rank], outcome)
             values = [v for _, v in sorted(values, key=lambda rv: rv[0])]
-            missing = [r for r in range(self.ranks) if r not in got]
+            if job.done():
+                continue
             if failure is None and missing:
                 job.state = JobState.FAILED
-                job.set_exception(self._missing_ranks(job, missing))
+                job.set_exception(self._missing_ranks(job, missing, tail))
             elif failure is None:
                 job.state = JobState.COMPLETED
                 job._rank_values = values
@@ -173,23 +206,24 @@ class Submission:
             else:
                 job.state = JobState.FAILED
                 rank, payload, outcome = failure
-                job.set_exception(self._remote_exception(job, rank, payload, outcome))
+                job.set_exception(self._remote_exception(job, rank, payload, outcome, tail))
             self.backend.note_final(job)
 
-    def _missing_ranks(self, job: Job, missing: List[int]) -> BaseException:
+    def _missing_ranks(self, job: Job, missing: List[int], tail: str) -> BaseException:
         shown = ", ".join(str(r) for r in missing[:20]) + (" ..." if len(missing) > 20 else "")
         return errors.JobLostError(
             f"job {job.job_id}: rank(s) {shown} of {self.ranks} wrote no result "
             f"({job.native_state or job.state.value}); their stderr is in the job's log",
             job_id=job.job_id,
             state=job.native_state,
-            stderr_tail=_tail(job.stderr(64 * 1024), 30),
+            stderr_tail=tail,
         )
 
-    def _remote_exception(self, job: Job, rank: int, payload: Any, outcome: Tuple[Any, ...]) -> BaseException:
+    def _remote_exception(
+        self, job: Job, rank: int, payload: Any, outcome: Tuple[Any, ...], stderr_tail: str
+    ) -> BaseException:
         _, blob, type_name, message, tb_text = outcome
         where = f"job {job.job_id}" + (f", rank {rank}" if self.ranks > 1 else "") + f", host {payload['host']}"
-        stderr_tail = _tail(job.stderr(64 * 1024), 30)
         remote_tb = f"Remote traceback ({where}):\n{tb_text}"
         if stderr_tail:
             remote_tb += f"\n--- stderr of {job.job_id} (last lines) ---\n{stderr_tail}\n"
@@ -216,11 +250,12 @@ class Submission:
             stderr_tail=stderr_tail,
         )
 
-    def _resolve_killed(self, task: int, status: NativeStatus) -> None:
+    def _resolve_killed(self, task: int, status: NativeStatus, tail: str) -> None:
         for job in self.jobs[task]:
+            if job.done():
+                continue
             job.state = status.state
             job.native_state = status.native
-            tail = _tail(job.stderr(64 * 1024), 30)
             if status.state in _KILLED:
                 cls, what = _KILLED[status.state]
                 exc: BaseException = cls(
@@ -284,8 +319,11 @@ class Poller:
     def add(self, sub: Submission) -> None:
         with self.lock:
             self._subs[sub.tag] = sub
+            # a new submission gets an early status query, but never postpones one already due (a driver
+            # submitting every second must not starve the others of failure detection)
             self._query_every = max(self.FIRST_QUERY_S, self.backend.site.poll_interval_min_s)
-            self._next_query = time.monotonic() + self._query_every
+            soon = time.monotonic() + self._query_every
+            self._next_query = soon if self._thread is None else min(self._next_query, soon)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="hpcbridge-poller", daemon=True)
                 self._thread.start()
@@ -306,6 +344,7 @@ class Poller:
         while True:
             live = self._live()
             if not live:
+                self.backend.flush_states()
                 return
             try:
                 progressed = self._check_files(live)
@@ -327,7 +366,12 @@ class Poller:
         wanted: Dict[str, Tuple[Submission, int, int]] = {}
         for sub in live:
             live_tasks = set(sub.live_tasks())
-            for name in transport.listdir(f"{sub.folder}/res"):
+            try:
+                names = transport.listdir(f"{sub.folder}/res")
+            except Exception as exc:  # one unreadable folder must not hold up the others
+                log.warning("hpcbridge: cannot list %s/res, will retry: %s", sub.folder, exc)
+                continue
+            for name in names:
                 if name in sub.seen or not name.endswith(".pkl"):
                     continue
                 parts = name.split(".")
@@ -355,7 +399,10 @@ class Poller:
         with self.lock:
             for sub in live:
                 for task in list(sub.final_at):
-                    progressed |= sub.try_resolve(task, now)
+                    try:
+                        progressed |= sub.try_resolve(task, now)
+                    except Exception as exc:  # keep resolving the others
+                        log.warning("hpcbridge: could not resolve %s: %s", sub.task_id(task), exc)
         return progressed
 
     def _query(self, live: List[Submission]) -> None:
@@ -403,5 +450,7 @@ class Poller:
             if not job.done():
                 job.state = status.state
                 job.native_state = status.native
-        if status.state.is_final and task not in sub.final_at:
+        if not status.state.is_final:
+            sub.final_at.pop(task, None)  # requeued (node failure, preemption): it runs again
+        elif task not in sub.final_at:
             sub.final_at[task] = (status, now)

@@ -37,6 +37,17 @@ CREATE INDEX IF NOT EXISTS jobs_by_tag ON jobs (tag);
 _READY: Set[str] = set()  # registry files whose schema this process has created or seen
 
 
+def _private_file(path: str) -> None:
+    """Create ``path`` (mode 0600) and its folder (0700) if missing; an existing folder we own is made 0700."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    st = os.stat(folder)
+    if st.st_uid == os.getuid() and st.st_mode & 0o077:
+        os.chmod(folder, 0o700)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+
+
 def home() -> str:
     """hpcbridge's client-side directory (``$HPCBRIDGE_HOME`` or ``~/.hpcbridge``)."""
     return os.environ.get("HPCBRIDGE_HOME") or os.path.expanduser("~/.hpcbridge")
@@ -51,7 +62,8 @@ class Registry:
     def _connect(self) -> sqlite3.Connection:
         # The default rollback journal, not WAL: the registry usually lives in an NFS home, and WAL's shared
         # memory does not work across the hosts (login node, jobs) that open it.
-        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        if self.path not in _READY:
+            _private_file(self.path)  # job ids, functions and folders are nobody else's business
         conn = sqlite3.connect(self.path, timeout=60)
         if self.path not in _READY:
             for attempt in range(20):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import operator
 import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -123,9 +124,14 @@ def resources_from(base: Resources, kwargs: Mapping[str, Any]) -> Resources:
 
 
 def _positive_int(key: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    """A whole number >= ``minimum``; integer-like values (numpy.int64) are accepted, floats and bools are not."""
+    try:
+        number = operator.index(value) if not isinstance(value, bool) else None
+    except TypeError:
+        number = None
+    if number is None or number < minimum:
         raise ResourceError(f"{key}={value!r} must be a whole number >= {minimum}")
-    return value
+    return number
 
 
 def _token(key: str, value: Any, pattern: re.Pattern[str]) -> str:
@@ -139,6 +145,9 @@ def _token(key: str, value: Any, pattern: re.Pattern[str]) -> str:
 def _directives(value: Any) -> Tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
+    if value is not None and not isinstance(value, (list, tuple)):
+        raise ResourceError(f"extra_directives={value!r} must be a list of scheduler options such as "
+                            "['--constraint=a100']")
     out = []
     for item in value or ():
         if not isinstance(item, str) or not item.startswith("-") or "\n" in item or "\r" in item:

@@ -32,7 +32,11 @@ def _error_outcome(exc: BaseException, tb_text: str, dumps: Any) -> Outcome:
         blob: Optional[bytes] = dumps(exc)
     except Exception:
         blob = None
-    return ("err", blob, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), tb_text)
+    try:
+        message = str(exc)
+    except Exception:  # an exception whose __str__ raises must still be reported
+        message = f"<unprintable {type(exc).__name__}>"
+    return ("err", blob, f"{type(exc).__module__}.{type(exc).__qualname__}", message, tb_text)
 
 
 def run_calls(calls: List[Tuple[Any, Tuple[Any, ...], Dict[str, Any]]], dumps: Any) -> List[Outcome]:

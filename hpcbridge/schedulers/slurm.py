@@ -142,8 +142,9 @@ class SlurmScheduler:
         if self.accounting:
             # the window starts shortly before the oldest submission: sacct without -S scans from the epoch, and
             # a wide window can return an older job that had the same id (ids restart when a cluster's state
-            # is reset); 10 minutes allow for clock skew between this host and slurmctld
-            since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since_epoch - 600))
+            # is reset). Relative ("now-N", seconds), so the client's and the cluster's time zones never
+            # matter; 10 minutes allow for clock skew.
+            since = f"now-{max(0, int(time.time() - since_epoch)) + 600}"
             return [
                 "sacct",
                 "--noheader",

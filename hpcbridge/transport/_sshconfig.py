@@ -330,8 +330,7 @@ def umask_for(mode: int) -> str:
 # -- messages ---------------------------------------------------------------------------------------------------
 def keyscan_hint(spec: HostSpec, key_type: str) -> str:
     """The exact command that trusts a host's key once its fingerprint has been checked."""
-    target = spec.known_hosts[0] if spec.known_hosts else "~/.ssh/known_hosts"
-    shown = target.replace(os.path.expanduser("~"), "~", 1) if target.startswith(os.path.expanduser("~")) else target
+    shown = short(spec.known_hosts[0]) if spec.known_hosts else "~/.ssh/known_hosts"
     if spec.jumps:
         jump = ",".join(_hop(j) for j in spec.jumps)
         opts = f"-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={shown}"
@@ -389,12 +388,18 @@ def unreachable_message(spec: HostSpec, reason: str, via: str = "") -> str:
 def auth_message(spec: HostSpec, tried: Sequence[str], allowed: Sequence[str]) -> str:
     methods = f"; the server allows: {', '.join(allowed)}" if allowed else ""
     what = ", ".join(tried) if tried else "no key (no ssh-agent keys, no identity file)"
-    key = spec.identity_files[0] if spec.identity_files else "~/.ssh/id_ed25519"
+    key = short(spec.identity_files[0]) if spec.identity_files else "~/.ssh/id_ed25519"
     return (
         f"{spec.user}@{spec.hostname}:{spec.port} refused the login (tried {what}{methods}); "
         f"put your public key in ~/.ssh/authorized_keys there (ssh-copy-id -i {key}.pub "
         f"{spec.user}@{spec.alias}), load it into ssh-agent (ssh-add {key}), or set [ssh] user / identity_file"
     )
+
+
+def short(path: str) -> str:
+    """``/home/me/.ssh/id`` -> ``~/.ssh/id`` (for messages)."""
+    home = os.path.expanduser("~")
+    return "~" + path[len(home) :] if home not in ("", "/") and path.startswith(home + "/") else path
 
 
 def fmt_bytes(data: bytes, limit: int = 300) -> str:

@@ -128,6 +128,36 @@ class _CountingSFTP(paramiko.SFTPClient):
         return request(fileobj, t, *args)
 
 
+class _Stdout:
+    """A command's stdout: the login noise up to the marker is dropped; the rest is kept, or streamed to a sink."""
+
+    def __init__(self, marker: str, sink: Optional[Callable[[bytes], Any]]) -> None:
+        self.token = marker.encode() + b"\n"
+        self.sink = sink
+        self.head = bytearray()  # up to and including the marker
+        self.found = False
+        self.body = bytearray()
+
+    def add(self, data: bytes) -> None:
+        if self.found:
+            if self.sink is not None:
+                self.sink(data)
+            else:
+                self.body += data
+            return
+        self.head += data
+        at = self.head.find(self.token)
+        if at >= 0:
+            self.found = True
+            rest = bytes(self.head[at + len(self.token) :])
+            del self.head[at + len(self.token) :]
+            if rest:
+                self.add(rest)
+
+    def result(self) -> Optional[bytes]:
+        return bytes(self.body) if self.found else None
+
+
 class _Lost(Exception):
     """The connection died under an operation."""
 
@@ -141,6 +171,7 @@ class Connection:
         self.marker = f"__hpcbridge_{uuid.uuid4().hex}__"
         self.users = 0
         self.auth_method = ""
+        self.banner: Optional[bytes] = None
         self.home: Optional[str] = None
         self._lock = threading.RLock()
         self._channels = threading.BoundedSemaphore(MAX_EXEC_CHANNELS)
@@ -217,6 +248,7 @@ class Connection:
         try:
             known = _load_known_hosts(spec)
             _prefer_known_key_types(t, spec, known)
+            _prefer_fast_ciphers(t)
             try:
                 t.start_client(timeout=spec.connect_timeout_s)
             except (paramiko.SSHException, EOFError, OSError) as exc:
@@ -246,6 +278,10 @@ class Connection:
             raise HostUnreachableError(
                 cfg.unreachable_message(spec, f"the connection closed during login ({exc})")
             ) from exc
+        finally:
+            # the pre-login banner (sshd's Banner): kept for whoever wants to show it, never mixed with output
+            if spec is self.spec:
+                self.banner = t.get_banner()
         tried: List[str] = []
         if "publickey" in allowed:
             for label, load in self._key_candidates(spec):
@@ -333,12 +369,17 @@ class Connection:
         if path in self._keys:
             return self._keys[path]
         try:
-            key: paramiko.PKey = paramiko.PKey.from_path(path)
+            try:
+                key: paramiko.PKey = paramiko.PKey.from_path(path)
+            except TypeError as exc:  # cryptography's way of saying so
+                if "password" not in str(exc).lower():
+                    raise
+                raise paramiko.PasswordRequiredException(str(exc)) from None
         except paramiko.PasswordRequiredException:
             passphrase = _ask(f"Passphrase for key {_short(path)}: ", False)
             try:
-                key = paramiko.PKey.from_path(path, passphrase)
-            except (paramiko.SSHException, ValueError) as exc:
+                key = paramiko.PKey.from_path(path, passphrase.encode())  # type: ignore[arg-type,unused-ignore]
+            except (paramiko.SSHException, ValueError, TypeError) as exc:
                 raise AuthenticationError(
                     f"wrong passphrase for {_short(path)} ({exc}); try again, or load the key into ssh-agent "
                     f"(ssh-add {_short(path)})"
@@ -383,8 +424,13 @@ class Connection:
         timeout: Optional[float] = None,
         safe: bool,
         what: str,
+        sink: Optional[Callable[[bytes], Any]] = None,
+        restart: Optional[Callable[[], Any]] = None,
     ) -> Tuple[int, bytes, bytes]:
         """Run ``script`` under /bin/sh with ``args``; (exit code, stdout, stderr) with the login noise cut off.
+
+        ``sink``: the command's stdout (after the marker) goes there as it arrives instead of into the result;
+        ``restart()`` is called before a retry, to drop what the sink got from the failed attempt.
 
         A drop before the command was sent is always retried on a new connection; after it was sent only when
         ``safe`` (else :class:`ConnectionLostError` with ``maybe_ran=True``).
@@ -417,7 +463,7 @@ class Connection:
                         self.stats.exec_channels += 1
                         sent = True
                         self._send_exec(ch, command)
-                        return self._collect(ch, t, input, deadline, what)
+                        return self._collect(ch, t, input, deadline, what, sink)
                     finally:
                         ch.close()
             except (_Lost, paramiko.SSHException, EOFError, OSError) as exc:
@@ -437,6 +483,8 @@ class Connection:
                     ) from exc
                 log.warning("hpcbridge: SSH connection to %s dropped (%s); reconnecting", self.spec.label,
                             exc or type(exc).__name__)
+                if restart is not None:
+                    restart()
                 failures += 1
 
     def _send_exec(self, ch: paramiko.Channel, command: str) -> None:
@@ -450,8 +498,9 @@ class Connection:
         input: Optional[bytes],
         deadline: Optional[float],
         what: str,
+        sink: Optional[Callable[[bytes], Any]] = None,
     ) -> Tuple[int, bytes, bytes]:
-        out = bytearray()
+        out = _Stdout(self.marker, sink)
         err = bytearray()
         writer: Optional[threading.Thread] = None
         write_error: List[BaseException] = []
@@ -476,13 +525,13 @@ class Connection:
         fd = ch.fileno()
         while True:
             while ch.recv_ready():
-                out += ch.recv(1 << 20)
+                out.add(ch.recv(1 << 20))
             while ch.recv_stderr_ready():
                 err += ch.recv_stderr(1 << 20)
             if ch.eof_received or ch.closed:
                 # drain what arrived together with the EOF
                 while ch.recv_ready():
-                    out += ch.recv(1 << 20)
+                    out.add(ch.recv(1 << 20))
                 while ch.recv_stderr_ready():
                     err += ch.recv_stderr(1 << 20)
                 break
@@ -494,7 +543,7 @@ class Connection:
             select.select([fd], [], [], min(wait, 1.0))
             if not t.is_active():
                 while ch.recv_ready():
-                    out += ch.recv(1 << 20)
+                    out.add(ch.recv(1 << 20))
                 if not (ch.eof_received and ch.exit_status_ready()):
                     raise _Lost("transport closed")
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -507,7 +556,7 @@ class Connection:
             raise _Lost("transport closed")
         if write_error and status == -1:
             raise _Lost(str(write_error[0]))
-        stdout = cfg.after_marker(bytes(out), self.marker)
+        stdout = out.result()
         stderr = cfg.after_marker(bytes(err), self.marker)
         if stdout is None:
             raise RemoteCommandError(
@@ -515,7 +564,7 @@ class Connection:
                 "exit or exec another program); make ~/.bashrc (or your shell's rc file) return early for "
                 "non-interactive shells",
                 exit_code=status,
-                stdout=cfg.fmt_bytes(bytes(out)),
+                stdout=cfg.fmt_bytes(bytes(out.head)),
                 stderr=bytes(err).decode("utf-8", "replace"),
             )
         return status, stdout, (stderr if stderr is not None else bytes(err))
@@ -554,13 +603,14 @@ class Connection:
 
 
 # -- the process-wide pool ------------------------------------------------------------------------------------
-_POOL: Dict[Tuple[Any, ...], Connection] = {}
+_POOL: Dict[Tuple[int, cfg.HostSpec], Connection] = {}
 _POOL_LOCK = threading.Lock()
 
 
 def connection_for(spec: cfg.HostSpec) -> Connection:
     """The shared connection to ``spec``'s endpoint (created, not yet connected, on first use)."""
-    key = (os.getpid(), spec.key)  # a forked child never shares its parent's connection
+    # the same endpoint with the same settings (keys, known_hosts ...); a forked child never shares its parent's
+    key = (os.getpid(), spec)
     with _POOL_LOCK:
         conn = _POOL.get(key)
         if conn is None or conn._closed:
@@ -756,20 +806,31 @@ class SSHTransport:
         self.conn.with_sftp(put, f"upload {remote_path}")
 
     def download(self, remote_path: str, local_path: Optional[str] = None) -> Optional[bytes]:
-        """One (large) file by SFTP with prefetch: its bytes, or written to ``local_path`` (returns None)."""
+        """One (large) file streamed over one exec channel (``cat``): its bytes, or written to ``local_path``.
+
+        Faster than paramiko's SFTP prefetch (docs/ssh.md, measured); a drop restarts the transfer.
+        """
         cfg.check_remote_path(remote_path, "download")
+        if local_path is None:
+            _, data = self._op('exec cat -- "$1"', [remote_path], f"download {remote_path}", timeout=3600)
+            return data
+        with open(local_path, "wb") as fh:
 
-        def get(sftp: _CountingSFTP) -> Optional[bytes]:
-            if local_path is not None:
-                with open(local_path, "wb") as fh:
-                    sftp.getfo(remote_path, fh, max_concurrent_prefetch_requests=64)
-                return None
-            buf = io.BytesIO()
-            sftp.getfo(remote_path, buf, max_concurrent_prefetch_requests=64)
-            return buf.getvalue()
+            def sink(chunk: bytes) -> None:
+                fh.write(chunk)
 
-        result: Optional[bytes] = self.conn.with_sftp(get, f"download {remote_path}")
-        return result
+            def again() -> None:
+                fh.seek(0)
+                fh.truncate()
+
+            status, _, err = self.conn.exec(
+                'exec cat -- "$1"', [remote_path], timeout=3600, safe=True, what=f"download {remote_path}",
+                sink=sink, restart=again,
+            )
+        if status != 0:
+            raise RemoteCommandError(f"could not download {remote_path} from {self.spec.alias}", exit_code=status,
+                                     stderr=err.decode("utf-8", "replace"))
+        return None
 
     def close(self) -> None:
         """Release this transport's share of the connection (closed when nobody uses it any more)."""
@@ -811,8 +872,7 @@ def _local_user() -> str:
 
 
 def _short(path: str) -> str:
-    home = os.path.expanduser("~")
-    return "~" + path[len(home) :] if home != "/" and path.startswith(home + "/") else path
+    return cfg.short(path)
 
 
 def _tcp_connect(spec: cfg.HostSpec) -> socket.socket:
@@ -870,6 +930,16 @@ def _known_entries(spec: cfg.HostSpec, known: KnownHosts) -> List[Tuple[str, str
 
 
 _RSA_ALGS = ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")
+#: AEAD ciphers first: one pass per packet instead of AES-CTR + HMAC (64 MB measured ~25 % faster both ways)
+_FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
+def _prefer_fast_ciphers(t: paramiko.Transport) -> None:
+    opts = t.get_security_options()
+    current = list(opts.ciphers)
+    fast = [c for c in _FAST_CIPHERS if c in current]
+    if fast:
+        opts.ciphers = tuple(fast + [c for c in current if c not in fast])
 
 
 def _prefer_known_key_types(t: paramiko.Transport, spec: cfg.HostSpec, known: KnownHosts) -> None:

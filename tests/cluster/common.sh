@@ -13,6 +13,13 @@ CLIENT_NET=10.78.0.0/24
 LOGIN_ADDR=10.77.0.5
 LOGIN_CLIENT_ADDR=10.78.0.1
 CLIENT_ADDR=10.78.0.2
+# SSH transport tests (docs/ssh.md): a bastion (netns bastion) on the cluster bridge and on its own link to the
+# client, for ProxyJump; a second port of the login sshd whose logins are noisy (~/.bashrc prints) and MaxSessions 10
+BASTION_ADDR=10.77.0.6
+BASTION_CLIENT_ADDR=10.79.0.1
+CLIENT_BASTION_ADDR=10.79.0.2
+NOISY_PORT=2222
+SSH_TEST_PASSPHRASE=hpcbridge-test-passphrase
 NODES=(node1 node2 node3)
 declare -A NODE_ADDR=([node1]=10.77.0.11 [node2]=10.77.0.12 [node3]=10.77.0.13)
 TEST_USERS=(alice bob)

@@ -109,6 +109,7 @@ class LiveCluster:
 
     user: str
     nodes: tuple[str, ...] = NODES
+    started: float = field(default_factory=time.time)
 
     def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         env = dict(os.environ)
@@ -146,7 +147,10 @@ class LiveCluster:
     def sacct(self, jobid: str) -> dict[str, str]:
         """The accounting record of the job allocation (sacct -X), {} while slurmdbd has none yet."""
         fields = ["JobID", "JobName", "State", "ExitCode", "NodeList", "NNodes", "Partition", "User"]
-        p = self.run(["sacct", "-n", "-X", "-P", "-j", jobid, "-o", ",".join(fields)], timeout=30, check=False)
+        # only jobs of this test session: job ids repeat after a cluster's state is reset
+        since = f"now-{int(time.time() - self.started) + 120}"
+        p = self.run(["sacct", "-n", "-X", "-P", "-S", since, "-j", jobid, "-o", ",".join(fields)], timeout=30,
+                     check=False)
         found: dict[str, str] = {}
         for line in p.stdout.splitlines():  # the newest record wins: ids repeat after a cluster's state reset
             values = line.split("|")
@@ -213,7 +217,7 @@ def _cluster_session_dir(cluster: LiveCluster, request: pytest.FixtureRequest) -
 @pytest.fixture()
 def cluster_workdir(_cluster_session_dir: Path, request: pytest.FixtureRequest) -> Path:
     """A fresh directory for this test's job files, visible on every node (never under /tmp)."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)[:80]
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{request.node.module.__name__}-{request.node.name}")[:120]
     d = _cluster_session_dir / name
     d.mkdir()
     return d

@@ -66,7 +66,9 @@ def sacct_tasks(cluster, array_id, count, timeout=120):
     """The array's tasks as sacct reports them, once all ``count`` have reached accounting in a final state."""
     deadline = time.time() + timeout
     while True:
-        out = cluster.run(["sacct", "-n", "-X", "-P", "-j", array_id, "-o", "JobID,State"], timeout=60).stdout
+        since = f"now-{int(time.time() - cluster.started) + 120}"  # this session's jobs only
+        out = cluster.run(["sacct", "-n", "-X", "-P", "-S", since, "-j", array_id, "-o", "JobID,State"],
+                          timeout=60).stdout
         rows = dict(line.split("|", 1) for line in out.split())
         if len(rows) == count and "RUNNING" not in rows.values() and "PENDING" not in rows.values():
             return rows

@@ -57,7 +57,7 @@ def test_remote_exception_is_reraised_with_its_type_and_traceback(ex):
         job.result(timeout=60)
     cause = info.value.__cause__
     assert cause is not None and "Remote traceback (job" in str(cause) and "in fail" in str(cause)
-    assert "raise KeyError" in info.value.remote_traceback
+    assert "in fail" in info.value.remote_traceback and "KeyError: 'no such key 7'" in info.value.remote_traceback
     assert job.state == JobState.FAILED
     assert "KeyError" in job.stderr()
 
@@ -272,3 +272,93 @@ def test_a_result_that_cannot_be_unpickled_here_fails_the_job_clearly(ex):
     job = ex.submit(_value_of_a_class_unknown_here)
     with pytest.raises(RemoteError, match="the job's result could not be unpickled on this side"):
         job.result(60)
+
+
+def test_cancelling_one_array_task_leaves_the_others_running(ex, tmp_path):
+    markers = [tmp_path / f"m{i}" for i in range(3)]
+    go = tmp_path / "go"
+    jobs = ex.map_jobs(_touch_then_wait, [str(m) for m in markers], [str(go)] * 3, range(3))
+    deadline = time.time() + 30
+    while not all(m.exists() for m in markers[:2]):  # two run at once on this 2-core machine
+        assert time.time() < deadline, "tasks did not start"
+        time.sleep(0.05)
+    assert jobs[1].cancel() is True
+    pid = int(markers[1].read_text())
+    deadline = time.time() + 10
+    while _alive(pid):
+        assert time.time() < deadline, "the cancelled task's process survived"
+        time.sleep(0.05)
+    go.write_text("")
+    assert jobs[0].result(60) == 0 and jobs[2].result(60) == 2
+    assert jobs[1].cancelled() and jobs[1].state == JobState.CANCELLED
+
+
+def _touch_then_wait(marker, go, value):
+    with open(marker, "w") as fh:
+        fh.write(str(os.getpid()))
+    _wait_for(go, None)
+    return value
+
+
+def test_cancel_and_attach_of_a_job_in_a_custom_folder(ex, tmp_path):
+    marker = tmp_path / "started"
+    job = ex.submit(_sleep_after_touch, str(marker), 120)
+    deadline = time.time() + 30
+    while not marker.exists():
+        assert time.time() < deadline
+        time.sleep(0.05)
+    other = attach(job.job_id, site="local")
+    assert other.cancel() is True
+    pid = int(marker.read_text())
+    deadline = time.time() + 10
+    while _alive(pid):
+        assert time.time() < deadline, "cancel through attach() did not stop the job"
+        time.sleep(0.05)
+
+
+def test_attach_to_an_array_id_names_its_tasks(ex):
+    jobs = ex.map_jobs(square, range(3))
+    array_id = jobs[0].job_id.rsplit("_", 1)[0]
+    with pytest.raises(HpcBridgeError, match=rf"job {array_id} is an array of 3 task\(s\); attach one of them: "
+                                             rf"{array_id}_0, {array_id}_1, {array_id}_2"):
+        attach(array_id, site="local")
+
+
+def test_batch_whose_submission_fails_leaves_no_pending_future(tmp_path):
+    import dataclasses
+
+    from hpcbridge import load_site
+    from hpcbridge.errors import RemoteEnvironmentError
+
+    site = dataclasses.replace(load_site("local"), python="/nonexistent/python3")
+    ex = Executor(site=site, folder=str(tmp_path / "jobs"))
+    with pytest.raises(RemoteEnvironmentError):
+        with ex.batch():
+            job = ex.submit(square, 2)
+    with pytest.raises(RemoteEnvironmentError):
+        job.result(timeout=1)
+
+
+def test_batch_that_raises_wakes_waiters(ex):
+    with pytest.raises(RuntimeError):
+        with ex.batch():
+            job = ex.submit(square, 1)
+            raise RuntimeError("stop")
+    done, not_done = concurrent.futures.wait([job], timeout=2)
+    assert job in done and not not_done
+
+
+def test_the_registry_is_private(ex, tmp_path):
+    from hpcbridge.registry import Registry
+
+    ex.submit(square, 1).result(60)
+    path = Registry().path
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert os.stat(os.path.dirname(path)).st_mode & 0o777 == 0o700
+
+
+def test_a_job_folder_that_cannot_stand_in_a_directive_is_refused(tmp_path):
+    from hpcbridge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"must be an absolute path without spaces, quotes, '%' or '#'"):
+        Executor(site="local", folder=str(tmp_path / "my jobs"))

@@ -80,3 +80,13 @@ def test_bad_values_are_refused_with_the_reason(kwargs, message):
 def test_short_names_suggest_the_full_resource(word, suggestion):
     with pytest.raises(ResourceError, match=rf"unknown resource '{word}' \(did you mean '{suggestion}'\?\)"):
         resources_from(Resources(), {word: 1})
+
+
+def test_integer_like_values_are_accepted_and_lists_are_required():
+    class Int:
+        def __index__(self):
+            return 4
+
+    assert resources_from(Resources(), {"nodes": Int()}).nodes == 4
+    with pytest.raises(ResourceError, match=r"extra_directives=5 must be a list of scheduler options"):
+        resources_from(Resources(), {"extra_directives": 5})
