@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import copy
 import dataclasses
 import getpass
 import json
@@ -67,13 +68,12 @@ class Executor(concurrent.futures.Executor):
 
     def with_resources(self, **resources: Any) -> Executor:
         """A copy with some resources changed; it shares this executor's connection and poller."""
-        copy = object.__new__(Executor)
-        copy.resources = resources_from(self.resources, resources)
-        self._backend.site.check_resources(copy.resources)
-        copy._backend = self._backend
-        copy._batch = None
-        copy._submissions = self._submissions
-        return copy
+        changed = resources_from(self.resources, resources)
+        self._backend.site.check_resources(changed)
+        other = copy.copy(self)  # shares the backend (connection, poller) and the list of submissions
+        other.resources = changed
+        other._batch = None
+        return other
 
     # -- the Executor interface ---------------------------------------------------------------------------
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Job:

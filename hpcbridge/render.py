@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence, Tuple
 
 import jinja2
 
@@ -51,5 +52,11 @@ def render(
     env: Optional[jinja2.Environment] = None,
 ) -> str:
     """Render ``template`` with ``context``; a missing variable is an error, not an empty string."""
-    env = env or environment(list(override_dirs))
+    env = env or _cached_environment(tuple(override_dirs))
     return env.get_template(template).render(**context)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_environment(override_dirs: Tuple[str, ...]) -> jinja2.Environment:
+    """One environment per set of template folders: templates compile once (the loader still sees edits)."""
+    return environment(list(override_dirs))
