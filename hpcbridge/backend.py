@@ -44,6 +44,10 @@ _CHECK = (
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9_.+,@=:/~-]*$")
 
 
+#: waits between attempts of a command the scheduler never received (see Scheduler.not_sent_errors)
+SUBMIT_RETRY_WAITS_S = (2.0, 5.0, 10.0)
+
+
 def clean_env(environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
     """``environ`` without the scheduler variables of an enclosing job."""
     environ = os.environ if environ is None else environ
@@ -118,12 +122,20 @@ class Backend:
         ``tag``: ``argv`` submits the job tagged ``hpcbridge:TAG``. If the connection drops after it was sent (the
         outcome is unknown), the job is looked up by its tag instead of being submitted a second time.
         """
-        try:
-            out = self.run(argv)
-        except ConnectionLostError as exc:
-            if tag is None or not exc.maybe_ran or not hasattr(self.scheduler, "find_by_tag_argv"):
-                raise
-            out = self._find_submitted(argv, tag, exc)
+        not_sent = tuple(getattr(self.scheduler, "not_sent_errors", ()))
+        for wait in (*SUBMIT_RETRY_WAITS_S, None):
+            try:
+                out = self.run(argv)
+            except ConnectionLostError as exc:
+                if tag is None or not exc.maybe_ran or not hasattr(self.scheduler, "find_by_tag_argv"):
+                    raise
+                out = self._find_submitted(argv, tag, exc)
+            # the controller could not even be reached (it restarts, or is overloaded): nothing was submitted,
+            # so trying again is safe
+            if wait is None or out.returncode == 0 or not any(e in out.stderr for e in not_sent):
+                break
+            log.warning("hpcbridge: %s: %s; trying again in %s s", out.argv[0], out.stderr.strip()[-200:], wait)
+            time.sleep(wait)
         if out.returncode != 0:
             raise SchedulerError(
                 f"could not {what} on site {self.site.name!r}",

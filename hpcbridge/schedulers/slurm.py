@@ -64,6 +64,9 @@ class SlurmScheduler:
 
     name = "slurm"
     template = "slurm.sh.j2"
+    #: messages of a command that never reached slurmctld: safe to run again (unlike "Socket timed out on
+    #: send/recv", after which the job may exist)
+    not_sent_errors = ("Unable to contact slurm controller (connect failure)",)
     task_index_expr = "${SLURM_ARRAY_TASK_ID:-0}"
 
     def __init__(self, accounting: bool = True, gpu_directive: str = "gpus-per-node") -> None:

@@ -14,8 +14,9 @@ What it guarantees (docs/ssh.md):
 * **commands are argv lists**, each word quoted once, run by ``/bin/sh`` after a marker line, so whatever the login
   shell's startup files print (banners, ``echo`` in ~/.bashrc) never reaches parsed output;
 * **bulk files in one round trip**: ``write_files``/``read_files`` move any number of files as one tar stream over
-  one exec channel (each file written atomically: temporary name, then rename); large single files can go by
-  pipelined SFTP (:meth:`SSHTransport.upload` / :meth:`SSHTransport.download`);
+  one exec channel (each file written atomically: temporary name, then rename); a large single file goes up by
+  pipelined SFTP (:meth:`SSHTransport.upload`) and comes down streamed over one exec channel
+  (:meth:`SSHTransport.download`: paramiko's SFTP prefetch is several times slower, docs/ssh.md);
 * **reconnect after a drop**, retrying only what is safe: reads, listings, status queries and the idempotent file
   operations are retried on a new connection; a command that may already have run (``sbatch``) raises
   :class:`~hpcbridge.errors.ConnectionLostError` with ``maybe_ran=True`` and the caller decides (the backend looks
@@ -65,6 +66,8 @@ MAX_EXEC_CHANNELS = 8
 #: receive window per channel (paramiko's default of 2 MiB caps throughput at window / RTT)
 WINDOW_BYTES = 16 * 1024 * 1024
 MAX_PACKET_BYTES = 32 * 1024
+#: bytes (and packets) after which paramiko would start a re-key itself
+REKEY_AFTER = 2**40
 #: how long an operation that is safe to retry keeps trying to reconnect after a drop
 RECONNECT_WINDOW_S = 60.0
 #: commands without side effects: retried on a new connection when the old one dropped
@@ -245,6 +248,10 @@ class Connection:
         if sock is None:
             sock = _tcp_connect(spec)
         t = paramiko.Transport(sock, default_window_size=WINDOW_BYTES, default_max_packet_size=MAX_PACKET_BYTES)
+        # paramiko re-keys every 512 MB by default, and a re-key in the middle of a stream stalls for its 30 s
+        # timeout (measured here: "Key-exchange timed out waiting for key negotiation"); leave re-keying to the
+        # server (OpenSSH: after 2^32 cipher blocks = 64 GB for AES). If one stalls anyway, the drop is retried.
+        t.packetizer.REKEY_BYTES = t.packetizer.REKEY_PACKETS = REKEY_AFTER
         try:
             known = _load_known_hosts(spec)
             _prefer_known_key_types(t, spec, known)
@@ -467,8 +474,8 @@ class Connection:
                     finally:
                         ch.close()
             except (_Lost, paramiko.SSHException, EOFError, OSError) as exc:
-                if isinstance(exc, paramiko.SSHException) and t.is_active() and not isinstance(exc, _Lost):
-                    raise TransportError(f"SSH error on {self.spec.label} while trying to {what}: {exc}") from exc
+                # an SSH-level error on a live transport (e.g. "Key-exchange timed out" during a rekey under load)
+                # leaves it unusable: it is closed and treated like a drop
                 self.mark_dead(t)
                 if sent and not safe:
                     raise ConnectionLostError(

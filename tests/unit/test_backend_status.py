@@ -47,3 +47,27 @@ def test_a_failed_query_is_reported_as_unknown_not_as_failed_jobs():
     b = backend({"sacct": (1, "", "sacct: error: Problem talking to the database: Connection refused\n")})
     assert b.query_status(["12"], 0) is None
     assert b.scheduler.accounting is True
+
+
+def test_a_submission_the_controller_never_received_is_tried_again(monkeypatch):
+    import hpcbridge.backend as backend_mod
+
+    monkeypatch.setattr(backend_mod, "SUBMIT_RETRY_WAITS_S", (0.0, 0.0))
+    answers = iter([
+        (1, "", "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)\n"),
+        (0, "77\n", ""),
+    ])
+    b = backend({})
+    b.transport.run = lambda argv, **kw: Completed(list(argv), *next(answers))
+    assert b.run_checked(["sbatch", "--parsable", "x.sh"], "submit the job").stdout == "77\n"
+
+
+def test_an_ambiguous_submission_failure_is_not_retried(monkeypatch):
+    import pytest
+
+    from hpcbridge.errors import SchedulerError
+
+    b = backend({"sbatch": (1, "", "sbatch: error: Batch job submission failed: Socket timed out on send/recv\n")})
+    with pytest.raises(SchedulerError, match="Socket timed out"):
+        b.run_checked(["sbatch", "--parsable", "x.sh"], "submit the job")
+    assert len(b.transport.calls) == 1
