@@ -154,10 +154,10 @@ class Backend:
             try:
                 found = self.run(sched.find_by_tag_argv(tag), timeout=60)
             except TransportError as exc:
+                hint = getattr(sched, "find_by_tag_hint", None)
+                where = hint(tag) if hint else f"carries the comment hpcbridge:{tag}: see `squeue --me --format=%i|%k`"
                 raise ConnectionLostError(
-                    f"{lost} (site {self.site.name!r}; the job, if submitted, carries the comment hpcbridge:{tag}: "
-                    f"see `squeue --me --format=%i|%k`)",
-                    maybe_ran=True,
+                    f"{lost} (site {self.site.name!r}; the job, if submitted, {where})", maybe_ran=True
                 ) from exc
             job_id = sched.parse_find_by_tag(found.stdout, tag) if found.returncode == 0 else None
             if job_id:

@@ -151,7 +151,16 @@ class Executor(concurrent.futures.Executor):
         sent: List[Submission] = []
         try:
             for sub, calls in pending:
-                self._send(sub, [[c] for c in calls])
+                # calls whose job was cancelled inside the block are left out
+                keep = [(job, call) for job, call in zip(sub.all_jobs, calls) if not job.cancelled()]
+                if not keep:
+                    sent.append(sub)
+                    continue
+                for task, (job, _) in enumerate(keep):
+                    job.task = task
+                sub.jobs = [[job] for job, _ in keep]
+                sub.chunks = [1] * len(keep)
+                self._send(sub, [[call] for _, call in keep])
                 sent.append(sub)
         except BaseException as exc:
             for sub in sent:  # no orphans

@@ -72,6 +72,8 @@ class Job(concurrent.futures.Future):  # type: ignore[type-arg]
         """
         if self.done():
             return False
+        if not self._submission.job_id:  # gathered by executor.batch() and not submitted yet: never will be
+            return mark_cancelled(self)
         return self._submission.cancel_task(self.task)
 
     def running(self) -> bool:

@@ -37,7 +37,7 @@ import re
 import threading
 from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
-from ..errors import ResourceError, SchedulerError
+from ..errors import ConnectionLostError, ResourceError, SchedulerError
 from ..spec import Resources
 from ..state import JobState
 from .base import NativeStatus, ScriptRequest
@@ -377,8 +377,11 @@ class PBSScheduler:
         folder = posixpath.dirname(script_path)
         check_folder(folder)
         # -o/-j on the command line too: Torque-compatible layers over Slurm ignore #PBS -o and -j and would
-        # otherwise write <name>.o<id> files into the submitting process's current directory
-        return ["qsub", "-j", "oe", "-o", f"{folder}/log/pbs.out", script_path]
+        # otherwise write <name>.o<id> files into the submitting process's current directory.
+        # PBS Pro: -f (foreground) keeps qsub from leaving its background daemon behind, which would hold the
+        # command's stdout open (over SSH: the channel would not close). Torque's -f means "fault tolerant".
+        fg = ["-f"] if self.flavour == "pbspro" else []
+        return ["qsub", *fg, "-j", "oe", "-o", f"{folder}/log/pbs.out", script_path]
 
     def parse_submit(self, stdout: str) -> str:
         for line in reversed(stdout.strip().splitlines()):
@@ -386,6 +389,46 @@ class PBSScheduler:
             if _JOB_ID.match(token):
                 return token
         raise SchedulerError(f"qsub printed no job id: {stdout.strip()!r}")
+
+    def find_by_tag_argv(self, tag: str) -> List[str]:
+        """Every job qstat knows, with its attributes (PBS Pro: finished ones too, while history is kept).
+
+        Used after a connection dropped while ``qsub`` ran, to find the job instead of submitting it twice. A job
+        carries its submission's tag in its folder, hence in its ``Output_Path`` (``-o <folder>/log/pbs.out``).
+        """
+        if self.flavour == "pbspro":
+            return ["qstat", "-f", "-F", "json", "-x"]
+        return ["qstat", "-f"]
+
+    def parse_find_by_tag(self, stdout: str, tag: str) -> Optional[str]:
+        """The id of the job whose ``Output_Path`` is ``<root>/TAG/log/pbs.out`` (an array's own id), or None.
+
+        Raises :class:`ConnectionLostError` when qstat lists jobs but shows no ``Output_Path`` for any of them
+        (the Slurm-backed wrappers print only a few attributes): then whether the job exists cannot be told, and
+        submitting it again could run it twice.
+        """
+        records = parse_qstat_json(stdout) if self.flavour == "pbspro" else parse_qstat_text(stdout)
+        suffix = f"/{tag}/log/pbs.out"
+        shown = False
+        for job_id, rec in records.items():
+            path = rec.get("Output_Path")
+            if path is None:
+                continue
+            shown = True
+            if path.split(":", 1)[-1].endswith(suffix) and not re.search(r"\[\d+\]", job_id):
+                return job_id  # a job, or an array's own record (123[].srv), never one of its subjobs
+        if records and not shown:
+            raise ConnectionLostError(
+                f"the connection dropped while qsub ran, and this site's qstat shows no Output_Path, so whether the "
+                f"job was submitted cannot be told (submitting it again could run it twice): look for a job writing "
+                f"to .../{tag}/log/pbs.out, its folder is kept",
+                maybe_ran=True,
+            )
+        return None
+
+    def find_by_tag_hint(self, tag: str) -> str:
+        """Where a user looks for the job themselves."""
+        return f"its output goes to .../{tag}/log/pbs.out: see `qstat -f` (Output_Path)"
 
     def task_id(self, job_id: str, index: int, is_array: bool) -> str:
         if not is_array:

@@ -362,3 +362,13 @@ def test_a_job_folder_that_cannot_stand_in_a_directive_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match=r"must be an absolute path without spaces, quotes, '%' or '#'"):
         Executor(site="local", folder=str(tmp_path / "my jobs"))
+
+
+def test_a_job_cancelled_inside_a_batch_is_not_submitted(ex):
+    with ex.batch():
+        a = ex.submit(square, 2)
+        b = ex.submit(square, 3)
+        c = ex.submit(square, 4)
+        assert b.cancel() is True
+    assert b.cancelled() and (a.result(60), c.result(60)) == (4, 16)
+    assert a.job_id.rsplit("_", 1)[1] == "0" and c.job_id.rsplit("_", 1)[1] == "1"

@@ -9,8 +9,9 @@ import re
 
 import pytest
 
-from hpcbridge.backend import make_scheduler
-from hpcbridge.errors import ResourceError, SchedulerError
+from hpcbridge import backend as backend_mod
+from hpcbridge.backend import Backend, make_scheduler
+from hpcbridge.errors import ConnectionLostError, ResourceError, SchedulerError, TransportError
 from hpcbridge.schedulers.base import ScriptRequest
 from hpcbridge.schedulers.pbs import (
     PBSScheduler,
@@ -22,6 +23,7 @@ from hpcbridge.schedulers.pbs import (
 from hpcbridge.sites import site_from_mapping
 from hpcbridge.spec import Resources, resources_from
 from hpcbridge.state import JobState
+from hpcbridge.transport.base import Completed
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "pbs")
 
@@ -55,9 +57,14 @@ def test_parse_submit_reads_the_id_qsub_prints(pro, torque):
         pro.parse_submit("qsub: Unknown queue\n")
 
 
-def test_submit_argv_puts_the_scheduler_log_on_the_command_line(pro):
-    # the slurm-wlm-torque qsub overrides #PBS -o/-j with defaults in the caller's current directory
+def test_submit_argv_puts_the_scheduler_log_on_the_command_line(pro, torque):
+    # the slurm-wlm-torque qsub overrides #PBS -o/-j with defaults in the caller's current directory; PBS Pro's
+    # qsub runs in the foreground (-f: no background daemon holding an SSH channel's stdout open)
     assert pro.submit_argv("/home/a/.hpcbridge/jobs/0123/script.sh") == [
+        "qsub", "-f", "-j", "oe", "-o", "/home/a/.hpcbridge/jobs/0123/log/pbs.out",
+        "/home/a/.hpcbridge/jobs/0123/script.sh",
+    ]
+    assert torque.submit_argv("/home/a/.hpcbridge/jobs/0123/script.sh") == [  # Torque's -f is "fault tolerant"
         "qsub", "-j", "oe", "-o", "/home/a/.hpcbridge/jobs/0123/log/pbs.out", "/home/a/.hpcbridge/jobs/0123/script.sh"
     ]
 
@@ -338,3 +345,86 @@ def test_helpers():
     assert expand_range("0-4:2,7") == [0, 2, 4, 7]
     assert expand_range("0-3%2") == [0, 1, 2, 3]
     assert expand_range("") == []
+
+
+# -- finding a submission by its tag (after a connection dropped while qsub ran) ------------------------------
+TORQUE_TAGGED = """\
+Job Id: 1400.torque-server
+    Job_Name = hpcb-train
+    job_state = R
+    Output_Path = login01:/home/alice/.hpcbridge/jobs/aaaa111122223333/log/pbs.o
+    ut
+Job Id: 1401[].torque-server
+    Job_Name = hpcb-square
+    job_state = Q
+    Output_Path = login01:/home/alice/.hpcbridge/jobs/bbbb111122223333/log/pbs.out
+Job Id: 1401[0].torque-server
+    Job_Name = hpcb-square-0
+    job_state = R
+    Output_Path = login01:/home/alice/.hpcbridge/jobs/bbbb111122223333/log/pbs.out
+"""
+
+
+def test_a_submission_is_found_by_the_tag_in_its_output_path(pro, torque):
+    assert torque.find_by_tag_argv("aaaa") == ["qstat", "-f"]
+    assert pro.find_by_tag_argv("aaaa") == ["qstat", "-f", "-F", "json", "-x"]  # finished jobs too
+    # a value qstat wrapped onto the next line is joined; an array is found under its own id, not a subjob's
+    assert torque.parse_find_by_tag(TORQUE_TAGGED, "aaaa111122223333") == "1400.torque-server"
+    assert torque.parse_find_by_tag(TORQUE_TAGGED, "bbbb111122223333") == "1401[].torque-server"
+    assert torque.parse_find_by_tag(TORQUE_TAGGED, "1111222233334444") is None
+    assert torque.parse_find_by_tag(TORQUE_TAGGED, "22223333") is None  # the whole folder name only
+    assert torque.parse_find_by_tag("", "aaaa111122223333") is None  # no job at all: it was not submitted
+    # PBS Pro's JSON (the fixture's jobs all write to .../0123456789abcdef/log/pbs.out): the first job's id
+    text = fixture("pbspro_qstat_json.txt")
+    assert pro.parse_find_by_tag(text, "0123456789abcdef") == next(iter(parse_qstat_json(text)))
+    assert pro.parse_find_by_tag(text.replace("0123456789abcdef", "ffff"), "0123456789abcdef") is None
+
+
+def test_a_qstat_without_output_paths_cannot_tell_so_nothing_is_submitted_twice(torque):
+    # the Slurm-backed wrappers print a few attributes only: whether the job exists cannot be told
+    with pytest.raises(ConnectionLostError, match=r"shows no Output_Path, so whether the job was submitted cannot "
+                       r"be told .*\.\.\./0123456789abcdef/log/pbs.out") as info:
+        torque.parse_find_by_tag(fixture("slurm_torque_qstat_f.txt"), "0123456789abcdef")
+    assert info.value.maybe_ran is True
+
+
+class _Scripted:
+    """Each run() returns the next (exit code, stdout) or raises the next exception; the argvs are kept."""
+
+    def __init__(self, steps):
+        self.steps = list(steps)
+        self.calls = []
+
+    def run(self, argv, **kw):
+        self.calls.append(list(argv))
+        step = self.steps.pop(0)
+        if isinstance(step, BaseException):
+            raise step
+        return Completed(list(argv), step[0], step[1], "")
+
+
+def _pbs_backend(flavour, steps, monkeypatch):
+    monkeypatch.setattr(backend_mod, "FIND_BY_TAG_WAITS_S", (0.0, 0.0))
+    b = Backend(site_from_mapping("p", {"scheduler": "pbs", "flavour": flavour, "workdir": "/w"}))
+    t = _Scripted(steps)
+    b.transport = t
+    return b, t
+
+
+def test_after_a_drop_during_qsub_the_job_found_by_its_tag_is_not_submitted_again(monkeypatch):
+    lost = ConnectionLostError("the SSH connection to hpc dropped while trying to run qsub", maybe_ran=True)
+    argv = ["qsub", "-j", "oe", "-o", "/w/aaaa111122223333/log/pbs.out", "/w/aaaa111122223333/script.sh"]
+    b, t = _pbs_backend("torque", [lost, (0, ""), (0, TORQUE_TAGGED)], monkeypatch)
+    out = b.run_checked(argv, "submit the job", tag="aaaa111122223333")
+    assert b.scheduler.parse_submit(out.stdout) == "1400.torque-server"
+    assert t.calls == [argv, ["qstat", "-f"], ["qstat", "-f"]]  # not yet listed, then found: one qsub only
+    # on the wrappers (no Output_Path) the drop is reported, and qsub is not run again
+    b, t = _pbs_backend("torque", [lost, (0, fixture("slurm_torque_qstat_f.txt"))], monkeypatch)
+    with pytest.raises(ConnectionLostError, match="cannot be told"):
+        b.run_checked(argv, "submit the job", tag="aaaa111122223333")
+    assert t.calls == [argv, ["qstat", "-f"]]
+    # when the lookup itself fails, the error says where to look
+    b, t = _pbs_backend("torque", [lost, TransportError("still down")], monkeypatch)
+    with pytest.raises(ConnectionLostError, match=r"its output goes to \.\.\./aaaa111122223333/log/pbs.out: see "
+                       r"`qstat -f` \(Output_Path\)"):
+        b.run_checked(argv, "submit the job", tag="aaaa111122223333")
