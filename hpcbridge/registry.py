@@ -121,54 +121,41 @@ class Registry:
         finally:
             conn.close()
 
-    def find(self, site: str, job_id: str) -> List[Dict[str, Any]]:
-        """Rows for ``job_id`` (several when calls were bundled into one task), with their submission."""
+    def _select(self, query: str, args: Tuple[Any, ...]) -> List[Dict[str, Any]]:
         conn = self._connect()
         conn.row_factory = sqlite3.Row
         try:
-            cur = conn.execute(
-                "SELECT j.position, j.task, j.last_state, s.* FROM jobs j JOIN submissions s ON j.tag = s.tag "
-                "WHERE j.site=? AND j.job_id=? ORDER BY j.position",
-                (site, job_id),
-            )
-            return [dict(r) for r in cur.fetchall()]
-        finally:
-            conn.close()
-
-    def jobs(self, site: Optional[str] = None, limit: int = 1000) -> List[Dict[str, Any]]:
-        """The most recent jobs, newest first."""
-        conn = self._connect()
-        conn.row_factory = sqlite3.Row
-        try:
-            query = (
-                "SELECT j.site, j.job_id, j.position, j.task, j.last_state, j.updated, s.function, s.folder, "
-                "s.submit_time, s.tag, s.job_id AS submission_id, s.is_array FROM jobs j JOIN submissions s "
-                "ON j.tag = s.tag"
-            )
-            args: Tuple[Any, ...] = ()
-            if site:
-                query += " WHERE j.site=?"
-                args = (site,)
-            query += " ORDER BY s.submit_time DESC, j.task, j.position LIMIT ?"
-            return [dict(r) for r in conn.execute(query, args + (limit,)).fetchall()]
-        finally:
-            conn.close()
-
-    def lookup(self, job_id: str, site: Optional[str] = None) -> List[Dict[str, Any]]:
-        """Rows (as :meth:`jobs`) whose job id or whose array job's id is ``job_id``, on any site or on ``site``."""
-        conn = self._connect()
-        conn.row_factory = sqlite3.Row
-        try:
-            query = (
-                "SELECT j.site, j.job_id, j.position, j.task, j.last_state, j.updated, s.function, s.folder, "
-                "s.submit_time, s.tag, s.job_id AS submission_id, s.is_array FROM jobs j JOIN submissions s "
-                "ON j.tag = s.tag WHERE (j.job_id=? OR s.job_id=?)"
-            )
-            args: Tuple[Any, ...] = (job_id, job_id)
-            if site:
-                query += " AND j.site=?"
-                args += (site,)
-            query += " ORDER BY j.site, j.task, j.position"
             return [dict(r) for r in conn.execute(query, args).fetchall()]
         finally:
             conn.close()
+
+    def find(self, site: str, job_id: str) -> List[Dict[str, Any]]:
+        """Rows for ``job_id`` (several when calls were bundled into one task), with their submission."""
+        return self._select(
+            "SELECT j.position, j.task, j.last_state, s.* FROM jobs j JOIN submissions s ON j.tag = s.tag "
+            "WHERE j.site=? AND j.job_id=? ORDER BY j.position",
+            (site, job_id),
+        )
+
+    def jobs(self, site: Optional[str] = None, limit: int = 1000) -> List[Dict[str, Any]]:
+        """The most recent jobs, newest first."""
+        where, args = (" WHERE j.site=?", (site,)) if site else ("", ())
+        return self._select(
+            _LISTING + where + " ORDER BY s.submit_time DESC, j.task, j.position LIMIT ?", args + (limit,)
+        )
+
+    def lookup(self, job_id: str, site: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Rows (as :meth:`jobs`) whose job id or whose array job's id is ``job_id``, on any site or on ``site``."""
+        query = _LISTING + " WHERE (j.job_id=? OR s.job_id=?)"
+        args: Tuple[Any, ...] = (job_id, job_id)
+        if site:
+            query += " AND j.site=?"
+            args += (site,)
+        return self._select(query + " ORDER BY j.site, j.task, j.position", args)
+
+
+#: one row per call, with its submission's fields (for status listings)
+_LISTING = (
+    "SELECT j.site, j.job_id, j.position, j.task, j.last_state, j.updated, s.function, s.folder, "
+    "s.submit_time, s.tag, s.job_id AS submission_id, s.is_array FROM jobs j JOIN submissions s ON j.tag = s.tag"
+)
