@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-import hpcbridge.executor as executor_mod
 from hpcbridge import Executor, jobenv, rendezvous
 from hpcbridge.distributed import site_nccl_env, torch_env
 from hpcbridge.errors import ConfigError, ResourceError
@@ -16,7 +15,6 @@ from hpcbridge.launchers import launcher_argv, mpirun_argv, plan, site_options
 from hpcbridge.sites import site_from_mapping
 from hpcbridge.spec import Resources
 
-GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 PY = "/opt/py/bin/python"
 F = "/scratch/alice/hpcb/0123456789abcdef"
 
@@ -34,55 +32,40 @@ def _site(**over):
     return site_from_mapping("golden", data)
 
 
-def _check(name, text):
-    path = os.path.join(GOLDEN, name)
-    if os.environ.get("HPCBRIDGE_UPDATE_GOLDEN"):
-        with open(path, "w") as fh:
-            fh.write(text)
-    with open(path) as fh:
-        assert text == fh.read(), f"{name} changed; rerun with HPCBRIDGE_UPDATE_GOLDEN=1 if intended"
-
-
-@pytest.fixture
-def fixed(monkeypatch):
-    monkeypatch.setattr(executor_mod, "_new_tag", lambda: "0123456789abcdef")
-    monkeypatch.chdir("/")
-
-
 def train(cfg):
     return cfg
 
 
 # -- golden scripts (there is no GPU here: the scripts are pinned instead) -----------------------------------
-def test_golden_srun_gpus_per_node_with_nccl(fixed):
+def test_golden_srun_gpus_per_node_with_nccl(fixed, golden):
     site = _site(slurm={"mpi": "pmix"}, nccl={"NCCL_SOCKET_IFNAME": "ib0", "NCCL_IB_HCA": "mlx5_0,mlx5_1",
                                               "NCCL_DEBUG": "WARN"})
     ex = Executor(site=site, nodes=2, tasks_per_node=4, gpus_per_node=4, cpus_per_task=8, launcher="srun")
     text = ex.render(train, {})
-    _check("slurm_srun_gpu.sh", text)
+    golden("slurm_srun_gpu.sh", text)
     assert "#SBATCH --gpus-per-node=4\n" in text and "--gres" not in text
     assert "export HPCBRIDGE_BIND_GPUS=4\n" in text  # srun gives every task all the node's GPUs: split them
 
 
-def test_golden_mpirun_gres(fixed):
+def test_golden_mpirun_gres(fixed, golden):
     site = _site(
         slurm={"gpu_directive": "gres"},
         mpi={"mpirun": "/opt/openmpi/bin/mpirun", "args": ["--bind-to", "core"], "env": {"UCX_TLS": "rc,sm"}},
     )
     ex = Executor(site=site, nodes=3, tasks_per_node=2, gpus_per_node=2, cpus_per_task=4, launcher="mpirun")
     text = ex.render(train, {})
-    _check("slurm_mpirun_gres.sh", text)
+    golden("slurm_mpirun_gres.sh", text)
     assert "#SBATCH --gres=gpu:2\n" in text and "export UCX_TLS=rc,sm\n" in text
 
 
-def test_golden_torchrun_gpu(fixed):
+def test_golden_torchrun_gpu(fixed, golden):
     site = _site(
         nccl={"NCCL_DEBUG": "INFO"},
         distributed={"master_port_min": 29400, "master_port_max": 29499, "torchrun_args": ["--log-dir=logs"]},
     )
     ex = Executor(site=site, nodes=2, tasks_per_node=8, gpus_per_node=8, launcher="torchrun")
     text = ex.render(train, {})
-    _check("slurm_torchrun_gpu.sh", text)
+    golden("slurm_torchrun_gpu.sh", text)
     assert "HPCBRIDGE_BIND_GPUS" not in text  # torchrun workers pick their GPU by LOCAL_RANK
 
 

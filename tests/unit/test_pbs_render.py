@@ -7,11 +7,9 @@ import subprocess
 
 import pytest
 
-import hpcbridge.executor as executor_mod
 from hpcbridge import Executor
 from hpcbridge.sites import site_from_mapping
 
-GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 TAG = "0123456789abcdef"
 FOLDER = f"/scratch/alice/hpcb/{TAG}"
 
@@ -30,31 +28,16 @@ def _site(flavour: str, **over):
     return site_from_mapping(f"golden-{flavour}", data)
 
 
-@pytest.fixture
-def fixed(monkeypatch):
-    monkeypatch.setattr(executor_mod, "_new_tag", lambda: TAG)
-    monkeypatch.chdir("/")
-
-
-def _check(name, text):
-    path = os.path.join(GOLDEN, name)
-    if os.environ.get("HPCBRIDGE_UPDATE_GOLDEN"):
-        with open(path, "w") as fh:
-            fh.write(text)
-    with open(path) as fh:
-        assert text == fh.read(), f"{name} changed; rerun with HPCBRIDGE_UPDATE_GOLDEN=1 if intended"
-
-
 def square(x):
     return x * x
 
 
-def test_pbspro_single_job_select(fixed):
+def test_pbspro_single_job_select(fixed, golden):
     ex = Executor(site=_site("pbspro"), cpus_per_task=4, mem_gb=2, partition="workq", account="proj42", name="train")
-    _check("pbs_pro_single.sh", ex.render(square, 3))
+    golden("pbs_pro_single.sh", ex.render(square, 3))
 
 
-def test_pbspro_array_with_gpus_on_several_nodes(fixed):
+def test_pbspro_array_with_gpus_on_several_nodes(fixed, golden):
     ex = Executor(
         site=_site("pbspro"),
         nodes=2,
@@ -66,13 +49,13 @@ def test_pbspro_array_with_gpus_on_several_nodes(fixed):
         array_parallelism=16,
         extra_directives=["-W group_list=proj42"],
     )
-    _check("pbs_pro_array_gpus.sh", ex._render_script(FOLDER, TAG, 200, square, 200))
+    golden("pbs_pro_array_gpus.sh", ex._render_script(FOLDER, TAG, 200, square, 200))
 
 
-def test_torque_array(fixed):
+def test_torque_array(fixed, golden):
     ex = Executor(site=_site("torque"), tasks_per_node=2, cpus_per_task=2, mem_gb=0.5, partition="batch",
                   array_parallelism=4)
-    _check("pbs_torque_array.sh", ex._render_script(FOLDER, TAG, 10, square, 10))
+    golden("pbs_torque_array.sh", ex._render_script(FOLDER, TAG, 10, square, 10))
 
 
 @pytest.mark.parametrize(

@@ -1,16 +1,12 @@
 """Golden batch scripts: what hpcbridge submits is pinned, and every value is shell-quoted exactly once."""
 
-import os
 import subprocess
 
 import pytest
 
-import hpcbridge.executor as executor_mod
 from hpcbridge import Executor
 from hpcbridge.render import render, sh
 from hpcbridge.sites import site_from_mapping
-
-GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 
 
 def _site(**over):
@@ -27,31 +23,16 @@ def _site(**over):
     return site_from_mapping("golden", data)
 
 
-@pytest.fixture
-def fixed(monkeypatch):
-    monkeypatch.setattr(executor_mod, "_new_tag", lambda: "0123456789abcdef")
-    monkeypatch.chdir("/")
-
-
-def _check(name, text):
-    path = os.path.join(GOLDEN, name)
-    if os.environ.get("HPCBRIDGE_UPDATE_GOLDEN"):
-        with open(path, "w") as fh:
-            fh.write(text)
-    with open(path) as fh:
-        assert text == fh.read(), f"{name} changed; rerun with HPCBRIDGE_UPDATE_GOLDEN=1 if intended"
-
-
 def square(x):
     return x * x
 
 
-def test_slurm_single_job(fixed):
+def test_slurm_single_job(fixed, golden):
     ex = Executor(site=_site(), mem_gb=2, cpus_per_task=4, name="train")
-    _check("slurm_single.sh", ex.render(square, 3))
+    golden("slurm_single.sh", ex.render(square, 3))
 
 
-def test_slurm_array_gpus_and_extra_directives(fixed):
+def test_slurm_array_gpus_and_extra_directives(fixed, golden):
     ex = Executor(
         site=_site(slurm={"gpu_directive": "gres"}),
         nodes=2,
@@ -64,7 +45,7 @@ def test_slurm_array_gpus_and_extra_directives(fixed):
         array_parallelism=16,
     )
     folder = "/scratch/alice/hpcb/0123456789abcdef"
-    _check("slurm_array_gres.sh", ex._render_script(folder, "0123456789abcdef", 200, square, 200))
+    golden("slurm_array_gres.sh", ex._render_script(folder, "0123456789abcdef", 200, square, 200))
 
 
 def test_slurm_gpus_per_node_flavour(fixed):
@@ -72,10 +53,10 @@ def test_slurm_gpus_per_node_flavour(fixed):
     assert "#SBATCH --gpus-per-node=2\n" in text and "--gres" not in text
 
 
-def test_local_site_script(fixed):
+def test_local_site_script(fixed, golden):
     data = {"scheduler": "local", "python": "/opt/py/bin/python", "workdir": "/w", "local_parallel": 4}
     site = site_from_mapping("golden-local", data)
-    _check("local.sh", Executor(site=site).render(square, 1))
+    golden("local.sh", Executor(site=site).render(square, 1))
 
 
 def test_env_values_reach_the_job_exactly(fixed, tmp_path):
