@@ -12,6 +12,7 @@ visible on every node. Never use ``tmp_path`` for job files: each node has its o
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import re
 import shutil
@@ -27,6 +28,7 @@ import pytest
 NODES = ("node1", "node2", "node3")
 CLUSTER_NET_PREFIX = "10.77.0."
 STAGE = Path("/opt/hpcbridge-test")
+REPO = Path(__file__).resolve().parents[2]
 STAGED_CLIENT = STAGE / "src" / "tests" / "cluster" / "client"
 LOCAL_CLIENT = Path(__file__).resolve().parents[1] / "cluster" / "client"
 UP_HINT = "start it as root with: tests/cluster/up   (see docs/testcluster.md)"
@@ -170,6 +172,21 @@ class LiveCluster:
             time.sleep(0.5)
         squeue = self.run(["squeue", "-j", jobid, "-o", "%i %T %r %N"], check=False, timeout=30).stdout
         pytest.fail(f"job {jobid} did not finish within {timeout} s; sacct: {rec}; squeue: {squeue}")
+
+    def laptop_python(self, program: str, *, timeout: float = 300) -> dict[str, Any]:
+        """Run a Python ``program`` on the user's laptop with the working tree's hpcbridge and site-configs; the
+        JSON of its last ``RESULT {...}`` line, plus ``_stderr``. The site-configs come from the working tree
+        because tests/cluster/up run from another checkout (the stage) removes /etc/hpcbridge/sites files that
+        checkout does not have."""
+        env = ["env", f"PYTHONPATH={REPO}", f"HPCBRIDGE_SITES_PATH={REPO / 'site-configs'}"]
+        p = self.client([*env, str(STAGE / "venv" / "bin" / "python"), "-c", program], timeout=timeout)
+        lines = [line for line in p.stdout.splitlines() if line.startswith("RESULT ")]
+        if p.returncode != 0 or not lines:
+            pytest.fail(f"laptop program failed (exit {p.returncode})\nstdout:\n{p.stdout}\n"
+                        f"stderr:\n{p.stderr[-6000:]}")
+        out: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
+        out["_stderr"] = p.stderr
+        return out
 
     def client(
         self,

@@ -10,7 +10,6 @@ from the cluster side).
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +22,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.live
 
 REPO = Path(__file__).resolve().parents[2]
-PYTHON = "/opt/hpcbridge-test/venv/bin/python"
 WAIT = 240  # per job: the cluster is shared, jobs may queue behind others'
 
 PRELUDE = r'''
@@ -54,17 +52,7 @@ def talk(x):
 
 def laptop(cluster: LiveCluster, code: str, timeout: float = 400) -> dict[str, Any]:
     """Run ``code`` (after PRELUDE) with python on alice's laptop; its RESULT line, parsed."""
-    program = PRELUDE.replace("__REPO__", str(REPO)) + code
-    # the site-config from the working tree too: tests/cluster/up run from another checkout (the stage) removes
-    # /etc/hpcbridge/sites/testcluster-*.toml files that checkout does not have
-    env = ["env", f"PYTHONPATH={REPO}", f"HPCBRIDGE_SITES_PATH={REPO / 'site-configs'}"]
-    p = cluster.client([*env, PYTHON, "-c", program], timeout=timeout)
-    lines = [line for line in p.stdout.splitlines() if line.startswith("RESULT ")]
-    if p.returncode != 0 or not lines:
-        pytest.fail(f"laptop program failed (exit {p.returncode})\nstdout:\n{p.stdout}\nstderr:\n{p.stderr[-6000:]}")
-    out: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
-    out["_stderr"] = p.stderr
-    return out
+    return cluster.laptop_python(PRELUDE.replace("__REPO__", str(REPO)) + code, timeout=timeout)
 
 
 def qstat_state(cluster: LiveCluster, job_id: str) -> str | None:

@@ -13,21 +13,17 @@ the login node's cluster address), ``~/.ssh/id_ed25519_enc`` (an encrypted key),
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pytest
-
 if TYPE_CHECKING:
     from conftest import LiveCluster
 
 
 REPO = Path(__file__).resolve().parents[2]
-PYTHON = "/opt/hpcbridge-test/venv/bin/python"
 LOGIN_HOST_KEY = Path("/var/lib/hpcbridge-testcluster/ssh/ssh_host_ed25519_key.pub")
 PASSPHRASE = "hpcbridge-test-passphrase"  # tests/cluster/common.sh SSH_TEST_PASSPHRASE
 
@@ -62,14 +58,7 @@ def error(fn):
 
 def laptop(cluster: LiveCluster, code: str, timeout: float = 300) -> dict[str, Any]:
     """Run ``code`` (after PRELUDE) with python on alice's laptop; its RESULT line, parsed."""
-    program = PRELUDE.replace("__REPO__", str(REPO)) + code
-    p = cluster.client(["env", f"PYTHONPATH={REPO}", PYTHON, "-c", program], timeout=timeout)
-    lines = [line for line in p.stdout.splitlines() if line.startswith("RESULT ")]
-    if p.returncode != 0 or not lines:
-        pytest.fail(f"laptop program failed (exit {p.returncode})\nstdout:\n{p.stdout}\nstderr:\n{p.stderr[-6000:]}")
-    out: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
-    out["_stderr"] = p.stderr
-    return out
+    return cluster.laptop_python(PRELUDE.replace("__REPO__", str(REPO)) + code, timeout=timeout)
 
 
 def test_submit_map_exception_cancel_over_ssh(cluster: LiveCluster) -> None:
