@@ -63,6 +63,8 @@ log = logging.getLogger("hpcbridge")
 MAX_SESSIONS = 10
 #: exec channels open at once per connection; one more is kept for SFTP, and one spare
 MAX_EXEC_CHANNELS = 8
+#: waits before opening a refused channel again (None: give up)
+CHANNEL_RETRY_WAITS_S = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, None)
 #: receive window per channel (paramiko's default of 2 MiB caps throughput at window / RTT)
 WINDOW_BYTES = 16 * 1024 * 1024
 MAX_PACKET_BYTES = 32 * 1024
@@ -422,6 +424,22 @@ class Connection:
             self._drop()
 
     # -- commands -----------------------------------------------------------------------------------------
+
+    def _open_session(self, t: paramiko.Transport) -> paramiko.Channel:
+        """A new channel. sshd frees a closed channel's session slot a moment after the close, so under churn it
+        can refuse one even below MaxSessions: nothing was sent then, and opening again shortly after is safe."""
+        for wait in CHANNEL_RETRY_WAITS_S:
+            try:
+                return t.open_session(timeout=self.spec.connect_timeout_s)
+            except paramiko.ChannelException as exc:
+                if wait is None:
+                    raise TransportError(
+                        f"{self.spec.label} refused a new SSH channel ({exc}); the server's MaxSessions may be "
+                        f"below {MAX_EXEC_CHANNELS + 2}"
+                    ) from exc
+                time.sleep(wait)
+        raise AssertionError("unreachable")
+
     def exec(
         self,
         script: str,
@@ -459,13 +477,7 @@ class Connection:
             sent = False
             try:
                 with self._channels:
-                    try:
-                        ch = t.open_session(timeout=self.spec.connect_timeout_s)
-                    except paramiko.ChannelException as exc:
-                        raise TransportError(
-                            f"{self.spec.label} refused a new SSH channel ({exc}); the server's MaxSessions may be "
-                            f"below {MAX_EXEC_CHANNELS + 2}"
-                        ) from exc
+                    ch = self._open_session(t)
                     try:
                         self.stats.exec_channels += 1
                         sent = True
