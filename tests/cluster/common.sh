@@ -102,14 +102,14 @@ stop_stray() {
         say "stopping stray $name (pid $pid)"
         kill -TERM "$pid" 2>/dev/null || true
         for ((i = 0; i < 50; i++)); do
-            pids_by_cmdline "$@" | grep -qx "$pid" || break
+            grep -qx "$pid" <<<"$(pids_by_cmdline "$@")" || break
             sleep 0.1
         done
-        if pids_by_cmdline "$@" | grep -qx "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+        if grep -qx "$pid" <<<"$(pids_by_cmdline "$@")"; then kill -KILL "$pid" 2>/dev/null || true; fi
     done
 }
 
-netns_exists() { [[ -e $NETNS_DIR/$1 ]] && ip netns list 2>/dev/null | grep -qw "^$1"; }
+netns_exists() { [[ -e $NETNS_DIR/$1 ]] && grep -qw "^$1" <<<"$(ip netns list 2>/dev/null)"; }
 
 # kill_netns_pids NS: kill every process whose network namespace is NS.
 kill_netns_pids() {
