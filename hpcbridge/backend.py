@@ -9,13 +9,20 @@ import re
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import __version__
-from .errors import ConfigError, ConnectionLostError, RemoteEnvironmentError, SchedulerError, TransportError
+from .errors import (
+    CommandTimeoutError,
+    ConfigError,
+    ConnectionLostError,
+    RemoteEnvironmentError,
+    SchedulerError,
+    TransportError,
+)
 from .poll import Poller
 from .registry import Registry
-from .schedulers.base import NativeStatus, Scheduler
+from .schedulers.base import NativeStatus, Scheduler, StatusFailure
 from .sites import Site
 from .transport.base import Completed, Transport
 
@@ -44,6 +51,8 @@ _CHECK = (
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9_.+,@=:/~-]*$")
 
 
+#: how long a scheduler command (sbatch, scancel, ...) may take before it counts as hung (s)
+COMMAND_TIMEOUT_S = 120.0
 #: waits between attempts of a command the scheduler never received (see Scheduler.not_sent_errors)
 SUBMIT_RETRY_WAITS_S = (2.0, 5.0, 10.0)
 
@@ -112,22 +121,23 @@ class Backend:
         self._final_lock = threading.Lock()
 
     # -- commands -----------------------------------------------------------------------------------------
-    def run(self, argv: Sequence[str], timeout: float = 120.0) -> Completed:
+    def run(self, argv: Sequence[str], timeout: Optional[float] = None) -> Completed:
         env = clean_env() if self.site.transport == "local" else None
-        return self.transport.run(argv, env=env, timeout=timeout)
+        return self.transport.run(argv, env=env, timeout=COMMAND_TIMEOUT_S if timeout is None else timeout)
 
     def run_checked(self, argv: Sequence[str], what: str, tag: Optional[str] = None) -> Completed:
         """Run ``argv``; a non-zero exit raises :class:`SchedulerError`.
 
-        ``tag``: ``argv`` submits the job tagged ``hpcbridge:TAG``. If the connection drops after it was sent (the
-        outcome is unknown), the job is looked up by its tag instead of being submitted a second time.
+        ``tag``: ``argv`` submits the job tagged ``hpcbridge:TAG``. If the connection drops after it was sent, or
+        the command hangs past COMMAND_TIMEOUT_S (either way the outcome is unknown), the job is looked up by its
+        tag instead of being submitted a second time.
         """
-        not_sent = tuple(getattr(self.scheduler, "not_sent_errors", ()))
+        not_sent = self.scheduler.not_sent_errors
         for wait in (*SUBMIT_RETRY_WAITS_S, None):
             try:
                 out = self.run(argv)
-            except ConnectionLostError as exc:
-                if tag is None or not exc.maybe_ran or not hasattr(self.scheduler, "find_by_tag_argv"):
+            except (ConnectionLostError, CommandTimeoutError) as exc:
+                if tag is None or not exc.maybe_ran or self.scheduler.find_by_tag_argv(tag) is None:
                     raise
                 out = self._find_submitted(argv, tag, exc)
             # the controller could not even be reached (it restarts, or is overloaded): nothing was submitted,
@@ -146,29 +156,33 @@ class Backend:
             )
         return out
 
-    def _find_submitted(self, argv: Sequence[str], tag: str, lost: ConnectionLostError) -> Completed:
-        """After a drop during a submission: the job's id if it exists (found by its tag), else submit it again."""
-        sched: Any = self.scheduler
+    def _find_submitted(self, argv: Sequence[str], tag: str, lost: TransportError) -> Completed:
+        """After a drop or a timeout during a submission: the job's id if it exists (found by its tag), else
+        submit it again."""
+        sched = self.scheduler
+        find = sched.find_by_tag_argv(tag)
+        assert find is not None  # run_checked asked
         for wait in FIND_BY_TAG_WAITS_S:  # an sbatch still running on the login node gets a few seconds to finish
             time.sleep(wait)
             try:
-                found = self.run(sched.find_by_tag_argv(tag), timeout=60)
+                found = self.run(find, timeout=60)
             except TransportError as exc:
-                hint = getattr(sched, "find_by_tag_hint", None)
-                where = hint(tag) if hint else f"carries the comment hpcbridge:{tag}: see `squeue --me --format=%i|%k`"
-                raise ConnectionLostError(
-                    f"{lost} (site {self.site.name!r}; the job, if submitted, {where})", maybe_ran=True
-                ) from exc
+                message = f"{lost} (site {self.site.name!r}; the job, if submitted, {sched.find_by_tag_hint(tag)})"
+                if isinstance(lost, CommandTimeoutError):
+                    raise CommandTimeoutError(message) from exc
+                raise ConnectionLostError(message, maybe_ran=True) from exc
             job_id = sched.parse_find_by_tag(found.stdout, tag) if found.returncode == 0 else None
             if job_id:
-                log.warning("hpcbridge: the connection dropped during the submission; job %s was found by its tag "
-                            "hpcbridge:%s (not submitted again)", job_id, tag)
+                log.warning("hpcbridge: the submission was interrupted (%s); job %s was found by its tag "
+                            "hpcbridge:%s (not submitted again)", lost, job_id, tag)
                 return Completed(list(argv), 0, f"{job_id}\n", "")
-        log.warning("hpcbridge: the connection dropped during the submission and no job carries the tag "
-                    "hpcbridge:%s; submitting it again", tag)
+        log.warning("hpcbridge: the submission was interrupted (%s) and no job carries the tag hpcbridge:%s; "
+                    "submitting it again", lost, tag)
         return self.run(argv)
 
-    def query_status(self, job_ids: Sequence[str], since: float) -> Optional[Dict[str, NativeStatus]]:
+    def query_status(
+        self, job_ids: Sequence[str], since: float, _again: bool = False
+    ) -> Optional[Dict[str, NativeStatus]]:
         """Statuses of all tasks of ``job_ids``, or None when the query failed (retried later)."""
         try:
             # a hung controller holds up the poller thread: give up after 30 s, retry on the back-off
@@ -176,34 +190,29 @@ class Backend:
         except TransportError as exc:
             log.warning("hpcbridge: status query failed, will retry: %s", exc)
             return None
-        if out.returncode != 0 and getattr(self.scheduler, "accounting", False) and (
-            "accounting storage is disabled" in out.stderr.lower()
-        ):
-            # detected: this cluster keeps no accounting (site-config said it does); use squeue + scontrol
-            log.warning("hpcbridge: site %r has no Slurm accounting; using squeue and scontrol show job "
-                        "(set `accounting = false` in its site-config)", self.site.name)
-            self.scheduler.accounting = False  # type: ignore[attr-defined]
-            return self.query_status(job_ids, since)
-        if out.returncode != 0:
-            if "Invalid job id" in out.stderr and not getattr(self.scheduler, "accounting", True):
-                return {}  # squeue forgot every one of them: fall back to scontrol show job
-            exit_ok = getattr(self.scheduler, "status_exit_ok", None)
-            if exit_ok is not None and exit_ok(out.returncode, out.stderr):
-                return self.scheduler.parse_status(out.stdout)  # qstat: some jobs unknown (they have left)
-            log.warning("hpcbridge: status query %s failed (%s), will retry: %s",
-                        out.argv[0], out.returncode, out.stderr.strip()[-300:])
-            return None
-        return self.scheduler.parse_status(out.stdout)
+        if out.returncode == 0:
+            return self.scheduler.parse_status(out.stdout)
+        verdict, note = self.scheduler.status_failed(out.returncode, out.stderr)
+        if note:
+            log.warning("hpcbridge: site %r: %s", self.site.name, note)
+        if verdict is StatusFailure.ASK_AGAIN and not _again:
+            return self.query_status(job_ids, since, _again=True)
+        if verdict is StatusFailure.NONE_KNOWN:
+            return {}
+        if verdict is StatusFailure.ANSWERED:
+            return self.scheduler.parse_status(out.stdout)
+        log.warning("hpcbridge: status query %s failed (%s), will retry: %s",
+                    out.argv[0], out.returncode, out.stderr.strip()[-300:])
+        return None
 
     def show_job(self, task_id: str) -> Optional[NativeStatus]:
-        show = getattr(self.scheduler, "show_job_argv", None)
-        if show is None:
+        argv = self.scheduler.show_job_argv(task_id)
+        if argv is None:
             return None
-        out = self.run(show(task_id), timeout=30)
+        out = self.run(argv, timeout=30)
         if out.returncode != 0:
             return None
-        parsed: Optional[NativeStatus] = self.scheduler.parse_show_job(task_id, out.stdout)  # type: ignore[attr-defined]
-        return parsed
+        return self.scheduler.parse_show_job(task_id, out.stdout)
 
     # -- folders ------------------------------------------------------------------------------------------
     def ensure_root(self) -> None:

@@ -85,6 +85,13 @@ class HostKeyChangedError(HostKeyError):
     """The host sent a key other than the one in known_hosts: possibly a man-in-the-middle."""
 
 
+class CommandTimeoutError(TransportError):
+    """A command did not finish in time. It had started, so it may have done its work (``maybe_ran``): a
+    submission that timed out is looked up by its tag before it is ever sent again."""
+
+    maybe_ran = True
+
+
 class ConnectionLostError(TransportError):
     """The connection dropped and the operation could not be finished.
 

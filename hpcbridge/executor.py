@@ -255,8 +255,7 @@ class Executor(concurrent.futures.Executor):
             "client": {"host": socket.gethostname(), "user": _user(), "hpcbridge": __version__},
         }
         try:
-            for sub_dir in ("", "/log", "/res"):
-                transport.makedirs(sub.folder + sub_dir, mode=0o700)
+            transport.makedirs(sub.folder, f"{sub.folder}/log", f"{sub.folder}/res", mode=0o700)
             transport.write_files(
                 {
                     f"{sub.folder}/inputs.bin": pack_inputs(blobs),

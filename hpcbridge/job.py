@@ -85,7 +85,31 @@ class Job(concurrent.futures.Future):  # type: ignore[type-arg]
         return list(self._rank_values) if self._rank_values is not None else [value]
 
     def __await__(self) -> Generator[Any, None, Any]:
-        return asyncio.wrap_future(self).__await__()
+        return self._wait_async().__await__()
+
+    async def _wait_async(self) -> Any:
+        """``await job``. When the awaiting task is cancelled, so is the job, and its scancel/qdel runs on a
+        worker thread: a command (over SSH, a round trip or a reconnect) must not stall the event loop."""
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[None] = loop.create_future()
+
+        def set_woken() -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        def wake(_: concurrent.futures.Future) -> None:  # type: ignore[type-arg]
+            try:
+                loop.call_soon_threadsafe(set_woken)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+
+        self.add_done_callback(wake)
+        try:
+            await woken
+        except asyncio.CancelledError:
+            loop.run_in_executor(None, self.cancel)  # asyncio.run() waits for it before it closes the loop
+            raise
+        return self.result()
 
     @property
     def nodes(self) -> str:

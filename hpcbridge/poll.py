@@ -427,16 +427,18 @@ class Poller:
                         missing.append((sub, task))
                         continue
                     self._apply(sub, task, status, now)
-        gone = getattr(scheduler, "missing_status", None)
-        if missing and gone is not None:  # PBS: a job qstat no longer lists has ended (no history kept)
-            with self.lock:
-                for sub, task in missing:
-                    status = gone(sub.task_id(task))
-                    if status is not None:
-                        self._apply(sub, task, status, now)
-            return
-        if missing and not getattr(scheduler, "accounting", True):
-            for sub, task in missing[:20]:
+        # a task the answer did not list: the adapter may know (PBS: gone from qstat = ended, no history kept),
+        # else a per-task command may (Slurm without accounting: scontrol show job), 20 per tick at most
+        no_news: List[Tuple[Submission, int]] = []
+        with self.lock:
+            for sub, task in missing:
+                status = scheduler.missing_status(sub.task_id(task))
+                if status is None:
+                    no_news.append((sub, task))
+                else:
+                    self._apply(sub, task, status, now)
+        if no_news and scheduler.show_job_argv(no_news[0][0].task_id(no_news[0][1])) is not None:
+            for sub, task in no_news[:20]:
                 status = backend.show_job(sub.task_id(task))
                 if status is not None:
                     with self.lock:

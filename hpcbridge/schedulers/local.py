@@ -6,7 +6,7 @@ from typing import Dict, List, Sequence
 
 from ..errors import SchedulerError
 from ..state import JobState
-from .base import NativeStatus, ScriptRequest
+from .base import NativeStatus, Scheduler, ScriptRequest
 
 _STATES = {
     "PENDING": JobState.PENDING,
@@ -17,7 +17,7 @@ _STATES = {
 }
 
 
-class LocalScheduler:
+class LocalScheduler(Scheduler):
     """Runs each task as a local process; at most ``parallel`` at once."""
 
     name = "local"

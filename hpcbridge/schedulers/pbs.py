@@ -40,7 +40,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 from ..errors import ConnectionLostError, ResourceError, SchedulerError
 from ..spec import Resources
 from ..state import JobState
-from .base import NativeStatus, ScriptRequest
+from .base import NativeStatus, Scheduler, ScriptRequest, StatusFailure
 
 FLAVOURS = ("pbspro", "torque")
 
@@ -287,7 +287,7 @@ class _BareArray:
         self.key: Optional[Tuple[str, str, str]] = None
 
 
-class PBSScheduler:
+class PBSScheduler(Scheduler):
     """PBS Pro / OpenPBS or Torque through their command-line tools."""
 
     name = "pbs"
@@ -463,6 +463,9 @@ class PBSScheduler:
             ok = returncode == EXIT_UNKNOWN_JOB  # the Slurm-backed qstat: none of the jobs, silently
         self._unknown_answer = ok
         return ok
+
+    def status_failed(self, returncode: int, stderr: str) -> Tuple[StatusFailure, str]:
+        return (StatusFailure.ANSWERED if self.status_exit_ok(returncode, stderr) else StatusFailure.RETRY), ""
 
     def parse_status(self, stdout: str) -> Dict[str, NativeStatus]:
         records = parse_qstat_json(stdout) if self.flavour == "pbspro" else parse_qstat_text(stdout)

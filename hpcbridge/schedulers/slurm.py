@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import SchedulerError
 from ..state import JobState
-from .base import NativeStatus, ScriptRequest, expand_array_id
+from .base import NativeStatus, Scheduler, ScriptRequest, StatusFailure, expand_array_id
 
 #: Slurm's base state names (as sacct/squeue print them) -> normalised state.
 STATES: Dict[str, JobState] = {
@@ -59,7 +59,7 @@ def walltime_arg(seconds: int) -> str:
     return f"{days}-{h:02d}:{m:02d}:{s:02d}" if days else f"{h:02d}:{m:02d}:{s:02d}"
 
 
-class SlurmScheduler:
+class SlurmScheduler(Scheduler):
     """Slurm through its command-line tools."""
 
     name = "slurm"
@@ -126,6 +126,9 @@ class SlurmScheduler:
         """
         return ["squeue", "--me", "--noheader", "--states=all", "--format=%i|%k"]
 
+    def find_by_tag_hint(self, tag: str) -> str:
+        return f"carries the comment hpcbridge:{tag}: see `squeue --me --format=%i|%k`"
+
     def parse_find_by_tag(self, stdout: str, tag: str) -> Optional[str]:
         """The job id carrying ``hpcbridge:TAG`` (the array's id for array tasks), or None."""
         want = f"hpcbridge:{tag}"
@@ -184,8 +187,22 @@ class SlurmScheduler:
                 out[task] = NativeStatus(task, normalise(native), native, exit_code, reason, nodes)
         return out
 
-    def show_job_argv(self, task_id: str) -> List[str]:
-        """``scontrol show job`` for a job that left squeue's view (accounting off)."""
+    def status_failed(self, returncode: int, stderr: str) -> Tuple[StatusFailure, str]:
+        if self.accounting and "accounting storage is disabled" in stderr.lower():
+            # the site-config said this cluster keeps accounting; it does not: squeue + scontrol from now on
+            self.accounting = False
+            return StatusFailure.ASK_AGAIN, (
+                "it has no Slurm accounting; using squeue and scontrol show job (set `accounting = false` in its "
+                "site-config)"
+            )
+        if not self.accounting and "Invalid job id" in stderr:
+            return StatusFailure.NONE_KNOWN, ""  # squeue forgot every one of them: scontrol show job per task
+        return StatusFailure.RETRY, ""
+
+    def show_job_argv(self, task_id: str) -> Optional[List[str]]:
+        """``scontrol show job`` for a job that left squeue's view (accounting off; sacct has every job)."""
+        if self.accounting:
+            return None
         return ["scontrol", "--oneliner", "show", "job", task_id]
 
     def parse_show_job(self, task_id: str, stdout: str) -> Optional[NativeStatus]:

@@ -38,8 +38,8 @@ class Transport(Protocol):
     def expanduser(self, path: str) -> str:
         """``~`` and ``~user`` expanded on the cluster side."""
 
-    def makedirs(self, path: str, mode: int = 0o700) -> None:
-        """Create ``path`` and parents; new directories get ``mode``."""
+    def makedirs(self, *paths: str, mode: int = 0o700) -> None:
+        """Create each of ``paths`` with its parents (in one round trip); every new directory gets ``mode``."""
 
     def write_files(self, files: Mapping[str, bytes], mode: int = 0o600) -> None:
         """Write several files, each atomically (temporary name, then rename)."""

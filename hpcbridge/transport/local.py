@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
-from ..errors import TransportError
+from ..errors import CommandTimeoutError, TransportError
 from .base import Completed
 
 
@@ -40,7 +40,7 @@ class LocalTransport:
         except FileNotFoundError as exc:
             raise TransportError(f"command not found: {argv[0]!r} (is it installed and on PATH?)") from exc
         except subprocess.TimeoutExpired as exc:
-            raise TransportError(f"command timed out after {timeout} s: {' '.join(argv)}") from exc
+            raise CommandTimeoutError(f"command timed out after {timeout} s: {' '.join(argv)}") from exc
         return Completed(
             argv,
             proc.returncode,
@@ -51,8 +51,20 @@ class LocalTransport:
     def expanduser(self, path: str) -> str:
         return os.path.expanduser(path)
 
-    def makedirs(self, path: str, mode: int = 0o700) -> None:
-        os.makedirs(path, mode=mode, exist_ok=True)
+    def makedirs(self, *paths: str, mode: int = 0o700) -> None:
+        for path in paths:
+            # os.makedirs gives ``mode`` to the leaf only; a new parent (~/.hpcbridge) must be private too
+            missing = []
+            current = os.path.abspath(path)
+            while not os.path.isdir(current):
+                missing.append(current)
+                current = os.path.dirname(current)
+            for directory in reversed(missing):
+                try:
+                    os.mkdir(directory, mode)
+                except FileExistsError:
+                    if not os.path.isdir(directory):
+                        raise
 
     def write_files(self, files: Mapping[str, bytes], mode: int = 0o600) -> None:
         for path, data in files.items():

@@ -46,6 +46,7 @@ import paramiko
 
 from ..errors import (
     AuthenticationError,
+    CommandTimeoutError,
     ConfigError,
     ConnectionLostError,
     HostKeyChangedError,
@@ -556,7 +557,7 @@ class Connection:
                 break
             wait = 1.0 if deadline is None else deadline - time.monotonic()
             if wait <= 0:
-                raise TransportError(
+                raise CommandTimeoutError(
                     f"command on {self.spec.label} timed out while trying to {what}; it may still be running there"
                 )
             select.select([fd], [], [], min(wait, 1.0))
@@ -567,7 +568,7 @@ class Connection:
                     raise _Lost("transport closed")
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         if not ch.status_event.wait(left):
-            raise TransportError(f"command on {self.spec.label} timed out while trying to {what}")
+            raise CommandTimeoutError(f"command on {self.spec.label} timed out while trying to {what}")
         if writer is not None:
             writer.join(5)
         status = ch.exit_status
@@ -735,9 +736,12 @@ class SSHTransport:
         home = out.decode("utf-8", "surrogateescape").strip()
         return home.rstrip("/") + rest if rest else home
 
-    def makedirs(self, path: str, mode: int = 0o700) -> None:
-        cfg.check_remote_path(path, "makedirs")
-        self._op('umask "$2" && mkdir -p -- "$1"', [path, cfg.umask_for(mode)], f"create {path}")
+    def makedirs(self, *paths: str, mode: int = 0o700) -> None:
+        if not paths:
+            return
+        for path in paths:
+            cfg.check_remote_path(path, "makedirs")
+        self._op('umask "$1" && shift && mkdir -p -- "$@"', [cfg.umask_for(mode), *paths], f"create {paths[0]}")
 
     def write_files(self, files: Mapping[str, bytes], mode: int = 0o600) -> None:
         """All files in one tar stream over one exec channel.

@@ -332,6 +332,32 @@ def test_a_slurmctld_outage_never_fails_a_job(cluster, cluster_workdir):
     assert [j.result(timeout=300) for j in jobs] == [10, 20, 30]
 
 
+def test_an_sbatch_that_hangs_after_submitting_is_not_submitted_twice(cluster, cluster_workdir, monkeypatch, caplog):
+    """sbatch submits, then hangs (an overloaded login node, a stuck filesystem); hpcbridge gives up on it after
+    COMMAND_TIMEOUT_S. The job exists: it is found by its tag, not submitted a second time."""
+    from hpcbridge import backend
+
+    wrappers = cluster_workdir / "bin"
+    wrappers.mkdir()
+    sbatch = wrappers / "sbatch"
+    sbatch.write_text('#!/bin/sh\n/usr/bin/sbatch "$@" || exit\nexec sleep 30\n')
+    sbatch.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrappers}:{os.environ['PATH']}")
+    monkeypatch.setattr(backend, "COMMAND_TIMEOUT_S", 4.0)
+    ex = Executor(site="testcluster", folder=str(cluster_workdir / "jobs"), name="hung-sbatch")
+    before = squeue_ids(cluster)
+    started = time.time()
+    job = ex.submit(square, 12)
+    assert time.time() - started < 25
+    assert job.result(timeout=120) == 144
+    assert any("was found by its tag" in r.getMessage() and "timed out after 4.0 s" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+    since = f"now-{int(time.time() - cluster.started) + 120}"
+    out = cluster.run(["sacct", "-n", "-X", "-P", "-S", since, "--name", "hung-sbatch", "-o", "JobID"]).stdout
+    assert out.split() == [job.job_id]  # one job, the one the future follows
+    assert squeue_ids(cluster) - before <= {job.job_id}
+
+
 def test_map_longer_than_the_sites_max_array_size_is_split(cluster, cluster_workdir):
     site = dataclasses.replace(load_site("testcluster"), max_array_size=40)
     ex = Executor(site=site, folder=str(cluster_workdir / "jobs"))

@@ -68,6 +68,20 @@ def test_exception_that_cannot_be_unpickled_becomes_remote_error(ex):
     assert info.value.type_name.endswith("Unpicklable") and "fail_unpicklable" in info.value.remote_traceback
 
 
+def lock_or_square(x):
+    return threading.Lock() if x == 2 else x * x
+
+
+def test_a_result_that_cannot_be_pickled_fails_only_its_own_call(ex):
+    jobs = ex.map_jobs(lock_or_square, range(4), chunksize=4)  # one task: the four calls share one result file
+    assert len({j.job_id for j in jobs}) == 1
+    assert [jobs[i].result(timeout=60) for i in (0, 1, 3)] == [0, 1, 9]
+    with pytest.raises(RemoteError, match=r"returned a value that cannot be pickled \(lock\)") as info:
+        jobs[2].result(timeout=60)
+    assert info.value.type_name == "hpcbridge.errors.SerializationError"
+    assert jobs[2].state == JobState.FAILED and jobs[0].state == JobState.COMPLETED
+
+
 def test_map_yields_results_in_order_from_one_array(ex):
     assert list(ex.map(square, range(20))) == [x * x for x in range(20)]
     jobs = ex.map_jobs(square, range(5))
@@ -162,6 +176,28 @@ def test_futures_protocol_callbacks_as_completed_wait_and_await(ex):
     assert asyncio.run(main()) == 81
 
 
+def test_await_reraises_and_a_cancelled_await_cancels_the_job(ex, tmp_path):
+    marker = tmp_path / "started"
+
+    async def main():
+        with pytest.raises(KeyError, match="no such key 3"):
+            await ex.submit(fail, 3)
+        job = ex.submit(_sleep_after_touch, str(marker), 120)
+        while not marker.exists():
+            await asyncio.sleep(0.05)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(job, 0.2)
+        return job
+
+    job = asyncio.run(main())  # returns once the cancel (run on a worker thread) is over
+    assert job.cancelled() and job.state == JobState.CANCELLED
+    pid = int(marker.read_text())
+    deadline = time.time() + 10
+    while _alive(pid):
+        assert time.time() < deadline, "the job's process survived the cancelled await"
+        time.sleep(0.05)
+
+
 def test_attach_from_another_process(ex, tmp_path):
     job = ex.submit(square, 11)
     job.result(60)
@@ -230,6 +266,16 @@ def test_job_folders_are_private(ex, tmp_path):
     assert os.stat(tmp_path / "jobs").st_mode & 0o777 == 0o700
     assert os.stat(job.folder).st_mode & 0o777 == 0o700
     assert os.stat(os.path.join(job.folder, "inputs.bin")).st_mode & 0o777 == 0o600
+    for sub in ("log", "res"):
+        assert os.stat(os.path.join(job.folder, sub)).st_mode & 0o777 == 0o700
+
+
+def test_new_parents_of_the_job_folder_are_private_too(tmp_path):
+    # e.g. folder="~/.hpcbridge/jobs" on a first run: ~/.hpcbridge must not be left world-readable
+    job = Executor(site="local", folder=str(tmp_path / "a" / "b" / "jobs")).submit(square, 3)
+    assert job.result(60) == 9
+    for d in ("a", "a/b", "a/b/jobs"):
+        assert os.stat(tmp_path / d).st_mode & 0o777 == 0o700, d
 
 
 def test_with_resources_is_a_copy(ex):

@@ -11,7 +11,7 @@ import pytest
 
 from hpcbridge import backend as backend_mod
 from hpcbridge.backend import Backend
-from hpcbridge.errors import ConnectionLostError, SchedulerError
+from hpcbridge.errors import CommandTimeoutError, ConnectionLostError, SchedulerError
 from hpcbridge.schedulers.slurm import SlurmScheduler
 from hpcbridge.sites import site_from_mapping
 from hpcbridge.transport.base import Completed
@@ -99,3 +99,15 @@ def test_a_refused_submission_is_still_a_scheduler_error(monkeypatch: pytest.Mon
     b, _ = make([(1, "", "sbatch: error: invalid partition\n")], monkeypatch)
     with pytest.raises(SchedulerError, match="could not submit the job"):
         b.run_checked(["sbatch", "x"], "submit the job", tag="gggg")
+
+
+def test_a_submission_that_timed_out_is_looked_up_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    hung = CommandTimeoutError("command timed out after 120.0 s: sbatch --parsable /w/cc/script.sh")
+    b, t = make([hung, (0, SQUEUE, "")], monkeypatch)
+    out = b.run_checked(["sbatch", "--parsable", "/w/cc/script.sh"], "submit the job", tag="cc")
+    assert b.scheduler.parse_submit(out.stdout) == "3342"
+    assert [c[0] for c in t.calls] == ["sbatch", "squeue"]
+    b, _ = make([hung, CommandTimeoutError("command timed out after 60 s: squeue")], monkeypatch)
+    with pytest.raises(CommandTimeoutError, match="the job, if submitted, carries the comment hpcbridge:cc") as err:
+        b.run_checked(["sbatch", "--parsable", "/w/cc/script.sh"], "submit the job", tag="cc")
+    assert err.value.maybe_ran is True  # so the executor keeps the job's folder
