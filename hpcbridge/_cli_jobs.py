@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -139,14 +140,15 @@ def cmd_logs(args: argparse.Namespace, out: Out) -> int:
     printed = {kind: 0 for kind, _ in streams}
     final = False
     next_check = 0.0
+    decoders = {kind: codecs.getincrementaldecoder("utf-8")("replace") for kind, _ in streams}
     while True:
-        blobs = backend.transport.read_files(list(paths.values()))
         for kind, stream in streams:
-            data = blobs.get(paths[kind], b"")
-            if len(data) > printed[kind]:
-                stream.write(data[printed[kind]:].decode("utf-8", "replace"))
+            # only what is new: a long job's log is not read again from its start every half second
+            data = backend.transport.read_from(paths[kind], printed[kind]) or b""
+            if data:
+                stream.write(decoders[kind].decode(data))  # a character split across two reads stays whole
                 stream.flush()
-                printed[kind] = len(data)
+                printed[kind] += len(data)
         if final:
             return OK
         if time.monotonic() >= next_check:

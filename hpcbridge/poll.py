@@ -28,8 +28,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("hpcbridge")
 
-#: seconds to wait for a result file after the scheduler reported the job finished (shared-FS lag)
-RESULT_GRACE_S = 5.0
 _KILLED = {
     JobState.TIMEOUT: (errors.JobTimeoutError, "hit its walltime"),
     JobState.OUT_OF_MEMORY: (errors.JobOutOfMemoryError, "ran out of memory"),
@@ -141,7 +139,7 @@ class Submission:
             if final is None:
                 return False
             status, since = final
-            if status.state not in _KILLED and now - since < RESULT_GRACE_S:
+            if status.state not in _KILLED and now - since < self.backend.site.result_grace_s:
                 return False  # give every rank's result file time to show on the shared FS
             got = self._read_missing_results(task)
             if status.state in _KILLED and len(got) < self.ranks and not _any_error(got):

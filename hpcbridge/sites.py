@@ -74,6 +74,7 @@ class Site:
     max_array_size: int = 1000
     poll_interval_min_s: float = 0.5
     poll_interval_max_s: float = 60.0
+    result_grace_s: float = 5.0
     defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     partitions: Mapping[str, Partition] = dataclasses.field(default_factory=dict)
     env: Mapping[str, str] = dataclasses.field(default_factory=dict)

@@ -101,6 +101,9 @@ SCHEMA: Dict[str, Key] = {
     "max_array_size": Key("int", "most tasks in one array job; longer maps are split", minimum=1),
     "poll_interval_min_s": Key("number", "shortest time between status checks", minimum=0.01),
     "poll_interval_max_s": Key("number", "longest time between scheduler queries (back-off cap)", minimum=0.01),
+    "result_grace_s": Key(
+        "number", "how long a finished job's result file may take to show on the shared filesystem", minimum=0
+    ),
     "local_parallel": Key("int", "local site: tasks run at once (0: one per CPU)", minimum=0),
     "modules": Key("strlist", "`module load` lines at the top of every job"),
     "setup": Key("strlist", "shell lines run before the worker (written verbatim)"),

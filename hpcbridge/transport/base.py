@@ -53,6 +53,9 @@ class Transport(Protocol):
     def read_tail(self, path: str, max_bytes: int) -> Optional[bytes]:
         """The last ``max_bytes`` of a file, or None if it does not exist."""
 
+    def read_from(self, path: str, offset: int) -> Optional[bytes]:
+        """A file's bytes from ``offset`` on (empty at or past its end), or None if it does not exist."""
+
     def remove_tree(self, path: str) -> None:
         """Remove a folder and everything in it; no error if it is gone."""
 

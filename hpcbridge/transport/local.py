@@ -106,6 +106,14 @@ class LocalTransport:
         except FileNotFoundError:
             return None
 
+    def read_from(self, path: str, offset: int) -> Optional[bytes]:
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(max(0, offset))
+                return fh.read()
+        except FileNotFoundError:
+            return None
+
     def remove_tree(self, path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 

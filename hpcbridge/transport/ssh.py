@@ -804,6 +804,14 @@ class SSHTransport:
         )
         return None if status == 3 else out
 
+    def read_from(self, path: str, offset: int) -> Optional[bytes]:
+        cfg.check_remote_path(path, "read_from")
+        status, out = self._op(
+            '[ -f "$1" ] || exit 3; exec tail -c "+$2" -- "$1"', [path, str(max(0, int(offset)) + 1)],
+            f"read {path}", ok=(0, 3),
+        )
+        return None if status == 3 else out
+
     def remove_tree(self, path: str) -> None:
         cfg.check_remote_path(path, "remove_tree")
         if posixpath.normpath(path).count("/") < 2:

@@ -252,7 +252,8 @@ def test_submission_from_inside_a_job_does_not_leak_the_parent_job(ex):
 
 
 def _nothing_left(cluster, cluster_workdir, before):
-    assert squeue_ids(cluster) == before
+    # no new job (an earlier test's job may leave the queue meanwhile: that is no concern of this one)
+    assert squeue_ids(cluster) - before == set()
     jobs_dir = cluster_workdir / "jobs"
     assert not jobs_dir.exists() or os.listdir(jobs_dir) == []
 
@@ -340,17 +341,17 @@ def test_an_sbatch_that_hangs_after_submitting_is_not_submitted_twice(cluster, c
     wrappers = cluster_workdir / "bin"
     wrappers.mkdir()
     sbatch = wrappers / "sbatch"
-    sbatch.write_text('#!/bin/sh\n/usr/bin/sbatch "$@" || exit\nexec sleep 30\n')
+    sbatch.write_text('#!/bin/sh\n/usr/bin/sbatch "$@" || exit\nexec sleep 90\n')
     sbatch.chmod(0o755)
     monkeypatch.setenv("PATH", f"{wrappers}:{os.environ['PATH']}")
-    monkeypatch.setattr(backend, "COMMAND_TIMEOUT_S", 4.0)
+    monkeypatch.setattr(backend, "COMMAND_TIMEOUT_S", 6.0)
     ex = Executor(site="testcluster", folder=str(cluster_workdir / "jobs"), name="hung-sbatch")
     before = squeue_ids(cluster)
     started = time.time()
     job = ex.submit(square, 12)
-    assert time.time() - started < 25
+    assert time.time() - started < 60  # it gave up on the hung sbatch (90 s) and found the job
     assert job.result(timeout=120) == 144
-    assert any("was found by its tag" in r.getMessage() and "timed out after 4.0 s" in r.getMessage()
+    assert any("was found by its tag" in r.getMessage() and "timed out after 6.0 s" in r.getMessage()
                for r in caplog.records), [r.getMessage() for r in caplog.records]
     since = f"now-{int(time.time() - cluster.started) + 120}"
     out = cluster.run(["sacct", "-n", "-X", "-P", "-S", since, "--name", "hung-sbatch", "-o", "JobID"]).stdout

@@ -177,9 +177,12 @@ t = ex._backend.transport
 echo = t.run(["echo", "a b", "'c'"])
 both = t.run(["sh", "-c", "printf 'out'; printf 'err' >&2; exit 3"])
 files = {f"{ex._backend.root}/noise-test/{i}.txt": f"file {i}".encode() for i in range(50)}
-t.makedirs(f"{ex._backend.root}/noise-test")
+t.makedirs(f"{ex._backend.root}/noise-test", f"{ex._backend.root}/noise-test/sub")
 t.write_files(files)
 back = t.read_files(list(files))
+one_file = f"{ex._backend.root}/noise-test/7.txt"
+ranges = [t.read_from(one_file, 0), t.read_from(one_file, 5), t.read_from(one_file, 6), t.read_from(one_file, 99),
+          t.read_from(f"{ex._backend.root}/noise-test/none.txt", 0), t.read_tail(one_file, 2)]
 t.remove_tree(f"{ex._backend.root}/noise-test")
 results, errors_seen = [], []
 def one(i):
@@ -192,12 +195,14 @@ threads = [threading.Thread(target=one, args=(i,)) for i in range(24)]
 [th.join(120) for th in threads]
 job = ex.submit(pow, 3, 3)
 report(echo=[echo.returncode, echo.stdout, echo.stderr], both=[both.returncode, both.stdout, both.stderr],
-       files_ok=back == files, concurrent=sorted(results, key=int), errors=errors_seen,
+       files_ok=back == files, ranges=[None if b is None else b.decode() for b in ranges],
+       concurrent=sorted(results, key=int), errors=errors_seen,
        banner=(t.conn.banner or b"").decode(), value=job.result(timeout=240), job_id=job.job_id)
 ''')
     assert r["echo"] == [0, "a b 'c'\n", ""]  # no "Welcome", no "424242", no half line
     assert r["both"] == [3, "out", "err"]
     assert r["files_ok"] is True
+    assert r["ranges"] == ["file 7", "7", "", "", None, " 7"]
     assert r["errors"] == [] and r["concurrent"] == [str(i) for i in range(24)]  # MaxSessions 10 on that port
     assert "login node (authorised test users only)" in r["banner"]
     assert r["value"] == 27

@@ -6,14 +6,16 @@ import cloudpickle
 import pytest
 
 from hpcbridge import errors
-from hpcbridge.poll import RESULT_GRACE_S, Submission
+from hpcbridge.poll import Submission
 from hpcbridge.schedulers.base import NativeStatus
 from hpcbridge.state import JobState
+
+GRACE_S = 3.0  # the site's result_grace_s
 
 
 class FakeBackend:
     def __init__(self):
-        self.site = types.SimpleNamespace(name="fake")
+        self.site = types.SimpleNamespace(name="fake", result_grace_s=GRACE_S)
         self.scheduler = types.SimpleNamespace(task_id=lambda job_id, task, is_array: job_id)
         self.transport = types.SimpleNamespace(read_tail=lambda path, n: b"")
         self.poller = types.SimpleNamespace(lock=None)
@@ -71,8 +73,8 @@ def test_a_completed_job_with_missing_ranks_waits_for_the_filesystem_then_names_
     sub.add_payload(0, 0, ok(1))
     sub.add_payload(0, 2, ok(3))
     sub.final_at[0] = (NativeStatus("42", JobState.COMPLETED, "COMPLETED", 0, "", "n[1-3]"), 50.0)
-    assert not sub.try_resolve(0, now=50.0 + RESULT_GRACE_S / 2)  # rank 1's file may still be on its way
-    assert sub.try_resolve(0, now=50.0 + RESULT_GRACE_S)
+    assert not sub.try_resolve(0, now=50.0 + GRACE_S / 2)  # rank 1's file may still be on its way (site's grace)
+    assert sub.try_resolve(0, now=50.0 + GRACE_S)
     with pytest.raises(errors.JobLostError, match=r"job 42: rank\(s\) 1 of 3 wrote no result"):
         sub.jobs[0][0].result()
 

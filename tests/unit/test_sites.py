@@ -185,6 +185,7 @@ def test_an_unknown_key_in_any_table_names_file_line_and_the_closest_key(layers,
         ('[partitions.gpu]\nmax_walltime = "2 days"\n', 2, "partitions.gpu.max_walltime: '2 days' is not a duration"),
         ('[defaults]\nmem_gb = "lots"\n', 2, "defaults.mem_gb: mem_gb='lots' is not a memory size"),
         ("max_array_size = 0\n", 1, "max_array_size: must be >= 1, got 0"),
+        ('python = "/x"\nresult_grace_s = -1\n', 2, "result_grace_s: must be >= 0, got -1"),
     ],
 )
 def test_a_bad_value_names_file_line_and_what_is_wrong(layers, text, line, message):
@@ -192,6 +193,12 @@ def test_a_bad_value_names_file_line_and_what_is_wrong(layers, text, line, messa
     with pytest.raises(ConfigError) as info:
         load_site("hpc")
     assert str(info.value).startswith(f"{path}:{line}: {message}")
+
+
+def test_a_slow_filesystem_gets_a_longer_result_grace(layers):
+    assert load_site("local").result_grace_s == 5.0
+    write(layers["system"] / "lustre.toml", 'scheduler = "slurm"\nresult_grace_s = 30\n')
+    assert load_site("lustre").result_grace_s == 30.0
 
 
 def test_a_malformed_file_reports_file_line_and_column(layers):
