@@ -150,6 +150,9 @@ def cmd_logs(args: argparse.Namespace, out: Out) -> int:
                 stream.flush()
                 printed[kind] += len(data)
         if final:
+            for kind, stream in streams:
+                stream.write(decoders[kind].decode(b"", final=True))  # a cut-off last character: U+FFFD
+                stream.flush()
             return OK
         if time.monotonic() >= next_check:
             rows_now = [dict(row)]

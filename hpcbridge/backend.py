@@ -176,6 +176,14 @@ class Backend:
                 log.warning("hpcbridge: the submission was interrupted (%s); job %s was found by its tag "
                             "hpcbridge:%s (not submitted again)", lost, job_id, tag)
                 return Completed(list(argv), 0, f"{job_id}\n", "")
+        if isinstance(lost, CommandTimeoutError):
+            # a command that hung (a stalled filesystem, an overloaded login node) may still submit minutes later:
+            # never send it a second time; the folder is kept and the user told where the job would show
+            raise CommandTimeoutError(
+                f"{lost}; no job carries the tag hpcbridge:{tag} yet, and it is not submitted again in case the hung "
+                f"command still does (site {self.site.name!r}; the job, if submitted, {sched.find_by_tag_hint(tag)})"
+            )
+        # a dropped connection: the command had time to reach the scheduler; not there, so it never ran
         log.warning("hpcbridge: the submission was interrupted (%s) and no job carries the tag hpcbridge:%s; "
                     "submitting it again", lost, tag)
         return self.run(argv)

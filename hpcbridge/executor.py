@@ -254,6 +254,7 @@ class Executor(concurrent.futures.Executor):
             "resources": dataclasses.asdict(self.resources),
             "client": {"host": socket.gethostname(), "user": _user(), "hpcbridge": __version__},
         }
+        submitting = False
         try:
             transport.makedirs(sub.folder, f"{sub.folder}/log", f"{sub.folder}/res", mode=0o700)
             transport.write_files(
@@ -264,12 +265,13 @@ class Executor(concurrent.futures.Executor):
                 }
             )
             sub.submit_time = time.time()
+            submitting = True
             out = backend.run_checked(
                 backend.scheduler.submit_argv(f"{sub.folder}/script.sh"), "submit the job", tag=sub.tag
             )
             sub.job_id = backend.scheduler.parse_submit(out.stdout)
         except BaseException as exc:
-            if not getattr(exc, "maybe_ran", False):  # a job that may exist keeps its folder
+            if not (submitting and getattr(exc, "maybe_ran", False)):  # a job that may exist keeps its folder
                 with contextlib.suppress(Exception):
                     transport.remove_tree(sub.folder)
             raise

@@ -107,8 +107,13 @@ class Job(concurrent.futures.Future):  # type: ignore[type-arg]
         try:
             await woken
         except asyncio.CancelledError:
-            loop.run_in_executor(None, self.cancel)  # asyncio.run() waits for it before it closes the loop
+            try:
+                loop.run_in_executor(None, self.cancel)  # asyncio.run() waits for it before it closes the loop
+            except RuntimeError:  # the loop's executor is shut down already: cancel here, as a last resort
+                self.cancel()
             raise
+        if self.cancelled():  # cancelled elsewhere (job.cancel(), a bundled sibling's await): as wrap_future does
+            raise asyncio.CancelledError()
         return self.result()
 
     @property

@@ -419,9 +419,9 @@ class PBSScheduler(Scheduler):
                 return job_id  # a job, or an array's own record (123[].srv), never one of its subjobs
         if records and not shown:
             raise ConnectionLostError(
-                f"the connection dropped while qsub ran, and this site's qstat shows no Output_Path, so whether the "
-                f"job was submitted cannot be told (submitting it again could run it twice): look for a job writing "
-                f"to .../{tag}/log/pbs.out, its folder is kept",
+                f"qsub's outcome is unknown (the connection dropped or it hung), and this site's qstat shows no "
+                f"Output_Path, so whether the job was submitted cannot be told (submitting it again could run it "
+                f"twice): look for a job writing to .../{tag}/log/pbs.out, its folder is kept",
                 maybe_ran=True,
             )
         return None

@@ -198,6 +198,23 @@ def test_await_reraises_and_a_cancelled_await_cancels_the_job(ex, tmp_path):
         time.sleep(0.05)
 
 
+def test_awaiting_a_job_cancelled_elsewhere_raises_asyncio_cancelled_error(ex, tmp_path):
+    marker = tmp_path / "started"
+
+    async def main():
+        job = ex.submit(_sleep_after_touch, str(marker), 120)
+        while not marker.exists():
+            await asyncio.sleep(0.05)
+        waiter = asyncio.ensure_future(job)
+        await asyncio.sleep(0.1)
+        await asyncio.get_running_loop().run_in_executor(None, job.cancel)  # another thread cancels the job
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        return waiter
+
+    assert asyncio.run(main()).cancelled()
+
+
 def test_attach_from_another_process(ex, tmp_path):
     job = ex.submit(square, 11)
     job.result(60)

@@ -111,3 +111,13 @@ def test_a_submission_that_timed_out_is_looked_up_too(monkeypatch: pytest.Monkey
     with pytest.raises(CommandTimeoutError, match="the job, if submitted, carries the comment hpcbridge:cc") as err:
         b.run_checked(["sbatch", "--parsable", "/w/cc/script.sh"], "submit the job", tag="cc")
     assert err.value.maybe_ran is True  # so the executor keeps the job's folder
+
+
+def test_a_timed_out_submission_that_is_not_found_is_never_sent_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    hung = CommandTimeoutError("command timed out after 120.0 s: sbatch --parsable /w/hh/script.sh")
+    b, t = make([hung, (0, "", ""), (0, "", ""), (0, "", "")], monkeypatch)
+    with pytest.raises(CommandTimeoutError, match=r"no job carries the tag hpcbridge:hh yet, and it is not submitted "
+                                                  r"again in case the hung command still does") as err:
+        b.run_checked(["sbatch", "--parsable", "/w/hh/script.sh"], "submit the job", tag="hh")
+    assert [c[0] for c in t.calls] == ["sbatch", "squeue", "squeue", "squeue"]  # looked three times, sent once
+    assert "see `squeue --me --format=%i|%k`" in str(err.value) and err.value.maybe_ran is True
