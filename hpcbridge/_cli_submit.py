@@ -10,6 +10,7 @@ import time
 from typing import Any, Callable, List, Optional, Tuple
 
 from ._cli_base import (
+    INTERRUPTED,
     JOB_FAILED,
     OK,
     RESOURCE_DESTS,
@@ -123,7 +124,13 @@ def cmd_submit(args: argparse.Namespace, out: Out) -> int:
         return OK
     if not out.json_mode and out.err_tty:
         print(f"submitted job {job.job_id} to site {job.site!r}", file=sys.stderr)
-    if not wait_for(job, args.timeout, out):
+    try:
+        finished = wait_for(job, args.timeout, out)
+    except KeyboardInterrupt:  # Ctrl-C stops the waiting, not the job (as a timeout does)
+        _report(f"interrupted; job {job.job_id} is still {job.state.value} (it stays on the cluster)",
+                f"hpcbridge result {job.job_id} waits for it; hpcbridge cancel {job.job_id} stops it")
+        return INTERRUPTED
+    if not finished:
         return _still_running(job, out)
     if kind in ("command", "file"):
         return _relay(job, out)

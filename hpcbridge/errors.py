@@ -155,11 +155,17 @@ class JobError(HpcBridgeError):
 
 
 class RemoteError(JobError):
-    """The callable raised an exception whose type could not be rebuilt on this side."""
+    """The callable raised an exception whose type could not be rebuilt on this side.
 
-    def __init__(self, message: str, *, type_name: str, remote_traceback: str, **kw: str) -> None:
+    ``rank``: the rank that raised, in a job with several ranks (a launcher); None for a single-process job.
+    """
+
+    def __init__(
+        self, message: str, *, type_name: str, remote_traceback: str, rank: Optional[int] = None, **kw: str
+    ) -> None:
         self.type_name = type_name
         self.remote_traceback = remote_traceback
+        self.rank = rank
         super().__init__(message, **kw)
 
 

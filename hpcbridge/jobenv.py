@@ -40,8 +40,9 @@ _SOURCES: Dict[str, Tuple[Tuple[str, ...], ...]] = {
     "torchrun": (("RANK",), ("LOCAL_RANK",), ("WORLD_SIZE",), ("GROUP_RANK",), ("LOCAL_WORLD_SIZE",)),
 }
 
-#: A claimed port is protected from other hpcbridge jobs on the node for this long (the job's rank 0 binds it
-#: within seconds; after that the bind test itself keeps others off it).
+#: A claimed port is protected from other hpcbridge jobs on the node for this long at most (the job's rank 0 binds
+#: it within seconds; after that the bind test itself keeps others off it), and only while the claiming process
+#: (the job's launch step, which becomes the launcher) lives: a job that ended frees its port at once.
 PORT_CLAIM_TTL_S = 600.0
 DEFAULT_PORT_RANGE = (20000, 32767)  # below Linux's ephemeral range (32768-60999): no outgoing socket holds it
 
@@ -261,7 +262,9 @@ def choose_port(
     Candidates are drawn at random from ``port_range``; each is claimed with an exclusive file in a node-local
     directory shared by every user (``/dev/shm/hpcbridge-ports``), then bind-tested on every address (IPv4 and
     IPv6, without SO_REUSEADDR, so a port in TIME_WAIT counts as taken). Two jobs starting together on one
-    node therefore never get the same port, unlike a port derived from the job id.
+    node therefore never get the same port, unlike a port derived from the job id. A claim lapses after
+    PORT_CLAIM_TTL_S, or as soon as the process that made it has exited. With every port of the range taken
+    it raises :class:`RendezvousError` (it does not wait for one).
     """
     import random
 
@@ -285,8 +288,9 @@ def choose_port(
         if claims:
             _unclaim(claims, port)
     raise RendezvousError(
-        f"no free TCP port found in {lo}-{hi} on {socket.gethostname()} after {len(tried)} tries; "
-        "set [launchers] master_port_range in the site-config to a range open on the compute nodes"
+        f"no free TCP port found in {lo}-{hi} on {socket.gethostname()} after {len(tried)} tries (each one "
+        "in use or claimed by another running job); widen [distributed] master_port_min/master_port_max in "
+        "the site-config to a range open on the compute nodes"
     )
 
 
@@ -336,7 +340,7 @@ def _claim(claims: str, port: int, job_id: str) -> bool:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except FileExistsError:
             try:
-                if time.time() - os.lstat(path).st_mtime < PORT_CLAIM_TTL_S:
+                if _claim_is_live(path, os.lstat(path).st_mtime):
                     return False
                 os.unlink(path)  # stale (sticky directory: only its owner can remove it)
             except OSError:
@@ -344,10 +348,47 @@ def _claim(claims: str, port: int, job_id: str) -> bool:
             continue
         except OSError:
             return True  # cannot claim here: rely on the bind test alone
+        # the pid is the launch step's, which execs the launcher (or the worker's): it lives as long as the job
         with os.fdopen(fd, "w") as fh:
-            fh.write(f"{job_id} {socket.gethostname()} {os.getpid()} {time.time():.3f}\n")
+            fh.write(f"{job_id or '-'} {socket.gethostname()} {os.getpid()} {time.time():.3f} {_pid_namespace()}\n")
         return True
     return False
+
+
+def _claim_is_live(path: str, mtime: float) -> bool:
+    """A claim holds for PORT_CLAIM_TTL_S, or until the process that made it has exited (its job ended)."""
+    if time.time() - mtime >= PORT_CLAIM_TTL_S:
+        return False
+    text = _read_text(path) or ""
+    return not _claim_owner_gone(text)
+
+
+def _claim_owner_gone(text: str) -> bool:
+    """True only when the claim was made on this host, in this pid namespace, by a process that is gone.
+
+    Anything else (another host's claim in a shared directory, another pid namespace, an older claim format,
+    a process of another user: kill says EPERM) counts as alive, leaving the TTL to end the claim.
+    """
+    fields = text.split()
+    if len(fields) != 5 or not fields[2].isdigit():
+        return False
+    _, host, pid, _, pidns = fields
+    if host != socket.gethostname() or pidns != _pid_namespace():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")  # e.g. pid:[4026531836]
+    except OSError:
+        return "-"
 
 
 def _unclaim(claims: str, port: int) -> None:
@@ -358,7 +399,7 @@ def _unclaim(claims: str, port: int) -> None:
 
 
 def _clean_stale_claims(claims: str, limit: int = 1000) -> None:
-    """Remove this user's expired claims (other users' stay: the directory is sticky)."""
+    """Remove this user's expired claims and those of ended jobs (other users' stay: the directory is sticky)."""
     now = time.time()
     uid = os.getuid()
     try:
@@ -368,7 +409,9 @@ def _clean_stale_claims(claims: str, limit: int = 1000) -> None:
                     break
                 try:
                     st = entry.stat(follow_symlinks=False)
-                    if st.st_uid == uid and now - st.st_mtime > PORT_CLAIM_TTL_S:
+                    if st.st_uid == uid and (
+                        now - st.st_mtime > PORT_CLAIM_TTL_S or not _claim_is_live(entry.path, st.st_mtime)
+                    ):
                         os.unlink(entry.path)
                 except OSError:
                     pass

@@ -243,6 +243,7 @@ class Submission:
             f"{type_name}: {message} ({where})",
             type_name=type_name,
             remote_traceback=tb_text,
+            rank=rank if self.ranks > 1 else None,
             job_id=job.job_id,
             state="FAILED",
             stderr_tail=stderr_tail,

@@ -171,3 +171,165 @@ def test_sites_show_origin_points_at_the_installed_file(hb, cluster):
     out = hb("sites", "show", "testcluster", "--origin").stdout
     (line,) = [x for x in out.splitlines() if x.startswith("python =")]
     assert re.fullmatch(r'python = "[^"]+"\s+# /etc/hpcbridge/sites/testcluster\.toml:\d+', line), line
+
+
+# -- exit codes ------------------------------------------------------------------------------------------------
+def _job_folders() -> set[str]:
+    root = Path.home() / ".hpcbridge" / "jobs"  # the testcluster site's workdir
+    return set(os.listdir(root)) if root.is_dir() else set()
+
+
+def test_a_scheduler_rejection_exits_3_with_one_line_and_leaves_nothing_behind(hb, cluster):
+    before = _job_folders()
+    p = hb("submit", "--site", "testcluster", "-J", "cli-rejected", "--directive=--constraint=nonexistent", "--",
+           "hostname", rc=3)
+    lines = p.stderr.splitlines()
+    assert lines[0] == ("hpcbridge: error: could not submit the job on site 'testcluster': "
+                        "sbatch: error: Batch job submission failed: Invalid feature specification"), p.stderr
+    assert re.fullmatch(r"hint: the command was: sbatch --parsable \S+/script\.sh", lines[1]), p.stderr
+    assert len(lines) == 2 and "Traceback" not in p.stderr and p.stdout == ""
+    assert json.loads(hb("status", "--json").stdout) == []  # not in the registry
+    assert _job_folders() == before  # its job folder was removed
+    assert cluster.run(["squeue", "-h", "-n", "cli-rejected"], timeout=30).stdout == ""
+
+
+def test_wait_with_a_timeout_exits_5_and_the_job_stays_on_the_cluster(hb, cluster):
+    p = hb("submit", "--site", "testcluster", "--wait", "--timeout", "6", "--", "sleep", "300", rc=5)
+    m = re.fullmatch(r"hpcbridge: error: job (\d+) is still (PENDING|RUNNING) \(it stays on the cluster\)\n"
+                     r"hint: hpcbridge result (\d+) waits for it; hpcbridge cancel (\d+) stops it\n", p.stderr)
+    assert m and m[1] == m[3] == m[4] and p.stdout == "", p.stderr
+    job_id = m[1]
+    assert _squeue(cluster, job_id).split()[1] in ("PENDING", "RUNNING")  # not cancelled on the way out
+    (record,) = json.loads(hb("status", "--json").stdout)
+    assert record["job_id"] == job_id and record["state"] in ("PENDING", "RUNNING")
+    p = hb("result", job_id, "--timeout", "2", rc=5)  # and `result` gives up the same way
+    assert p.stderr.startswith(f"hpcbridge: error: job {job_id} is still ")
+    assert hb("cancel", job_id).stdout == f"{job_id}\n"
+    assert cluster.wait_job(job_id, timeout=60).state == "CANCELLED"
+
+
+def test_ctrl_c_while_waiting_exits_130_and_the_job_stays_on_the_cluster(hb, cluster):
+    import signal
+    import uuid
+
+    name = f"cli-sigint-{uuid.uuid4().hex[:8]}"
+    proc = subprocess.Popen([*_command(), "submit", "--site", "testcluster", "-J", name, "--wait", "--", "sleep",
+                             "300"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(hb.dir))
+    try:
+        deadline = time.monotonic() + 120
+        job_id = ""
+        while not job_id and time.monotonic() < deadline and proc.poll() is None:  # submitted and recorded
+            rows = json.loads(hb("status", "--json", "--no-refresh").stdout)
+            job_id = rows[0]["job_id"] if rows else ""
+            time.sleep(0.5)
+        assert job_id, proc.communicate(timeout=30)
+        time.sleep(1.5)  # in the waiting loop by now
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (out, err)
+    assert re.fullmatch(rf"hpcbridge: error: interrupted; job {job_id} is still (PENDING|RUNNING) \(it stays on "
+                        rf"the cluster\)\nhint: hpcbridge result {job_id} waits for it; hpcbridge cancel {job_id} "
+                        r"stops it\n", err), err
+    assert out == ""
+    time.sleep(2)
+    assert _squeue(cluster, job_id).split()[1] in ("PENDING", "RUNNING")  # Ctrl-C stopped the waiting only
+    assert hb("cancel", job_id).stdout == f"{job_id}\n"
+    assert cluster.wait_job(job_id, timeout=60).state == "CANCELLED"
+
+
+# -- targets and scripts on the cluster ---------------------------------------------------------------------------
+def test_a_python_file_runs_on_a_node_with_its_arguments_its_folder_and_its_exit_status(hb, cluster):
+    (hb.dir / "helper.py").write_text("SCALE = 3\n")
+    (hb.dir / "train.py").write_text(textwrap.dedent("""\
+        import socket, sys
+        import helper  # next to the script: its folder is on sys.path in the job
+        print("train on", socket.gethostname(), "args", sys.argv[1:], "scale", helper.SCALE, flush=True)
+        print("to stderr", file=sys.stderr)
+        sys.exit(4)
+    """))
+    p = hb("submit", "--site", "testcluster", "--wait", "--timeout", "400", "train.py", "--", "--lr", "0.1", rc=4)
+    assert re.fullmatch(r"train on node[123] args \['--lr', '0\.1'\] scale 3\n", p.stdout), p.stdout
+    assert p.stderr == "to stderr\n"
+    (record,) = json.loads(hb("status", "--json").stdout)
+    assert record["state"] == "FAILED" and record["site"] == "testcluster"
+
+
+def test_dry_run_and_render_print_the_slurm_script_and_submit_nothing(hb, cluster):
+    (hb.dir / "train.py").write_text("print('hi')\n")
+    before = _job_folders()
+    script = hb("submit", "--site", "testcluster", "--dry-run", "-N", "2", "--launcher", "srun", "-J", "cli-dry",
+                "-t", "00:07:00", "--", "hostname").stdout
+    lines = script.splitlines()
+    assert lines[0] == "#!/bin/bash"
+    for line in ("#SBATCH --job-name=cli-dry", "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1",
+                 "#SBATCH --time=00:07:00", "#SBATCH --partition=debug", f"#SBATCH --chdir={hb.dir}"):
+        assert line in lines, script
+    (launch,) = [x for x in lines if x.startswith("exec ")]
+    assert re.fullmatch(r"exec /opt/hpcbridge-test/venv/bin/python -m hpcbridge\.rendezvous (\S+) -- srun "
+                        r"--mpi=pmix --nodes=2 --ntasks=2 --ntasks-per-node=1 --cpus-per-task=1 --kill-on-bad-exit=1 "
+                        r"/opt/hpcbridge-test/venv/bin/python -u -m hpcbridge\.worker \1", launch), launch
+    rendered = hb("render", "--site", "testcluster", "-p", "short", "-t", "4", "train.py").stdout.splitlines()
+    assert "#SBATCH --partition=short" in rendered and "#SBATCH --time=00:04:00" in rendered
+    assert [x for x in rendered if re.fullmatch(r"# hpcbridge \S+: hpcbridge\._tasks\.run_script, 1 call", x)]
+    assert re.fullmatch(r"exec /opt/hpcbridge-test/venv/bin/python -u -m hpcbridge\.worker \S+", rendered[-1])
+    p = hb("render", "--site", "testcluster", "-p", "short", "train.py", rc=2)  # the limits are checked as well
+    assert p.stderr.splitlines()[0] == ("hpcbridge: error: walltime=00:10:00 exceeds partition 'short' (max "
+                                        "00:05:00); partitions with 00:10:00: 'debug'")
+    assert json.loads(hb("status", "--json").stdout) == []
+    assert _job_folders() == before
+    assert cluster.run(["squeue", "-h", "-n", "cli-dry"], timeout=30).stdout == ""
+
+
+# -- sites check / discover ----------------------------------------------------------------------------------------
+def test_sites_check_without_a_file_checks_every_known_site(hb, cluster):
+    names = [line.split("\t")[0] for line in hb("sites", "list").stdout.splitlines()]
+    assert {"local", "testcluster", "testcluster-ssh"} <= set(names)
+    p = hb("sites", "check")
+    rows = [line.split("\t") for line in p.stdout.splitlines()]
+    assert [r[0] for r in rows] == ["ok"] * len(names) and [r[1] for r in rows] == names, p.stdout
+    assert dict((r[1], r[2]) for r in rows)["testcluster"] == (
+        "slurm, transport local, partitions debug, short, 1 layer(s)")
+    assert p.stderr == ""
+    bad = hb.xdg / "hpcbridge" / "sites" / "broken.toml"
+    bad.write_text('scheduler = "slurm"\n[partitions.a]\nmax_node = 2\n')
+    p = hb("sites", "check", rc=2)
+    assert [line.split("\t")[1] for line in p.stdout.splitlines()] == [n for n in names]  # the others still ok
+    assert p.stderr == (
+        f"hpcbridge: error: {bad}:3: unknown key 'max_node' in [partitions.a] (did you mean 'max_nodes'?); valid "
+        "keys: max_nodes, cpus_per_node, mem_gb_per_node, gpus_per_node, gpu_type, max_walltime, default, "
+        "description\nhint: docs/site-configs.md lists every key and its type\n")
+
+
+def test_discover_via_an_ssh_site_from_the_laptop_reads_the_cluster_over_ssh(hb, cluster):
+    """On the laptop scontrol cannot reach the controller; --via runs it on the login node over SSH."""
+    from conftest import STAGE
+
+    env = ["env", f"PYTHONPATH={REPO}", f"HPCBRIDGE_SITES_PATH={REPO / 'site-configs'}"]
+    cli = [*env, str(STAGE / "venv" / "bin" / "python"), "-m", "hpcbridge.cli", "sites", "discover"]
+    p = cluster.client([*cli, "--via", "testcluster-ssh", "viassh"], timeout=180)
+    assert p.returncode == 0, p.stderr
+    via = p.stdout
+    assert via.splitlines()[1].startswith("# from site 'testcluster-ssh' on ")
+    local = hb("sites", "discover", "viassh").stdout  # the same commands run here, on the login side
+    assert local.splitlines()[1].startswith("# from this machine on ")
+
+    def body(text: str) -> list[str]:  # without the line saying where and when, and the python line
+        return [x for i, x in enumerate(text.splitlines()) if i != 1 and not x.startswith("python = ")]
+
+    assert body(via) == body(local)  # the same partitions, limits and settings, read through SSH
+    assert 'python = "/opt/hpcbridge-test/venv/bin/python"' in via.splitlines()  # the via site's python
+    (here,) = [x for x in local.splitlines() if x.startswith("python = ")]  # here: the python that ran discover
+    assert re.fullmatch(r'python = "/opt/hpcbridge-test/venv/bin/python3?"', here), here
+    target = hb.dir / "viassh.toml"
+    target.write_text(via)
+    assert hb("sites", "check", str(target)).stdout.startswith(f"ok\t{target}\tslurm, transport local, partitions "
+                                                               "debug, short")
+    p = cluster.client(cli, timeout=180)  # without --via: the laptop is no login node, and says so in one line
+    lines = p.stderr.splitlines()
+    assert p.returncode == 3 and len(lines) == 2, p.stderr
+    assert lines[0].startswith("hpcbridge: error: could not read the cluster's configuration (is this a Slurm "
+                               "login node?): "), p.stderr
+    assert lines[1] == "hint: the command was: scontrol --oneliner show partition"

@@ -7,6 +7,7 @@ user running pytest (alice in tests/run).
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import time
@@ -42,8 +43,8 @@ def cluster_python(cluster):
 def make_executor(cluster, cluster_python, cluster_workdir):
     made = []
 
-    def make(**resources):
-        site = load_site("testcluster", nccl=NCCL)
+    def make(site_overrides=None, **resources):
+        site = load_site("testcluster", nccl=NCCL, **(site_overrides or {}))
         resources.setdefault("walltime", "00:05:00")
         ex = Executor(site=site, folder=str(cluster_workdir / "jobs"), **resources)
         made.append(ex)
@@ -66,21 +67,13 @@ def mpi_allreduce(offset):
             "rank": env.rank, "host": socket.gethostname()}
 
 
-def torch_allreduce(barrier_dir=None, jobs_expected=0):
+def torch_allreduce():
     import torch
     import torch.distributed as dist
 
     env = hpcbridge.init_torch_distributed(timeout_s=120)
     seen = {k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK",
                                            "LOCAL_WORLD_SIZE", *NCCL)}
-    if barrier_dir and env.rank == 0:  # every job's store is listening now: wait until all jobs are here
-        with open(os.path.join(barrier_dir, env.job_id), "w") as fh:
-            fh.write(f"{env.master_addr}:{env.master_port}")
-        deadline = time.time() + 120
-        while len(os.listdir(barrier_dir)) < jobs_expected:
-            if time.time() > deadline:
-                raise TimeoutError(f"only {os.listdir(barrier_dir)} arrived")
-            time.sleep(0.1)
     t = torch.tensor([float(env.rank + 1)])
     dist.all_reduce(t)
     backend = dist.get_backend()
@@ -89,12 +82,51 @@ def torch_allreduce(barrier_dir=None, jobs_expected=0):
             "node_rank": env.node_rank, "master": (env.master_addr, env.master_port), "job_id": env.job_id}
 
 
-def explode_on_rank_4():
+def torch_allreduce_held(arrived_dir, hold_file, bound_dir=None, jobs_expected=0):
+    """Rank 0 reports the port its launch step chose (claimed, not bound yet: only the claim keeps other jobs off
+    it now), every rank holds until ``hold_file`` exists, then init_torch_distributed (rank 0's store binds the
+    port), then, with ``bound_dir``, rank 0 waits until every job's store is listening, then one all_reduce."""
+    import torch
+    import torch.distributed as dist
+
+    env = hpcbridge.environment()
+
+    def wait_for(done, what):
+        deadline = time.time() + 300
+        while not done():
+            if time.time() > deadline:
+                raise TimeoutError(what)
+            time.sleep(0.2)
+
+    if env.rank == 0:
+        with open(os.path.join(arrived_dir, env.job_id), "w") as fh:
+            fh.write(f"{env.master_addr}:{env.master_port}")
+    wait_for(lambda: os.path.exists(hold_file), f"{hold_file} never appeared")
+    env = hpcbridge.init_torch_distributed(timeout_s=120)
+    if bound_dir and env.rank == 0:
+        open(os.path.join(bound_dir, env.job_id), "w").close()
+        wait_for(lambda: len(os.listdir(bound_dir)) >= jobs_expected, f"only {os.listdir(bound_dir)} bound")
+    t = torch.tensor([float(env.rank + 1)])
+    dist.all_reduce(t)
+    dist.destroy_process_group()
+    return {"sum": t.item(), "rank": env.rank, "host": env.hostname, "master": (env.master_addr, env.master_port)}
+
+
+def explode_on_rank_4(unknown_here=False):
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
     if comm.Get_rank() == 4:
-        raise ValueError(f"boom on rank {comm.Get_rank()} of {comm.Get_size()}")
+        error = ValueError
+        if unknown_here:  # a class that exists only in the job: its exception cannot be rebuilt by the client
+            import sys
+            import types
+
+            mod = types.ModuleType("only_in_the_job")
+            exec("class Boom(ValueError):\n    pass\n", mod.__dict__)
+            sys.modules["only_in_the_job"] = mod
+            error = mod.Boom
+        raise error(f"boom on rank {comm.Get_rank()} of {comm.Get_size()}")
     comm.barrier()  # the others wait for rank 4, which never comes: the launcher must end them
     return "unreachable"
 
@@ -165,18 +197,26 @@ def test_torchrun_launcher_across_3_nodes(make_executor):
 
 
 # -- failures -----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("launcher", ["srun", "mpirun"])
-def test_a_failure_on_rank_4_surfaces_rank_4s_traceback(cluster, make_executor, launcher):
+@pytest.mark.parametrize(("launcher", "unknown_here"), [("srun", False), ("mpirun", False), ("srun", True)])
+def test_a_failure_on_rank_4_surfaces_rank_4s_traceback(cluster, make_executor, launcher, unknown_here):
     ex = make_executor(nodes=3, tasks_per_node=2, launcher=launcher, walltime="00:03:00")
-    job = ex.submit(explode_on_rank_4)
-    with pytest.raises(ValueError, match="^boom on rank 4 of 6$") as info:
-        job.result(timeout=WAIT_S)
-    exc = info.value
-    assert exc.rank == 4
-    cause = str(exc.__cause__)
-    assert f"Remote traceback (job {job.job_id}, rank 4, host node3)" in cause
+    job = ex.submit(explode_on_rank_4, unknown_here)
+    if unknown_here:  # the exception's class cannot be imported here: a RemoteError, with the rank all the same
+        with pytest.raises(hpcbridge.errors.RemoteError) as remote:
+            job.result(timeout=WAIT_S)
+        exc = remote.value
+        assert (exc.rank, exc.type_name) == (4, "only_in_the_job.Boom")
+        assert str(exc).startswith(f"only_in_the_job.Boom: boom on rank 4 of 6 (job {job.job_id}, rank 4, host node3)")
+        assert exc.remote_traceback.rstrip().endswith("only_in_the_job.Boom: boom on rank 4 of 6")
+    else:
+        with pytest.raises(ValueError, match="^boom on rank 4 of 6$") as info:
+            job.result(timeout=WAIT_S)
+        exc = info.value
+        assert exc.rank == 4
+        cause = str(exc.__cause__)
+        assert f"Remote traceback (job {job.job_id}, rank 4, host node3)" in cause
+        assert exc.remote_traceback.rstrip().endswith("ValueError: boom on rank 4 of 6")
     assert "in explode_on_rank_4\n" in exc.remote_traceback  # (pickled by value: no source lines)
-    assert exc.remote_traceback.rstrip().endswith("ValueError: boom on rank 4 of 6")
     assert job.state == JobState.FAILED
     # the other ranks were blocked in a barrier: rank 4 left at once and the launcher ended them (before, mpi4py's
     # MPI_Finalize on rank 4 waited for them and the job hung until its walltime)
@@ -186,20 +226,89 @@ def test_a_failure_on_rank_4_surfaces_rank_4s_traceback(cluster, make_executor, 
 
 
 # -- concurrent jobs on the same nodes --------------------------------------------------------------------------
-def test_two_2_node_jobs_at_once_on_the_same_nodes_get_different_ports(make_executor, cluster_workdir):
-    barrier = cluster_workdir / "barrier"
-    barrier.mkdir()
-    ex = make_executor(nodes=2, tasks_per_node=1, launcher="srun", mem_gb=1,
-                   extra_directives=["--nodelist=node1,node2"])
-    jobs = [ex.submit(torch_allreduce, str(barrier), 2) for _ in range(2)]
+def _wait_arrived(jobs, arrived, timeout=WAIT_S):
+    """Until every job's rank 0 has its process group up (its marker file); a job that ended early fails here."""
+    deadline = time.monotonic() + timeout
+    while len(os.listdir(arrived)) < len(jobs):
+        for job in jobs:
+            if job.done():
+                pytest.fail(f"job {job.job_id} ended before holding: {job.exception()!r}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"only {os.listdir(arrived)} of {[j.job_id for j in jobs]} arrived in {timeout} s")
+        time.sleep(0.2)
+    return {name: (open(arrived / name).read()) for name in os.listdir(arrived)}
+
+
+def _squeue(cluster, *job_ids):
+    out = cluster.run(["squeue", "-h", "-j", ",".join(job_ids), "-o", "%i %T %N"], timeout=30).stdout
+    return {line.split()[0]: tuple(line.split()[1:]) for line in out.splitlines() if line.strip()}
+
+
+def _narrow_ports(n):
+    """A fresh range of n ports: claims are node-local and random picks from the default range rarely meet it."""
+    lo = random.randrange(21000, 31000)
+    return lo, lo + n - 1, {"distributed": {"master_port_min": lo, "master_port_max": lo + n - 1}}
+
+
+def test_two_2_node_jobs_at_once_on_the_same_nodes_claim_the_two_ports_of_a_2_port_range(
+    cluster, make_executor, cluster_workdir
+):
+    """Both jobs hold after their launch steps chose a port, before anything binds it, until both are RUNNING on
+    node1+node2: with two ports to choose from, random or job-id-derived ports would collide half the time and
+    the bind test cannot help yet (nothing listens); the claims keep them apart. Then both process groups come
+    up at once (each rank 0 waits for the other's store) and all_reduce."""
+    lo, hi, site = _narrow_ports(2)
+    arrived, hold, bound = cluster_workdir / "arrived", cluster_workdir / "hold", cluster_workdir / "bound"
+    arrived.mkdir()
+    bound.mkdir()
+    ex = make_executor(site_overrides=site, nodes=2, tasks_per_node=1, launcher="srun", mem_gb=1,
+                       extra_directives=["--nodelist=node1,node2"])
+    jobs = [ex.submit(torch_allreduce_held, str(arrived), str(hold), str(bound), 2) for _ in range(2)]
+    masters = _wait_arrived(jobs, arrived)
+    ids = [job.job_id for job in jobs]
+    assert _squeue(cluster, *ids) == {i: ("RUNNING", "node[1-2]") for i in ids}  # at the same time, same nodes
+    hold.touch()
     results = [job.results(timeout=WAIT_S) for job in jobs]
-    masters = [rs[0]["master"] for rs in results]
-    assert [m[0] for m in masters] == ["node1", "node1"]
-    assert masters[0][1] != masters[1][1], masters
-    for rs in results:
-        assert [r["sum"] for r in rs] == [3.0, 3.0] and [r["host"] for r in rs] == ["node1", "node2"]
-    # both rank-0 stores were listening on node1 at the same time (each waited for the other's marker)
-    assert sorted(os.listdir(barrier)) == sorted(job.job_id for job in jobs)
+    ports = sorted(int(masters[i].split(":")[1]) for i in ids)
+    assert ports == [lo, hi], masters  # distinct, and both inside the site's range
+    for job, rs in zip(jobs, results):
+        assert [r["sum"] for r in rs] == [3.0, 3.0] and [r["host"] for r in rs] == ["node1", "node2"], rs
+        assert {r["master"] for r in rs} == {("node1", int(masters[job.job_id].split(":")[1]))}, rs
+    assert sorted(os.listdir(bound)) == sorted(ids)  # both stores listened at the same time
+
+
+def test_a_job_that_finds_every_port_claimed_fails_clearly_and_an_ended_job_frees_its_port(
+    cluster, make_executor, cluster_workdir
+):
+    """A one-port range: a second job running at once on the same first node gets no port, and says so (there is
+    no room for a third job on node1's 2 CPUs, so a one-port range is how the range runs out here). The port is
+    free again as soon as the holding job has ended, not after the claim's 10-minute lifetime."""
+    port, _, site = _narrow_ports(1)
+    arrived, hold = cluster_workdir / "arrived", cluster_workdir / "hold"
+    arrived.mkdir()
+    ex = make_executor(site_overrides=site, nodes=2, tasks_per_node=1, launcher="srun", mem_gb=1,
+                       extra_directives=["--nodelist=node1,node2"])
+    holder = ex.submit(torch_allreduce_held, str(arrived), str(hold))
+    assert _wait_arrived([holder], arrived) == {holder.job_id: f"node1:{port}"}
+    late = ex.submit(torch_allreduce_held, str(arrived), str(hold))
+    with pytest.raises(hpcbridge.errors.JobLostError) as info:
+        late.result(timeout=WAIT_S)
+    assert str(info.value).startswith(f"job {late.job_id} ended (FAILED, exit code 1) without writing a result")
+    assert (
+        f"\nhpcbridge.rendezvous: no free TCP port found in {port}-{port} on node1 after 1 tries (each one in use "
+        "or claimed by another running job); widen [distributed] master_port_min/master_port_max in the "
+        "site-config to a range open on the compute nodes"
+    ) in str(info.value)
+    record = cluster.wait_job(late.job_id, timeout=120)
+    assert (record.state, record.sacct["NodeList"]) == ("FAILED", "node[1-2]")
+    assert _squeue(cluster, holder.job_id) == {holder.job_id: ("RUNNING", "node[1-2]")}  # it was there all along
+    hold.touch()
+    assert [r["sum"] for r in holder.results(timeout=WAIT_S)] == [3.0, 3.0]
+    assert cluster.wait_job(holder.job_id, timeout=120).state == "COMPLETED"
+    # the holder has left node1: its claim ended with it, so the next job gets the port straight away
+    (arrived / holder.job_id).unlink()
+    again = ex.submit(torch_allreduce_held, str(arrived), str(hold))
+    assert [r["master"] for r in again.results(timeout=WAIT_S)] == [("node1", port)] * 2
 
 
 # -- environment() --------------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -206,6 +208,38 @@ def test_on_a_terminal_status_is_a_table_with_a_header(cli):
     plain = text.decode()
     assert p.returncode == 0
     assert "JOB" in plain and "STATE" in plain and "FUNCTION" in plain and job_id in plain and "ago" in plain
+
+
+def test_wait_on_a_terminal_shows_a_live_status_line_and_piped_shows_none(cli):
+    """stderr on a pty: the submitted line and a status line updated while the job runs; stdout stays clean."""
+    controller, terminal = pty.openpty()
+    p = subprocess.run([sys.executable, "-m", "hpcbridge.cli", "submit", "--wait", "--", "sh", "-c",
+                        "sleep 4; echo done"], stdout=subprocess.PIPE, stderr=terminal, text=True,
+                       cwd=str(cli.project), timeout=120, env={**os.environ, "COLUMNS": "150"})
+    os.close(terminal)
+    data = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    os.close(controller)
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", data.decode(errors="replace"))
+    assert p.returncode == 0 and p.stdout == "done\n"
+    (job_id,) = re.findall(r"submitted job (\S+) to site 'local'", screen)
+    # the status line: state, elapsed, redrawn as time passes (the first status query is ~2 s in), then where
+    # it ran (the local scheduler names no node while a job runs)
+    shown = re.findall(rf"job {re.escape(job_id)} RUNNING (\d+\.\d)s", screen)
+    assert len(set(shown)) >= 2 and max(float(t) for t in shown) >= 3.0, screen
+    host = re.escape(socket.gethostname())
+    (final,) = re.findall(rf"job {re.escape(job_id)} COMPLETED on {host} (\d+\.\d)s", screen)
+    assert float(final) >= 4.0, screen
+    assert "done" not in screen  # the job's output went to stdout, after the status line was cleared
+    piped = cli("submit", "--wait", "--", "sh", "-c", "sleep 1; echo done", check_rc=0)
+    assert (piped.stdout, piped.stderr) == ("done\n", "")  # not a terminal: no status line, no message
 
 
 # -- discover: parsers on recorded scontrol output ---------------------------------------------------------------

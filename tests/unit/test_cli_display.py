@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pty
 import re
@@ -13,7 +14,7 @@ import textwrap
 import pytest
 
 from hpcbridge import Executor, JobState
-from hpcbridge.display import format_elapsed, jobs_html, progress_for
+from hpcbridge.display import Progress, TerminalProgress, format_elapsed, jobs_html, progress_for
 from hpcbridge.group import JobGroup
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -77,10 +78,31 @@ def test_format_elapsed():
     assert [format_elapsed(s) for s in (None, 4.24, 65, 7380)] == ["", "4.2s", "1m05s", "2h03m"]
 
 
+class _Stream(io.StringIO):
+    """A stand-in stderr that says whether it is a terminal (independent of pytest's capture and of -s)."""
+
+    def __init__(self, tty):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self):
+        return self.tty
+
+
 def test_no_progress_display_when_nobody_watches(ex, monkeypatch):
     monkeypatch.delenv("HPCBRIDGE_PROGRESS", raising=False)
-    shown = progress_for([], "x")
-    assert type(shown).__name__ == "Progress"  # stderr is not a terminal under pytest's capture
+    jobs = [ex.submit(square, 2)]
+    assert jobs[0].result(timeout=60) == 4
+    monkeypatch.setattr(sys, "stderr", _Stream(tty=False))
+    assert type(progress_for(jobs, "x")) is Progress  # stderr piped: waiting only, nothing drawn
+    assert sys.stderr.getvalue() == ""
+    monkeypatch.setattr(sys, "stderr", _Stream(tty=True))
+    shown = progress_for(jobs, "x")  # the same jobs with a terminal on stderr: a bar
+    assert type(shown) is TerminalProgress
+    shown.close()
+    assert "1/1" in sys.stderr.getvalue()
+    monkeypatch.setenv("HPCBRIDGE_PROGRESS", "0")
+    assert type(progress_for(jobs, "x")) is Progress  # turned off on a terminal
 
 
 SCRIPT = textwrap.dedent("""\

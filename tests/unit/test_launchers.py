@@ -312,10 +312,70 @@ def test_choose_port_skips_a_port_in_use_and_a_port_claimed_by_another_job(tmp_p
         second = jobenv.choose_port((taken, taken + 2), claim_dir=str(claims), job_id="job-2")
         assert taken not in (first, second) and first != second  # both free; the claim keeps them apart
         assert (claims / str(first)).read_text().startswith("job-1 ")
-        with pytest.raises(jobenv.RendezvousError, match=f"no free TCP port found in {taken}-{taken + 2}"):
+        with pytest.raises(jobenv.RendezvousError) as info:
             jobenv.choose_port((taken, taken + 2), claim_dir=str(claims), job_id="job-3", attempts=50)
+        assert str(info.value) == (
+            f"no free TCP port found in {taken}-{taken + 2} on {socket.gethostname()} after 3 tries (each one in "
+            "use or claimed by another running job); widen [distributed] master_port_min/master_port_max in the "
+            "site-config to a range open on the compute nodes"
+        )
+        site = _site(distributed={"master_port_min": taken, "master_port_max": taken + 2})  # the keys it names
+        assert site_options(site)["master_port_range"] == (taken, taken + 2)
     finally:
         busy.close()
+
+
+def _free_port():
+    sock = socket.socket()
+    sock.bind(("0.0.0.0", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+CLAIM_AND_WAIT = (
+    "import sys; from hpcbridge.jobenv import choose_port; "
+    "lo, hi = int(sys.argv[2]), int(sys.argv[3]); "
+    "print(choose_port((lo, hi), claim_dir=sys.argv[1], job_id=sys.argv[4]), flush=True); sys.stdin.read()"
+)
+
+
+def _claimer(claims, lo, hi, job_id):
+    """A process that claims a port, prints it and lives (as a job's launch step does) until its stdin closes."""
+    proc = subprocess.Popen([sys.executable, "-c", CLAIM_AND_WAIT, str(claims), str(lo), str(hi), job_id],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    return proc, int(proc.stdout.readline())
+
+
+def test_a_claim_holds_while_its_job_lives_and_is_released_when_it_ends(tmp_path):
+    port = _free_port()
+    proc, got = _claimer(tmp_path, port, port, "job-1")
+    try:
+        assert got == port
+        (job, host, pid, _, _) = (tmp_path / str(port)).read_text().split()
+        assert (job, host, int(pid)) == ("job-1", socket.gethostname(), proc.pid)
+        with pytest.raises(jobenv.RendezvousError, match=f"no free TCP port found in {port}-{port} "):
+            jobenv.choose_port((port, port), claim_dir=str(tmp_path), job_id="job-2")
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    # its process has exited: the port is free again at once, not after PORT_CLAIM_TTL_S
+    assert jobenv.choose_port((port, port), claim_dir=str(tmp_path), job_id="job-2") == port
+    assert (tmp_path / str(port)).read_text().startswith("job-2 ")
+
+
+def test_a_claim_whose_owner_cannot_be_checked_holds_until_its_ttl(tmp_path):
+    """Another host's claim in a shared directory, or one from another pid namespace: the pid says nothing."""
+    port = _free_port()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()  # a pid that has exited
+    for owner in (f"j other-host {gone} 1.0 {jobenv._pid_namespace()}", f"j {socket.gethostname()} {gone} 1.0 x",
+                  f"j {socket.gethostname()} {gone} 1.0"):
+        (tmp_path / str(port)).write_text(owner + "\n")
+        with pytest.raises(jobenv.RendezvousError):
+            jobenv.choose_port((port, port), claim_dir=str(tmp_path), job_id="new")
+    (tmp_path / str(port)).write_text(f"j {socket.gethostname()} {gone} 1.0 {jobenv._pid_namespace()}\n")
+    assert jobenv.choose_port((port, port), claim_dir=str(tmp_path), job_id="new") == port
 
 
 def test_stale_claims_are_taken_over(tmp_path):
@@ -330,14 +390,16 @@ def test_stale_claims_are_taken_over(tmp_path):
 
 
 def test_many_concurrent_launch_steps_on_one_node_get_distinct_ports(tmp_path):
-    """Eight processes choosing at the same moment from a small range: no two get the same port."""
-    code = (
-        "import sys; from hpcbridge.jobenv import choose_port; "
-        f"print(choose_port((30000, 30015), claim_dir={str(tmp_path)!r}, job_id=sys.argv[1]))"
-    )
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], stdout=subprocess.PIPE, text=True)
-             for i in range(8)]
-    ports = [int(p.communicate(timeout=60)[0]) for p in procs]
+    """Eight processes choosing at the same moment from a small range, all alive at once: no two get the same
+    port (each lives on after choosing, as a job's launch step does: an exited one frees its port)."""
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIM_AND_WAIT, str(tmp_path), "30000", "30015", str(i)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for i in range(8)]
+    try:
+        ports = [int(p.stdout.readline()) for p in procs]
+    finally:
+        for p in procs:
+            p.stdin.close()
+            p.wait(timeout=60)
     assert len(set(ports)) == 8 and all(30000 <= p <= 30015 for p in ports)
 
 
@@ -402,6 +464,40 @@ def test_bind_gpus_narrows_cuda_visible_devices_per_local_rank():
     assert jobenv.bind_gpus(environ) == ["2", "3"]
     env = jobenv.environment_from(environ, "gpu-a02")
     assert env.gpus == ("2", "3") and env.device_index == 0
+
+
+def test_bind_gpus_under_mpirun_uses_openmpis_local_rank_not_the_daemons_slurm_ids():
+    """Under mpirun every rank also has the srun-started daemon's SLURM_LOCALID (0 here for both local ranks)."""
+    environ = dict(SLURM_JOB, SLURM_STEP_ID="1", SLURM_PROCID="1", SLURM_LOCALID="0", SLURM_NODEID="1",
+                   OMPI_COMM_WORLD_RANK="3", OMPI_COMM_WORLD_LOCAL_RANK="1", OMPI_COMM_WORLD_SIZE="6",
+                   OMPI_COMM_WORLD_LOCAL_SIZE="2", HPCBRIDGE_LAUNCHER="mpirun", HPCBRIDGE_BIND_GPUS="4",
+                   CUDA_VISIBLE_DEVICES="4,5,6,7")
+    assert jobenv.bind_gpus(environ) == ["6", "7"] and environ["CUDA_VISIBLE_DEVICES"] == "6,7"
+    env = jobenv.environment_from(environ, "gpu-a02")
+    assert (env.gpus, env.device_index, env.local_rank) == (("6", "7"), 0, 1)
+    environ.update(OMPI_COMM_WORLD_LOCAL_RANK="0", CUDA_VISIBLE_DEVICES="4,5,6,7")
+    assert jobenv.bind_gpus(environ) == ["4", "5"]
+    # three ranks on a node with 4 GPUs: uneven, every rank keeps all four
+    environ.update(OMPI_COMM_WORLD_LOCAL_RANK="2", OMPI_COMM_WORLD_LOCAL_SIZE="3", CUDA_VISIBLE_DEVICES="0,1,2,3")
+    del environ["HPCBRIDGE_GPUS_BOUND"]
+    assert jobenv.bind_gpus(environ) is None and environ["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"
+    assert jobenv.environment_from(environ, "gpu-a02").device_index == 2  # local rank 2 -> 2 % 4
+
+
+def test_torchrun_gpus_are_left_to_its_workers_local_rank():
+    """torchrun is not narrowed (plan sets no HPCBRIDGE_BIND_GPUS): each worker uses device LOCAL_RANK."""
+    _, env = plan(_site(), Resources(nodes=2, tasks_per_node=4, gpus_per_node=4, launcher="torchrun"), F, "t")
+    assert "HPCBRIDGE_BIND_GPUS" not in env
+    _, env = plan(_site(), Resources(nodes=2, tasks_per_node=4, gpus_per_node=4, launcher="mpirun"), F, "t")
+    assert env["HPCBRIDGE_BIND_GPUS"] == "4"
+    environ = dict(SLURM_JOB, HPCBRIDGE_LAUNCHER="torchrun", SLURM_STEP_ID="0", SLURM_PROCID="1", SLURM_LOCALID="0",
+                   RANK="6", LOCAL_RANK="2", WORLD_SIZE="8", LOCAL_WORLD_SIZE="4", GROUP_RANK="1",
+                   TORCHELASTIC_RUN_ID="x", CUDA_VISIBLE_DEVICES="0,1,2,3")
+    env = jobenv.environment_from(environ, "gpu-a02")
+    assert (env.gpus, env.device_index, env.local_rank, env.local_world_size) == (("0", "1", "2", "3"), 2, 2, 4)
+    # were HPCBRIDGE_BIND_GPUS set anyway, the split follows torchrun's LOCAL_RANK/LOCAL_WORLD_SIZE, not Slurm's
+    environ["HPCBRIDGE_BIND_GPUS"] = "4"
+    assert jobenv.bind_gpus(environ) == ["2"] and jobenv.environment_from(environ, "gpu-a02").device_index == 0
 
 
 # -- torch.distributed variables --------------------------------------------------------------------------

@@ -92,3 +92,29 @@ def test_single_rank_jobs_are_unchanged():
     sub = _sub(ranks=1)
     sub.add_payload(0, 0, ok("x"))
     assert sub.try_resolve(0, now=1.0) and sub.jobs[0][0].results() == ["x"]
+
+
+def _unloadable(host="n3", finished=5.0):
+    """A rank's error whose exception cannot be rebuilt on this side (its class exists only in the job)."""
+    outcome = ("err", b"not a pickle", "only_in_the_job.Boom", "boom on rank 4", "Traceback ...\nBoom\n")
+    return {"outcomes": [outcome], "rank": 0, "host": host, "started": 1.0, "finished": finished}
+
+
+def test_a_failed_rank_whose_exception_cannot_be_rebuilt_is_a_remote_error_with_its_rank():
+    sub = _sub(ranks=6)
+    sub.add_payload(0, 4, _unloadable())
+    assert sub.try_resolve(0, now=100.0)
+    with pytest.raises(errors.RemoteError) as info:
+        sub.jobs[0][0].result()
+    exc = info.value
+    assert (exc.rank, exc.type_name, exc.job_id) == (4, "only_in_the_job.Boom", "42")
+    assert str(exc) == "only_in_the_job.Boom: boom on rank 4 (job 42, rank 4, host n3)"
+
+
+def test_a_single_process_jobs_remote_error_has_no_rank():
+    sub = _sub(ranks=1)
+    sub.add_payload(0, 0, _unloadable(host="n1"))
+    assert sub.try_resolve(0, now=100.0)
+    with pytest.raises(errors.RemoteError) as info:
+        sub.jobs[0][0].result()
+    assert info.value.rank is None and str(info.value) == "only_in_the_job.Boom: boom on rank 4 (job 42, host n1)"

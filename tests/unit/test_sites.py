@@ -151,25 +151,35 @@ def test_sites_list_says_which_layers_define_each_site(layers):
 @pytest.mark.parametrize(
     "text, line, message",
     [
-        ('pyhton = "/x"\n', 1, "unknown key 'pyhton' in the top level (did you mean 'python'?); valid keys: "),
+        ('pyhton = "/x"\n', 1,
+         "unknown key 'pyhton' in the top level (did you mean 'python'?); valid keys: description, scheduler, "
+         "flavour, transport, ssh, python, workdir, accounting, max_array_size, poll_interval_min_s, "
+         "poll_interval_max_s, result_grace_s, local_parallel, modules, setup, templates, defaults, partitions, env, "
+         "slurm, container, mpi, nccl, distributed"),
         ('[partitions.gpu]\nmax_node = 3\n', 2,
          "unknown key 'max_node' in [partitions.gpu] (did you mean 'max_nodes'?); valid keys: max_nodes, "
          "cpus_per_node, mem_gb_per_node, gpus_per_node, gpu_type, max_walltime, default, description"),
         ('[slurm]\ngpu_directiv = "gres"\n', 2,
-         "unknown key 'gpu_directiv' in [slurm] (did you mean 'gpu_directive'?); valid keys: mpi, gpu_directive"),
-        ('[ssh]\nhostname = "x"\n', 2, "unknown key 'hostname' in [ssh] (did you mean 'host'?); valid keys: "),
+         "unknown key 'gpu_directiv' in [slurm] (did you mean 'gpu_directive'?); valid keys: mpi, gpu_directive, "
+         "srun_args"),
+        ('[ssh]\nhostname = "x"\n', 2,
+         "unknown key 'hostname' in [ssh] (did you mean 'host'?); valid keys: host, user, port, identity_file, "
+         "proxy_jump, known_hosts, config_file, connect_timeout_s, keepalive_s"),
         ('[container]\nimages = "a.sif"\n', 2,
          "unknown key 'images' in [container] (did you mean 'image'?); valid keys: runtime, image, binds, options"),
-        ('[mpi]\nmpi_run = "x"\n', 2, "unknown key 'mpi_run' in [mpi] (did you mean 'mpirun'?); valid keys: "),
+        ('[mpi]\nmpi_run = "x"\n', 2,
+         "unknown key 'mpi_run' in [mpi] (did you mean 'mpirun'?); valid keys: mpirun, args, env, flavour"),
         ('[defaults]\nwall_time = "1:00:00"\n', 2,
-         "unknown key 'wall_time' in [defaults] (did you mean 'walltime'?); valid keys: nodes, "),
+         "unknown key 'wall_time' in [defaults] (did you mean 'walltime'?); valid keys: nodes, tasks_per_node, "
+         "cpus_per_task, gpus_per_node, mem_gb, walltime, partition, account, qos, name, extra_directives, "
+         "launcher, array_parallelism"),
     ],
 )
 def test_an_unknown_key_in_any_table_names_file_line_and_the_closest_key(layers, text, line, message):
     path = write(layers["system"] / "hpc.toml", text)
     with pytest.raises(ConfigError) as info:
         load_site("hpc")
-    assert str(info.value).startswith(f"{path}:{line}: {message}")
+    assert str(info.value) == f"{path}:{line}: {message}"  # the whole list: a key left out of it fails here
 
 
 @pytest.mark.parametrize(
