@@ -28,6 +28,7 @@ Tree::
         │   ├── JobNodeFailError
         │   ├── JobPreemptedError
         │   └── JobCancelledError   (also a concurrent.futures.CancelledError)
+        │       └── JobDependencyError  cancelled before it started: a job it was to run after did not succeed
         └── JobLostError            the job left the scheduler without a result
 """
 
@@ -191,6 +192,15 @@ class JobPreemptedError(JobKilledError):
 
 class JobCancelledError(JobKilledError, concurrent.futures.CancelledError):
     """The job was cancelled outside this process (scancel, qdel, an admin)."""
+
+
+class JobDependencyError(JobCancelledError):
+    """The scheduler cancelled the job before it started: a job it was to run after (``after=``) did not complete
+    successfully. ``after``: the ids it waited for."""
+
+    def __init__(self, message: str, *, after: Sequence[str] = (), **kw: str) -> None:
+        self.after = tuple(after)
+        super().__init__(message, **kw)
 
 
 class JobLostError(JobError):

@@ -27,6 +27,7 @@ from .errors import HpcBridgeError, SerializationError
 from .group import JobGroup
 from .job import Job, mark_cancelled
 from .launchers import plan as launch_plan
+from .launchers import with_site_launcher
 from .poll import Submission
 from .registry import Registry
 from .render import render
@@ -51,12 +52,14 @@ class Executor(concurrent.futures.Executor):
         Cluster-side folder for job files (default: the site's ``workdir``).
     **resources
         ``nodes, tasks_per_node, cpus_per_task, gpus_per_node, mem_gb, walltime, partition, account, qos, name,
-        extra_directives, launcher, array_parallelism``; unknown names fail with the list of valid ones.
+        extra_directives, launcher, array_parallelism``, and ``after`` (Jobs or job ids this executor's jobs wait
+        for: they start only once every one of them completed successfully); unknown names fail with the list of
+        valid ones.
     """
 
     def __init__(self, site: Union[str, Site] = "local", *, folder: Optional[str] = None, **resources: Any) -> None:
         site_obj = load_site(site) if isinstance(site, str) else site
-        self.resources: Resources = resources_from(site_obj.default_resources(), resources)
+        self.resources: Resources = resources_from(site_obj.default_resources(), resources, site_obj)
         site_obj.check_resources(self.resources)  # partition limits, before anything is submitted
         self._backend = Backend(site_obj, folder)
         self._batch: Optional[List[Tuple[Submission, List[Call]]]] = None
@@ -68,7 +71,7 @@ class Executor(concurrent.futures.Executor):
 
     def with_resources(self, **resources: Any) -> Executor:
         """A copy with some resources changed; it shares this executor's connection and poller."""
-        changed = resources_from(self.resources, resources)
+        changed = resources_from(self.resources, resources, self._backend.site)
         self._backend.site.check_resources(changed)
         other = copy.copy(self)  # shares the backend (connection, poller) and the list of submissions
         other.resources = changed
@@ -223,8 +226,9 @@ class Executor(concurrent.futures.Executor):
 
     def _new_submission(self, chunks: List[int], is_array: bool) -> Submission:
         tag = _new_tag()
-        ranks = self.resources.ntasks if self.resources.launcher else 1
-        return Submission(
+        res = with_site_launcher(self._backend.site, self.resources)  # PBS: mpirun unless one was chosen
+        ranks = res.ntasks if res.launcher else 1
+        sub = Submission(
             self._backend,
             tag=tag,
             folder=f"{self._backend.root}/{tag}",
@@ -234,6 +238,8 @@ class Executor(concurrent.futures.Executor):
             ranks=ranks,
             submit_time=0.0,
         )
+        sub.after = res.after  # what a cancellation before it started is blamed on
+        return sub
 
     def _send(self, sub: Submission, tasks: List[List[Call]], blobs: Optional[List[bytes]] = None) -> None:
         """Write the submission's files, submit it, record it and start watching it."""
@@ -251,7 +257,7 @@ class Executor(concurrent.futures.Executor):
             "calls": [len(t) for t in tasks],
             "is_array": sub.is_array,
             "ranks": sub.ranks,
-            "resources": dataclasses.asdict(self.resources),
+            "resources": dataclasses.asdict(with_site_launcher(backend.site, self.resources)),
             "client": {"host": socket.gethostname(), "user": _user(), "hpcbridge": __version__},
         }
         submitting = False
@@ -299,7 +305,7 @@ class Executor(concurrent.futures.Executor):
     ) -> str:
         site = self._backend.site
         scheduler = self._backend.scheduler
-        res = self.resources
+        res = with_site_launcher(site, self.resources)
         name = res.name or _job_name(fn)
         # the job starts where the client is (on a login node the folder is shared with the nodes); a directory
         # whose name cannot stand in a directive is left to the scheduler's default (the submit directory)

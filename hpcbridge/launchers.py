@@ -62,6 +62,28 @@ def site_options(site: Site) -> Dict[str, Any]:
     return options
 
 
+def effective_launcher(site: Site, res: Resources) -> Optional[str]:
+    """The launcher a job of ``res`` runs with on ``site``.
+
+    The one chosen (``launcher=`` or the site-config's ``[defaults] launcher``; an explicit None runs the callable
+    once); else, on PBS, ``mpirun`` for a job of more than one task (nodes x tasks_per_node > 1: PBS has no
+    srun, and its users expect an MPI launch); else none. Slurm and the local site never pick one themselves.
+    """
+    if res.launcher is not None or res.launcher_chosen:
+        return res.launcher
+    if site.scheduler == "pbs" and res.ntasks > 1:
+        return "mpirun"
+    return None
+
+
+def with_site_launcher(site: Site, res: Resources) -> Resources:
+    """``res`` with :func:`effective_launcher` filled in (what the job's script and records use)."""
+    launcher = effective_launcher(site, res)
+    if launcher == res.launcher:
+        return res
+    return dataclasses.replace(res, launcher=launcher, launcher_chosen=True)
+
+
 def worker_argv(python: str, folder: str) -> List[str]:
     return [python, "-u", "-m", "hpcbridge.worker", folder]
 
@@ -71,6 +93,7 @@ def plan(site: Site, res: Resources, folder: str, tag: str) -> Tuple[List[str], 
 
     Raises :class:`ResourceError` (before anything is submitted) for a launcher the site cannot run.
     """
+    res = with_site_launcher(site, res)
     options = site_options(site)
     worker = worker_argv(site.python, folder)
     env: Dict[str, str] = {}

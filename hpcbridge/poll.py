@@ -68,6 +68,8 @@ class Submission:
         self.seen: Set[str] = set()
         self.resolved: Set[int] = set()
         self.final_at: Dict[int, Tuple[NativeStatus, float]] = {}
+        #: the job ids it waits for (``after=``): a cancellation before it started is blamed on them
+        self.after: Tuple[str, ...] = ()
 
     @property
     def all_jobs(self) -> List[Job]:
@@ -255,9 +257,20 @@ class Submission:
                 continue
             job.state = status.state
             job.native_state = status.native
-            if status.state in _KILLED:
+            after = " and ".join(self.after)
+            if _dependency_cancel(status, self.after):
+                exc: BaseException = errors.JobDependencyError(
+                    f"job {job.job_id} never ran: it was to start after {after} completed successfully, and "
+                    f"the scheduler cancelled it ({status.native}) because that can no longer happen (a job it "
+                    "waited for failed, was cancelled or timed out)",
+                    after=self.after,
+                    job_id=job.job_id,
+                    state=status.native,
+                    stderr_tail=tail,
+                )
+            elif status.state in _KILLED:
                 cls, what = _KILLED[status.state]
-                exc: BaseException = cls(
+                exc = cls(
                     f"job {job.job_id} {what} (state {status.native})",
                     job_id=job.job_id,
                     state=status.native,
@@ -265,16 +278,27 @@ class Submission:
                 )
             else:
                 code = "" if status.exit_code is None else f", exit code {status.exit_code}"
+                # a scheduler that does not say why (the Slurm-backed PBS wrappers) may have removed it for
+                # its dependency
+                why = f"; it was to start after {after}: if one of those failed, it never ran" if after else ""
                 exc = errors.JobLostError(
                     f"job {job.job_id} ended ({status.native}{code}) without writing a result; "
                     "the job's stderr below usually says why (python or hpcbridge missing on the node, "
-                    "a crash, a module load failure)",
+                    f"a crash, a module load failure){why}",
                     job_id=job.job_id,
                     state=status.native,
                     stderr_tail=tail,
                 )
             job.set_exception(exc)
             self.backend.note_final(job)
+
+
+def _dependency_cancel(status: NativeStatus, after: Tuple[str, ...]) -> bool:
+    """Whether a job that waited for ``after`` was cancelled for it: by the scheduler (Slurm names a user's
+    ``scancel`` "CANCELLED by UID"), before it started (no nodes)."""
+    if status.state != JobState.CANCELLED or not after or " by " in status.native:
+        return False
+    return status.nodes in ("", "None assigned")
 
 
 def _load_payload(blob: bytes, ncalls: int, rank: int) -> Any:

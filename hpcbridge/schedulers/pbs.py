@@ -11,6 +11,7 @@ arrays        ``-J 0-99[%P]``, ids ``123[].srv`` / ``123[4].srv``  ``-t 0-99[%P]
 task index    ``$PBS_ARRAY_INDEX``                                 ``$PBS_ARRAYID``
 status        ``qstat -f -F json -x -t IDS`` (finished jobs too)   ``qstat -f [-t] IDS`` (text)
 cancel        ``qdel IDS``                                         ``qdel IDS``
+after=        ``-W depend=afterok:ID:ID`` (arrays ``123[].srv``)   ``-W depend=afterok:ID,afterokarray:123[].srv``
 ============  ===================================================  ==============================================
 
 Both: ``-N`` name, ``-l walltime=HH:MM:SS``, ``-q`` queue (the ``partition`` resource), ``-A`` account, and the
@@ -333,8 +334,41 @@ class PBSScheduler(Scheduler):
                 out += [f"-J {spec}", "-r y"]  # sites whose default Rerunable is False refuse arrays without -r y
             else:
                 out.append(f"-t {spec}")
+        if r.after:
+            out += self._depend(r.after)
         out.extend(r.extra_directives)
         return out
+
+    def _depend(self, after: Sequence[str]) -> List[str]:
+        """``after=``: ``-W depend=afterok:ID[:ID...]``, start only once every one completed with exit status 0.
+
+        Arrays: PBS Pro takes the array's id (``afterok:123[].srv``); Torque has its own type for arrays
+        (``afterokarray:123[].srv``, joined to ``afterok:`` by a comma: ``type:ids[,type:ids]``, qsub(1B)).
+        Neither waits for a single subjob (PBS Pro refuses ``123[4]`` in depend: openpbs ``depend_on_que``).
+        A dependent of a job that failed is deleted by the PBS server; the Slurm-backed wrappers (Torque
+        flavour) leave it pending, so for them the script also says ``#SBATCH --kill-on-invalid-dep=yes``
+        (their sbatch reads both ``#PBS -W depend=`` and ``#SBATCH`` lines; a comment to a real PBS).
+        """
+        jobs: List[str] = []
+        arrays: List[str] = []
+        for job_id in after:
+            if not _JOB_ID.match(job_id):
+                raise ResourceError(
+                    f"after: {job_id!r} is not a PBS job id (123.server, or 123[].server for a whole array)"
+                )
+            if re.search(r"\[\d+\]", job_id):
+                raise ResourceError(
+                    f"after: {job_id} is one task of the array {_array_key(job_id)}: PBS waits only for whole jobs "
+                    "and arrays; wait for every job of the map (after=jobs), or submit the calls to wait for as "
+                    "separate jobs"
+                )
+            (arrays if "[]" in job_id else jobs).append(job_id)
+        if self.flavour == "pbspro":
+            return [f"-W depend=afterok:{':'.join(jobs + arrays)}"]
+        types = ([f"afterok:{':'.join(jobs)}"] if jobs else []) + (
+            [f"afterokarray:{':'.join(arrays)}"] if arrays else []
+        )
+        return [f"-W depend={','.join(types)}", "#SBATCH --kill-on-invalid-dep=yes"]
 
     def _check(self, r: Resources, name: str) -> None:
         if r.qos:

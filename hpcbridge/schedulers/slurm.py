@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..errors import SchedulerError
+from ..errors import ResourceError, SchedulerError
 from ..state import JobState
 from .base import NativeStatus, Scheduler, ScriptRequest, StatusFailure, expand_array_id
 
@@ -59,6 +60,16 @@ def walltime_arg(seconds: int) -> str:
     return f"{days}-{h:02d}:{m:02d}:{s:02d}" if days else f"{h:02d}:{m:02d}:{s:02d}"
 
 
+def dependency_directives(after: Sequence[str]) -> List[str]:
+    """``after=``: start only once every job (``123``: all of an array; ``123_4``: one task) completed successfully;
+    cancel the job when that can no longer happen, instead of leaving it pending forever (DependencyNeverSatisfied).
+    """
+    for job_id in after:
+        if not re.fullmatch(r"\d+(_\d+)?", job_id):
+            raise ResourceError(f"after: {job_id!r} is not a Slurm job id (123, or 123_4 for an array task)")
+    return [f"--dependency=afterok:{':'.join(after)}", "--kill-on-invalid-dep=yes"]
+
+
 class SlurmScheduler(Scheduler):
     """Slurm through its command-line tools."""
 
@@ -106,6 +117,8 @@ class SlurmScheduler(Scheduler):
             out.append(arr)
         if req.workdir:
             out.append(f"--chdir={req.workdir}")
+        if r.after:
+            out += dependency_directives(r.after)
         out.extend(r.extra_directives)
         return out
 

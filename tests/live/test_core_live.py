@@ -17,6 +17,7 @@ import pytest
 from hpcbridge import Executor, JobState, load_site
 from hpcbridge.errors import (
     JobCancelledError,
+    JobDependencyError,
     JobTimeoutError,
     RemoteEnvironmentError,
     ResourceError,
@@ -354,8 +355,14 @@ def test_an_sbatch_that_hangs_after_submitting_is_not_submitted_twice(cluster, c
     assert any("was found by its tag" in r.getMessage() and "timed out after 6.0 s" in r.getMessage()
                for r in caplog.records), [r.getMessage() for r in caplog.records]
     since = f"now-{int(time.time() - cluster.started) + 120}"
-    out = cluster.run(["sacct", "-n", "-X", "-P", "-S", since, "--name", "hung-sbatch", "-o", "JobID"]).stdout
-    assert out.split() == [job.job_id]  # one job, the one the future follows
+    deadline = time.time() + 60  # slurmdbd fills in a job's comment a moment after it knows the job
+    while True:
+        out = cluster.run(["sacct", "-n", "-X", "-P", "-S", since, "-o", "JobID,Comment"]).stdout
+        tagged = [line.split("|")[0] for line in out.split() if line.endswith(f"|hpcbridge:{ex._submissions[0].tag}")]
+        if job.job_id in tagged or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert tagged == [job.job_id]  # one job carries this submission's tag: the one the future follows
     assert squeue_ids(cluster) - before <= {job.job_id}
 
 
@@ -367,3 +374,57 @@ def test_map_longer_than_the_sites_max_array_size_is_split(cluster, cluster_work
     assert len(arrays) == 3
     assert [j.result(timeout=600) for j in jobs] == [i * i for i in range(90)]
     assert [len(sacct_tasks(cluster, a, n)) for a, n in zip(arrays, (40, 40, 10))] == [40, 40, 10]
+
+
+def write_later(path, seconds):
+    time.sleep(seconds)
+    with open(path, "w") as fh:
+        fh.write(f"written on {socket.gethostname()}")
+    return time.time()
+
+
+def read_now(*paths):
+    texts = []
+    for path in paths:
+        with open(path) as fh:
+            texts.append(fh.read().split(" on ")[0])
+    return texts, time.time()
+
+
+def test_jobs_after_others_start_only_once_those_completed(ex, cluster, cluster_workdir):
+    paths = [str(cluster_workdir / f"part{i}") for i in range(3)]
+    parts = ex.map_jobs(write_later, paths, [4, 6, 5])  # one array job; the dependent waits for all of it
+    single = ex.submit(write_later, str(cluster_workdir / "single"), 3)
+    after = ex.with_resources(after=[*parts, single])
+    assert after.resources.after == (parts[0].job_id.split("_")[0], single.job_id)
+    reader = after.submit(read_now, *paths, str(cluster_workdir / "single"))
+    assert f"#SBATCH --dependency=afterok:{after.resources.after[0]}:{single.job_id}\n" in reader.script
+    # the reader waits (Slurm says why) while the writers run
+    squeue = cluster.run(["squeue", "--noheader", "--format=%T|%r", "--jobs", reader.job_id], timeout=30).stdout
+    assert squeue.strip() == "PENDING|Dependency", squeue
+    texts, read_at = reader.result(timeout=300)
+    assert texts == ["written"] * 4  # every file was there: it ran after all four writers
+    assert read_at >= max(j.result(timeout=60) for j in [*parts, single])
+
+
+def test_a_job_after_a_failed_one_is_cancelled_and_says_so(ex, cluster):
+    failing = ex.submit(fail, "first step broke")
+    dependent = ex.with_resources(after=[failing]).submit(square, 3)
+    with pytest.raises(JobDependencyError) as info:
+        dependent.result(timeout=300)
+    assert str(info.value) == (
+        f"job {dependent.job_id} never ran: it was to start after {failing.job_id} completed successfully, and the "
+        f"scheduler cancelled it (CANCELLED) because that can no longer happen (a job it waited for failed, was "
+        "cancelled or timed out)"
+    )
+    assert info.value.after == (failing.job_id,) and dependent.state == JobState.CANCELLED
+    with pytest.raises(ValueError, match="^first step broke$"):
+        failing.result(timeout=60)
+    # nothing left in the queue: Slurm cancelled the dependent (--kill-on-invalid-dep) instead of keeping it
+    # pending for ever (DependencyNeverSatisfied)
+    assert dependent.job_id not in squeue_ids(cluster)
+    assert cluster.wait_job(dependent.job_id).state == "CANCELLED"
+    # and a job after one known to have failed is refused before it is submitted
+    with pytest.raises(ResourceError, match=rf"^after: job {failing.job_id} failed \(FAILED\): a job to run after "
+                                            "it would never start$"):
+        ex.with_resources(after=[failing])

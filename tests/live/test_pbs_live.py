@@ -175,3 +175,60 @@ def test_mpirun_on_two_nodes_through_qsub(cluster, cluster_workdir):
     assert hosts[0] == hosts[1] != hosts[2] == hosts[3], hosts
     nodefile = (Path(job.folder) / "log" / "nodefile.0").read_text().split()
     assert nodefile == [hosts[0], hosts[0], hosts[2], hosts[2]]
+
+
+def test_a_job_of_several_tasks_runs_on_every_rank_with_mpirun_by_default(cluster, cluster_workdir):
+    # issue 7: on PBS, mpirun is the launcher of a job of several tasks when none is chosen
+    ex = Executor(site=pbs_site(), folder=str(cluster_workdir / "jobs"), nodes=3, tasks_per_node=2)
+    job = ex.submit(rank_and_host, "y")
+    results = job.results(timeout=WAIT)
+    assert [r[0] for r in results] == [0, 1, 2, 3, 4, 5] and {r[2] for r in results} == {"y"}
+    hosts = [r[1] for r in results]
+    assert hosts[0] == hosts[1] and hosts[2] == hosts[3] and hosts[4] == hosts[5], hosts
+    assert len(set(hosts)) == 3, hosts
+    assert " -- mpirun -np 6 --map-by ppr:2:node --hostfile " in job.script
+
+
+def write_later(path, seconds):
+    time.sleep(seconds)
+    Path(path).write_text("written by the first job")
+    return time.time()
+
+
+def read_now(path):
+    return Path(path).read_text(), time.time()
+
+
+def test_a_job_after_another_starts_only_once_that_one_completed(ex, cluster, cluster_workdir):
+    marker = cluster_workdir / "first.txt"
+    first = ex.submit(write_later, str(marker), 5)
+    second = ex.with_resources(after=[first]).submit(read_now, str(marker))
+    assert f"#PBS -W depend=afterok:{first.job_id}\n#SBATCH --kill-on-invalid-dep=yes\n" in second.script
+    # while the first runs, the second waits for it (the wrapper's qsub handed the dependency to Slurm)
+    deadline = time.time() + WAIT
+    while qstat_state(cluster, first.job_id) != "R":
+        assert time.time() < deadline, f"job {first.job_id} did not start"
+        time.sleep(0.5)
+    reason = cluster.run(["squeue", "--noheader", "--format=%T|%r", "--jobs", second.job_id], timeout=60).stdout
+    assert reason.strip() == "PENDING|Dependency", reason
+    text, read_at = second.result(timeout=WAIT)
+    assert text == "written by the first job"  # it ran after the file was written
+    assert read_at >= first.result(timeout=WAIT)
+
+
+def test_a_job_after_a_failed_one_is_removed_from_the_queue(ex, cluster):
+    failing = ex.submit(fail, "first step broke")
+    dependent = ex.with_resources(after=[failing]).submit(talk, 1)
+    with pytest.raises(ValueError, match="^first step broke$"):
+        failing.result(timeout=WAIT)
+    # the wrapper's qstat says only "C" with no exit status: the error names the likely reason
+    with pytest.raises(JobLostError, match=rf"^job {dependent.job_id} ended \(C \(exit status not reported\)\) "
+                                           rf"without writing a result; .*; it was to start after {failing.job_id}: "
+                                           "if one of those failed, it never ran$"):
+        dependent.result(timeout=WAIT)
+    assert qstat_state(cluster, dependent.job_id) == "C"
+    # Slurm cancelled it (#SBATCH --kill-on-invalid-dep=yes) instead of keeping it pending for ever
+    out = cluster.run(["squeue", "--noheader", "--states=all", "--format=%T|%r", "--jobs", dependent.job_id],
+                      timeout=60).stdout
+    assert out.strip() == "CANCELLED|DependencyNeverSatisfied", out
+    assert dependent.stdout() == ""  # it never ran

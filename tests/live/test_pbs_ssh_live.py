@@ -11,6 +11,7 @@ from the cluster side).
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -136,8 +137,17 @@ report(ids=[j.job_id for j in jobs], values=values, squares=squares, out=jobs[5]
     assert r["squares"] == [0, 1, 4, 9]
     assert r["out"] == "out 4\nout 5\n"  # both calls of task 2, in one task's log
     assert r["states"] == ["COMPLETED"] * 6
-    squeue = cluster.run(["squeue", "--noheader", "--jobs", base], check=False, timeout=60).stdout
-    assert "R " not in squeue and " PD " not in squeue, squeue
+    # every task has ended, from Slurm's side: the array's tasks and their states, exactly
+    want = {f"{base}_{t}": "COMPLETED" for t in range(3)}
+    deadline = time.time() + 60
+    while True:
+        out = cluster.run(["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T", "--jobs", base],
+                          check=False, timeout=60).stdout
+        states = dict(line.split("|", 1) for line in out.split())
+        if states == want or time.time() > deadline:  # a task may be COMPLETING for a moment after its result
+            break
+        time.sleep(1)
+    assert states == want, out
 
 
 def test_attach_from_a_new_process_over_ssh(cluster: LiveCluster) -> None:

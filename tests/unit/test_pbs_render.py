@@ -110,3 +110,48 @@ def test_a_node_file_is_written_where_the_scheduler_gave_none(tmp_path):
     out = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=30)
     assert out.returncode == 0 and not nodefile.exists()
     assert (folder / "log" / "0.err").read_text() == "nodefile=/var/spool/pbs/aux/1234.server\n"
+
+
+def _exec_line(text):
+    return [line for line in text.splitlines() if line.startswith("exec /")][-1]
+
+
+WORKER_ONCE = f"exec /opt/py/bin/python -u -m hpcbridge.worker {FOLDER}"
+
+
+@pytest.mark.parametrize("flavour", ["pbspro", "torque"])
+def test_pbs_runs_a_job_of_several_tasks_with_mpirun_unless_told_otherwise(fixed, flavour):
+    ex = Executor(site=_site(flavour), nodes=3, tasks_per_node=2)  # no launcher given
+    text = ex._render_script(FOLDER, TAG, None, square, 1)
+    assert _exec_line(text) == (
+        f"exec /opt/py/bin/python -m hpcbridge.rendezvous {FOLDER} -- mpirun -np 6 --map-by ppr:2:node "
+        f"--hostfile '{{nodefile}}' /opt/py/bin/python -u -m hpcbridge.worker {FOLDER}"
+    )
+    assert "export HPCBRIDGE_LAUNCHER=mpirun\n" in text
+    assert ex._new_submission([1], is_array=False).ranks == 6  # every rank's result is awaited
+    # launcher=None said out loud: run once, as on Slurm
+    once = ex.with_resources(launcher=None)
+    assert _exec_line(once._render_script(FOLDER, TAG, None, square, 1)) == WORKER_ONCE
+    assert once._new_submission([1], is_array=False).ranks == 1
+    # one task: nothing to launch
+    single = ex.with_resources(nodes=1, tasks_per_node=1)
+    assert _exec_line(single._render_script(FOLDER, TAG, None, square, 1)) == WORKER_ONCE
+    # ... and the unchosen default follows later changes
+    assert single.with_resources(tasks_per_node=4)._new_submission([1], is_array=False).ranks == 4
+
+
+def test_a_site_configs_default_launcher_wins_over_the_pbs_default(fixed):
+    site = _site("pbspro", defaults={"walltime": "00:10:00", "launcher": "torchrun"})
+    text = Executor(site=site, nodes=2, tasks_per_node=2)._render_script(FOLDER, TAG, None, square, 1)
+    assert " -- mpirun -np 2 --map-by ppr:1:node:PE=2 --hostfile '{nodefile}' /opt/py/bin/python -m " \
+           "torch.distributed.run --nnodes=2 --nproc-per-node=2 " in _exec_line(text)
+    once = Executor(site=site, nodes=2, tasks_per_node=2, launcher=None)
+    assert _exec_line(once._render_script(FOLDER, TAG, None, square, 1)) == WORKER_ONCE
+
+
+def test_slurm_still_runs_the_callable_once_without_a_launcher(fixed):
+    site = site_from_mapping("golden-slurm", {"scheduler": "slurm", "python": "/opt/py/bin/python",
+                                              "workdir": "/scratch/alice/hpcb"})
+    ex = Executor(site=site, nodes=3, tasks_per_node=2)
+    assert _exec_line(ex._render_script(FOLDER, TAG, None, square, 1)) == WORKER_ONCE
+    assert ex._new_submission([1], is_array=False).ranks == 1

@@ -21,5 +21,6 @@ cd / || echo "hpcbridge: could not enter the submit directory; running in $PWD" 
 set -eo pipefail
 module load gcc/12
 export OMPI_MCA_btl=self,tcp
-export HPCBRIDGE_TASK="${PBS_ARRAY_INDEX:-0}"
-exec /opt/py/bin/python -u -m hpcbridge.worker /scratch/alice/hpcb/0123456789abcdef
+export HPCBRIDGE_LAUNCHER=mpirun
+export HPCBRIDGE_BIND_GPUS=4
+exec /opt/py/bin/python -m hpcbridge.rendezvous /scratch/alice/hpcb/0123456789abcdef -- mpirun -np 8 --map-by ppr:4:node --hostfile '{nodefile}' /opt/py/bin/python -u -m hpcbridge.worker /scratch/alice/hpcb/0123456789abcdef

@@ -13,5 +13,4 @@ cd / || echo "hpcbridge: could not enter the submit directory; running in $PWD" 
 set -eo pipefail
 module load gcc/12
 export OMPI_MCA_btl=self,tcp
-export HPCBRIDGE_TASK="${PBS_ARRAY_INDEX:-0}"
 exec /opt/py/bin/python -u -m hpcbridge.worker /scratch/alice/hpcb/0123456789abcdef

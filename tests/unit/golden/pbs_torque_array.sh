@@ -19,5 +19,5 @@ cd / || echo "hpcbridge: could not enter the submit directory; running in $PWD" 
 set -eo pipefail
 module load gcc/12
 export OMPI_MCA_btl=self,tcp
-export HPCBRIDGE_TASK="${PBS_ARRAYID:-${SLURM_ARRAY_TASK_ID:-0}}"
-exec /opt/py/bin/python -u -m hpcbridge.worker /scratch/alice/hpcb/0123456789abcdef
+export HPCBRIDGE_LAUNCHER=mpirun
+exec /opt/py/bin/python -m hpcbridge.rendezvous /scratch/alice/hpcb/0123456789abcdef -- mpirun -np 2 --map-by ppr:2:node:PE=2 --hostfile '{nodefile}' /opt/py/bin/python -u -m hpcbridge.worker /scratch/alice/hpcb/0123456789abcdef
