@@ -2,8 +2,8 @@
 
 Runs on the built-in ``local`` site (no cluster needed). Give a site name to run the same code on a cluster:
 
-    python examples/quickstart.py              # this machine
-    python examples/quickstart.py mycluster    # a site-config named mycluster
+    .venv/bin/python examples/quickstart.py              # this machine (after the README's quickstart command)
+    .venv/bin/python examples/quickstart.py mycluster    # a site-config named mycluster
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import re
 import sys
 import threading
 import time
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from . import __version__
 from .errors import (
@@ -55,6 +55,18 @@ SAFE_PATH = re.compile(r"^/[A-Za-z0-9_.+,@=:/~-]*$")
 COMMAND_TIMEOUT_S = 120.0
 #: waits between attempts of a command the scheduler never received (see Scheduler.not_sent_errors)
 SUBMIT_RETRY_WAITS_S = (2.0, 5.0, 10.0)
+
+
+#: cluster-side environments (remote_env_key) that passed Backend.check_remote_env in this process
+_ENV_PASSED: Set[Tuple[str, ...]] = set()
+_ENV_LOCKS: Dict[Tuple[str, ...], threading.Lock] = {}
+_ENV_GUARD = threading.Lock()
+
+
+def remote_env_key(site: Site) -> Tuple[str, ...]:
+    """What identifies a site's cluster-side python: the site, where its commands run, and the python path."""
+    target = json.dumps(dict(site.ssh), sort_keys=True, default=str) if site.transport != "local" else ""
+    return (site.name, site.transport, target, site.python)
 
 
 def clean_env(environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
@@ -114,8 +126,6 @@ class Backend:
         self.scheduler = make_scheduler(site, self.root)
         self.poller = Poller(self)
         self.registry = Registry()
-        self._lock = threading.Lock()
-        self._checked = False
         self._root_ready = False
         self._final: List[Tuple[str, int, str]] = []
         self._final_lock = threading.Lock()
@@ -230,17 +240,21 @@ class Backend:
 
     # -- the cluster-side python ----------------------------------------------------------------------------
     def check_remote_env(self) -> None:
-        """Once per site: the cluster's python must match ours (major.minor) and have cloudpickle and hpcbridge."""
-        with self._lock:
-            if self._checked:
-                return
-            # the very interpreter running this process (not its realpath: a venv's python is a symlink to the
-            # system one, with other packages)
-            if self.site.transport == "local" and os.path.abspath(self.site.python) == sys.executable:
-                self._checked = True
+        """Once per site and process: the cluster's python must match ours (major.minor) and have cloudpickle and
+        hpcbridge. A passed check is remembered for every executor of the same site, target and python; a failed
+        one is not, so the next submission checks again (after the site was fixed)."""
+        # the very interpreter running this process (not its realpath: a venv's python is a symlink to the
+        # system one, with other packages)
+        if self.site.transport == "local" and os.path.abspath(self.site.python) == sys.executable:
+            return
+        key = remote_env_key(self.site)
+        with _ENV_GUARD:
+            lock = _ENV_LOCKS.setdefault(key, threading.Lock())
+        with lock:  # executors of one site starting together run the check once
+            if key in _ENV_PASSED:
                 return
             self._check_remote_env()
-            self._checked = True
+            _ENV_PASSED.add(key)
 
     def _check_remote_env(self) -> None:
         import cloudpickle
@@ -274,11 +288,15 @@ class Backend:
         if info["hpcbridge"] is None:
             problems.append("hpcbridge is not installed there")
         if problems:
+            wanted = f"'hpcbridge=={__version__}' 'cloudpickle=={cloudpickle.__version__}'"
+            if theirs != ours:  # no package installed into that python can help
+                remedy = f"{fix}, a Python {ours} with {wanted} installed"
+            else:
+                remedy = f"install matching versions there ({info['executable']} -m pip install {wanted}), or {fix}"
             raise RemoteEnvironmentError(
                 f"site {self.site.name!r}: the cluster-side python {info['executable']} cannot run these jobs: "
                 + "; ".join(problems)
-                + f". Fix: install matching versions there ({info['executable']} -m pip install "
-                f"'hpcbridge=={__version__}' 'cloudpickle=={cloudpickle.__version__}'), or {fix}"
+                + f". Fix: {remedy}"
             )
 
     # -- registry -----------------------------------------------------------------------------------------

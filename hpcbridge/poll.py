@@ -135,6 +135,7 @@ class Submission:
         got = self.payloads.get(task, {})
         final = self.final_at.get(task)
         status: Optional[NativeStatus] = None
+        tail: Optional[str] = None
         if len(got) < self.ranks and not _any_error(got):
             # a failed rank fails the task at once: the launchers end the other ranks (srun
             # --kill-on-bad-exit, mpirun's abort, torchrun's group teardown), which may never write a result
@@ -144,10 +145,15 @@ class Submission:
             if status.state not in _KILLED and now - since < self.backend.site.result_grace_s:
                 return False  # give every rank's result file time to show on the shared FS
             got = self._read_missing_results(task)
-            if status.state in _KILLED and len(got) < self.ranks and not _any_error(got):
-                got = {}  # the scheduler's kill is the story, not the ranks that happened to finish first
+            if len(got) < self.ranks and not _any_error(got):
+                tail = self._stderr_tail(task)
+                # a kill the scheduler reports under another state (Slurm without cgroups: a memory kill is FAILED)
+                status = self.backend.scheduler.explain_end(status, tail)
+                if status.state in _KILLED:
+                    got = {}  # the scheduler's kill is the story, not the ranks that happened to finish first
         self.resolved.add(task)
-        tail = self._stderr_tail(task)
+        if tail is None:
+            tail = self._stderr_tail(task)
         if got:
             self._resolve_from_payloads(task, got, tail)  # ranks that wrote nothing fail there
         else:

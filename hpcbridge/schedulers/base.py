@@ -127,6 +127,11 @@ class Scheduler(abc.ABC):
         """The status in :meth:`show_job_argv`'s output, or None."""
         return None
 
+    def explain_end(self, status: NativeStatus, stderr_tail: str) -> NativeStatus:
+        """The final status of a task that wrote no result, in the light of its stderr's last lines: for a kill
+        that the scheduler reports under another state. Default: the status as it is."""
+        return status
+
 
 def expand_array_id(job_id: str) -> List[str]:
     """``123_[1-3,7%2]`` -> ``['123_1', '123_2', '123_3', '123_7']``; other ids are returned as they are."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -39,6 +40,9 @@ STATES: Dict[str, JobState] = {
 }
 
 SACCT_FIELDS = "JobID,State,ExitCode,NodeList"
+#: slurmstepd's line in the job's stderr when the accounting poll (JobAcctGatherParams=OverMemoryKill, memory
+#: enforcement without cgroups) kills it: the job then ends FAILED (the step CANCELLED), not OUT_OF_MEMORY
+MEMORY_KILL = re.compile(r"exceeded memory limit \(\d+ > \d+\), being killed")
 SQUEUE_FORMAT = "%i|%T|%r|%N"
 
 
@@ -231,6 +235,12 @@ class SlurmScheduler(Scheduler):
             fields.get("Reason", ""),
             fields.get("NodeList", ""),
         )
+
+    def explain_end(self, status: NativeStatus, stderr_tail: str) -> NativeStatus:
+        """A job killed for its memory by the accounting poll: OUT_OF_MEMORY, whatever state Slurm gave it."""
+        if status.state in (JobState.FAILED, JobState.CANCELLED) and MEMORY_KILL.search(stderr_tail):
+            return dataclasses.replace(status, state=JobState.OUT_OF_MEMORY)
+        return status
 
     def cancel_argv(self, job_ids: Sequence[str]) -> List[str]:
         return ["scancel", *job_ids]

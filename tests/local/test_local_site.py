@@ -435,3 +435,40 @@ def test_a_job_cancelled_inside_a_batch_is_not_submitted(ex):
         assert b.cancel() is True
     assert b.cancelled() and (a.result(60), c.result(60)) == (4, 16)
     assert a.job_id.rsplit("_", 1)[1] == "0" and c.job_id.rsplit("_", 1)[1] == "1"
+
+
+MY_TEMPLATE = """\
+#!/bin/bash
+{% for d in directives %}
+#LOCAL {{ d }}
+{% endfor %}
+# my own template: {{ description }}
+echo "my template ran" >&2
+{% include "partials/body.sh.j2" %}
+"""
+
+
+@pytest.mark.parametrize("via", ["XDG_CONFIG_HOME", "HOME"])
+def test_a_users_template_folder_overrides_the_built_in_template(tmp_path, monkeypatch, via):
+    config = tmp_path / "config" if via == "XDG_CONFIG_HOME" else tmp_path / "home" / ".config"
+    (config / "hpcbridge" / "templates").mkdir(parents=True)
+    (config / "hpcbridge" / "templates" / "local.sh.j2").write_text(MY_TEMPLATE)
+    if via == "XDG_CONFIG_HOME":
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(config))
+    else:  # the default: ~/.config/hpcbridge/templates
+        monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+        monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    ex = Executor(site="local", folder=str(tmp_path / "jobs"))
+    script = ex.render(square, 5)
+    assert "\n# my own template: " in script and 'echo "my template ran" >&2\n' in script
+    assert "hpcbridge.worker" in script  # the built-in partial it includes
+    job = ex.submit(square, 5)
+    assert job.result(60) == 25
+    assert job.script.split("\n# my own template: ", 1)[1].startswith(f"{square.__module__}.square, 1 call\n")
+    assert job.stderr() == "my template ran\n"
+
+
+def test_without_a_users_template_the_built_in_one_is_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "empty-config"))
+    script = Executor(site="local", folder=str(tmp_path / "jobs")).render(square, 5)
+    assert "# my own template" not in script and "\n# hpcbridge " in script

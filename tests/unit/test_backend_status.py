@@ -1,5 +1,7 @@
 """Status-query decisions of the backend, with a transport that replays recorded Slurm output (pure logic)."""
 
+import pytest
+
 from hpcbridge.backend import Backend
 from hpcbridge.sites import site_from_mapping
 from hpcbridge.state import JobState
@@ -71,3 +73,109 @@ def test_an_ambiguous_submission_failure_is_not_retried(monkeypatch):
     with pytest.raises(SchedulerError, match="Socket timed out"):
         b.run_checked(["sbatch", "--parsable", "x.sh"], "submit the job")
     assert len(b.transport.calls) == 1
+
+
+# -- the cluster-side python check: once per site and process -------------------------------------------------
+
+
+def _env_answer(python=None, cloudpickle_version=None, hpcbridge_version="0.1.0", executable="/opt/py/bin/python3"):
+    import json
+    import sys
+
+    import cloudpickle
+
+    info = {
+        "python": python or ".".join(str(v) for v in sys.version_info[:3]),
+        "executable": executable,
+        "cloudpickle": cloudpickle_version if cloudpickle_version is not None else cloudpickle.__version__,
+        "hpcbridge": hpcbridge_version,
+    }
+    return (0, json.dumps(info) + "\n", "")
+
+
+@pytest.fixture
+def fresh_env_checks(monkeypatch):
+    """No verdicts from other tests of this process."""
+    import hpcbridge.backend as backend_mod
+
+    monkeypatch.setattr(backend_mod, "_ENV_PASSED", set())
+
+
+def env_backend(answer, name="rec", python="/opt/py/bin/python3", ssh=None):
+    data = {"scheduler": "slurm", "workdir": "/w", "python": python}
+    if ssh is not None:
+        data.update(transport="ssh", ssh=ssh)
+    b = Backend(site_from_mapping(name, data)) if ssh is None else _ssh_backend(name, data)
+    b.transport = Replay({python: answer})
+    return b
+
+
+def _ssh_backend(name, data):
+    # a Backend without connecting: only its site (the key of the verdict) and the replayed transport matter
+    b = Backend.__new__(Backend)
+    b.site = site_from_mapping(name, data)
+    return b
+
+
+def test_a_second_executor_for_the_same_site_does_not_check_again(fresh_env_checks):
+    first = env_backend(_env_answer())
+    first.check_remote_env()
+    second = env_backend(_env_answer())
+    second.check_remote_env()
+    second.check_remote_env()
+    assert [c[0] for c in first.transport.calls] == ["/opt/py/bin/python3"]
+    assert second.transport.calls == []  # the verdict is the process's, not the executor's
+
+
+def test_another_python_target_or_site_is_checked_on_its_own(fresh_env_checks):
+    env_backend(_env_answer()).check_remote_env()
+    other_python = env_backend(_env_answer(), python="/opt/other/bin/python3")
+    other_python.check_remote_env()
+    other_site = env_backend(_env_answer(), name="rec2")
+    other_site.check_remote_env()
+    over_ssh = env_backend(_env_answer(), ssh={"host": "login1"})
+    over_ssh.check_remote_env()
+    other_host = env_backend(_env_answer(), ssh={"host": "login2"})
+    other_host.check_remote_env()
+    for b in (other_python, other_site, over_ssh, other_host):
+        assert len(b.transport.calls) == 1
+
+
+def test_a_failed_check_is_not_remembered_so_a_fixed_site_passes(fresh_env_checks):
+    from hpcbridge.errors import RemoteEnvironmentError
+
+    broken = env_backend(_env_answer(hpcbridge_version=None))
+    for _ in range(2):  # each submission checks again while the site is broken
+        with pytest.raises(RemoteEnvironmentError, match="hpcbridge is not installed there"):
+            broken.check_remote_env()
+    assert len(broken.transport.calls) == 2
+    fixed = env_backend(_env_answer())  # someone installed hpcbridge there
+    fixed.check_remote_env()
+    again = env_backend(_env_answer(hpcbridge_version=None))
+    again.check_remote_env()  # passed once: not asked again in this process
+    assert (len(fixed.transport.calls), len(again.transport.calls)) == (1, 0)
+
+
+def test_a_python_of_another_minor_version_names_both_versions_and_the_fix(fresh_env_checks):
+    """The Python major.minor branch, with a recorded answer: it cannot be made real on the live cluster, whose
+    only CPython usable by the cluster users is Debian bookworm's /usr/bin/python3.11 (pyenv's other versions on
+    this machine live under /root, out of their reach). The cloudpickle branch is live
+    (test_core_live.py::test_an_incompatible_cloudpickle_on_the_cluster)."""
+    import sys
+
+    import cloudpickle
+
+    from hpcbridge import __version__
+    from hpcbridge.errors import RemoteEnvironmentError
+
+    minor = sys.version_info[1]
+    b = env_backend(_env_answer(python=f"3.{minor - 1}.9", executable="/usr/bin/python3"), python="/usr/bin/python3")
+    with pytest.raises(RemoteEnvironmentError) as info:
+        b.check_remote_env()
+    here = sys.version.split()[0]
+    assert str(info.value) == (
+        f"site 'rec': the cluster-side python /usr/bin/python3 cannot run these jobs: Python 3.{minor - 1}.9 there, "
+        f"{here} here (major.minor must match). Fix: set `python = \"/path/to/python3.{minor}\"` in the site-config "
+        f"of 'rec', a Python 3.{minor} with 'hpcbridge=={__version__}' 'cloudpickle=={cloudpickle.__version__}' "
+        "installed"
+    )

@@ -16,7 +16,8 @@ GRACE_S = 3.0  # the site's result_grace_s
 class FakeBackend:
     def __init__(self):
         self.site = types.SimpleNamespace(name="fake", result_grace_s=GRACE_S)
-        self.scheduler = types.SimpleNamespace(task_id=lambda job_id, task, is_array: job_id)
+        self.scheduler = types.SimpleNamespace(task_id=lambda job_id, task, is_array: job_id,
+                                               explain_end=lambda status, tail: status)
         self.transport = types.SimpleNamespace(read_tail=lambda path, n: b"")
         self.poller = types.SimpleNamespace(lock=None)
         self.finals = []

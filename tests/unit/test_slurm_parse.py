@@ -1,6 +1,6 @@
 """Parsers of Slurm's output, on output recorded from Slurm 22.05 (sacct --parsable2, squeue, scontrol)."""
 
-from hpcbridge.schedulers.base import expand_array_id
+from hpcbridge.schedulers.base import NativeStatus, expand_array_id
 from hpcbridge.schedulers.slurm import SlurmScheduler, normalise, walltime_arg
 from hpcbridge.state import JobState
 
@@ -86,3 +86,19 @@ def test_expand_array_ids():
 def test_walltime_argument():
     assert walltime_arg(5400) == "01:30:00"
     assert walltime_arg(93784) == "1-02:03:04"
+
+
+def test_a_memory_kill_by_the_accounting_poll_is_out_of_memory():
+    # the job's stderr as slurmstepd left it on the test cluster (JobAcctGatherParams=OverMemoryKill)
+    tail = (
+        "slurmstepd-node1: error: StepId=606.batch exceeded memory limit (432996352 > 104857600), being killed\n"
+        "slurmstepd-node1: error: Exceeded job memory limit\n"
+        "slurmstepd-node1: error: *** JOB 606 ON node1 CANCELLED AT 2026-12-01T07:59:54 ***\n"
+    )
+    s = SlurmScheduler()
+    failed = NativeStatus("606", JobState.FAILED, "FAILED", 0, "", "node1")
+    assert s.explain_end(failed, tail).state == JobState.OUT_OF_MEMORY
+    assert s.explain_end(failed, tail).native == "FAILED"  # what Slurm said stays visible
+    assert s.explain_end(failed, "Traceback ...\nMemoryError\n") is failed  # the job's own failure
+    timeout = NativeStatus("607", JobState.TIMEOUT, "TIMEOUT", 0, "", "node1")
+    assert s.explain_end(timeout, tail) is timeout

@@ -1,0 +1,119 @@
+"""More of the core API on the live cluster (site "testcluster"): an unpicklable function, Job.exception(), attach()
+after the submitting process exited, and Executor.map itself with 200 calls."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from hpcbridge import Executor, JobState, attach
+from hpcbridge.errors import SerializationError
+
+NODES = {"node1", "node2", "node3"}
+
+
+@pytest.fixture
+def ex(cluster, cluster_workdir):
+    return Executor(site="testcluster", folder=str(cluster_workdir / "jobs"))
+
+
+def square(x):
+    return x * x
+
+
+def fail(msg):
+    raise ValueError(msg)
+
+
+def squeue_ids(cluster):
+    out = cluster.run(["squeue", "--me", "--noheader", "--array", "--format=%i"], timeout=30).stdout
+    return set(out.split())
+
+
+def sacct_states(cluster, array_id, count, timeout=120):
+    """The states of the array's ``count`` tasks once accounting has them all in a final state."""
+    deadline = time.time() + timeout
+    while True:
+        since = f"now-{int(time.time() - cluster.started) + 120}"
+        out = cluster.run(["sacct", "-n", "-X", "-P", "-S", since, "-j", array_id, "-o", "JobID,State"],
+                          timeout=60).stdout
+        rows = dict(line.split("|", 1) for line in out.split())
+        if len(rows) == count and not {"RUNNING", "PENDING"} & set(rows.values()):
+            return rows
+        assert time.time() < deadline, f"sacct shows {len(rows)} of {count} tasks: {rows}"
+        time.sleep(1)
+
+
+def test_an_unpicklable_function_is_refused_before_anything_is_submitted(ex, cluster, cluster_workdir):
+    before = squeue_ids(cluster)
+    lock = threading.Lock()
+    with pytest.raises(SerializationError, match=r"^cannot pickle the function .*<lambda>: TypeError: cannot pickle "
+                                                 r"'_thread.lock' object\. Pass only picklable values"):
+        ex.submit(lambda x: (lock, x), 1)
+    numbers = (i for i in range(3))
+    with pytest.raises(SerializationError, match=r"^cannot pickle the function .*<lambda> in call 0 of the map: "
+                                                 r"TypeError: cannot pickle 'generator' object"):
+        ex.map(lambda x: next(numbers) + x, range(3))
+    assert squeue_ids(cluster) - before == set()  # nothing submitted
+    jobs_dir = cluster_workdir / "jobs"
+    assert not jobs_dir.exists() or os.listdir(jobs_dir) == []  # and no folder left
+
+
+def test_job_exception_returns_the_remote_exception_or_none(ex):
+    with ex.batch():  # one array job of two tasks
+        ok = ex.submit(square, 7)
+        bad = ex.submit(fail, "bad value 13")
+    assert ok.exception(timeout=180) is None and ok.result() == 49
+    exc = bad.exception(timeout=180)
+    assert type(exc) is ValueError and str(exc) == "bad value 13"
+    assert f"Remote traceback (job {bad.job_id}, host node" in str(exc.__cause__) and "in fail" in str(exc.__cause__)
+    assert bad.state == JobState.FAILED
+    with pytest.raises(concurrent.futures.TimeoutError):  # exception(timeout) on a job still running times out
+        ex.submit(time.sleep, 60).exception(timeout=0.5)
+
+
+def test_attach_after_the_submitting_process_exited(cluster, cluster_workdir):
+    """The submitting Python process exits right after ``submit``; this one attaches by job id (the registry)
+    and gets the result, computed after the submitter was gone."""
+    marker = cluster_workdir / "go"
+    submitter = textwrap.dedent(f"""
+        import hpcbridge
+
+        def wait_then_answer(path):
+            import os, socket, time
+            while not os.path.exists(path):
+                time.sleep(0.2)
+            return {{"answer": 42, "host": socket.gethostname()}}
+
+        ex = hpcbridge.Executor(site="testcluster", folder={str(cluster_workdir / "jobs")!r})
+        print(ex.submit(wait_then_answer, {str(marker)!r}).job_id)
+    """)
+    p = subprocess.run([sys.executable, "-c", submitter], capture_output=True, text=True, timeout=180,
+                       env=os.environ)  # the same registry (HPCBRIDGE_HOME)
+    assert p.returncode == 0, p.stderr
+    job_id = p.stdout.strip()
+    assert job_id.isdigit()
+    job = attach(job_id, site="testcluster")  # the submitter has exited (subprocess.run waited for it)
+    assert job.job_id == job_id and not job.done()
+    assert job.script.startswith("#!/bin/bash\n") and "__main__.wait_then_answer, 1 call" in job.script
+    marker.write_text("")
+    out = job.result(timeout=300)
+    assert out["answer"] == 42 and out["host"] in NODES
+    assert job.state == JobState.COMPLETED
+
+
+def test_executor_map_of_200_calls_is_one_array_job(ex, cluster):
+    results = ex.map(square, range(200), timeout=600)
+    assert len(ex._submissions) == 1  # submitted at once, as one array job of 200 tasks
+    sub = ex._submissions[0]
+    assert sub.is_array and sub.chunks == [1] * 200
+    assert list(results) == [i * i for i in range(200)]
+    assert ex._backend.poller.queries <= 20  # one batched sacct per tick, with back-off
+    assert set(sacct_states(cluster, sub.job_id, 200).values()) == {"COMPLETED"}
