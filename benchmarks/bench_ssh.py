@@ -14,10 +14,13 @@ Measures (targets from issue 5 in brackets):
 2. SSH round trips (exec channels + SFTP requests) to stage and submit a 1000-call map [<= 5 for staging], and
    for ``write_files`` / ``read_files`` of 1000 small files; the jobs are submitted held (``--hold``) and cancelled
    at once, so nothing runs;
-3. 64 MB upload and download vs ``scp`` [>= 80 %], scp both alone (with its handshake, as users run it) and through
-   a ControlMaster (the transfer only): hpcbridge's ``upload`` (SFTP, pipelined), ``download`` (one exec channel
-   streaming ``cat``) and the tar streams of write_files/read_files; paramiko's SFTP ``getfo`` with prefetch for
-   reference.
+3. the round trips to collect the results of a real 1000-call map (``map_jobs`` bundled into 6 tasks of ~167
+   calls, one per CPU slot), from the submission to the last result, split into result-folder listings,
+   result reads and status queries (they follow the wall time: one listing per poll tick, not one per call);
+4. 64 MB upload and download vs ``scp`` [>= 80 %], scp both alone (with its handshake, as users run it) and through
+   a ControlMaster (the transfer only): hpcbridge's ``upload`` and ``download`` (one exec channel streaming
+   ``cat`` each way) and the tar streams of write_files/read_files; paramiko's SFTP ``putfo`` (pipelined) and
+   ``getfo`` (prefetch) for reference.
 
 Loopback on a shared 2-core machine is CPU-bound: compare the ratios, not the absolute numbers.
 """
@@ -103,6 +106,48 @@ def round_trips(site_name: str, folder: str) -> Dict[str, int]:
     return out
 
 
+def _square(x: int) -> int:
+    return x * x
+
+
+def collect_round_trips(site_name: str, folder: str, ncalls: int = 1000, chunksize: int = 167) -> Dict[str, float]:
+    """Round trips from the submission of a real ``ncalls``-call map to its last result, by kind."""
+    ex = Executor(site=load_site(site_name), folder=folder, walltime="00:05:00")
+    backend = ex._backend
+    t = backend.transport
+    stats = t.stats  # type: ignore[attr-defined]
+    ex.submit(abs, -1).result(timeout=300)  # connected, cluster python checked, job root made
+    kinds = {"listdir": 0, "read_files": 0, "status query": 0}
+
+    def counted(kind: str, fn: Callable[..., object]) -> Callable[..., object]:
+        def call(*args: object, **kw: object) -> object:
+            kinds[kind] += 1
+            return fn(*args, **kw)
+
+        return call
+
+    t.listdir = counted("listdir", t.listdir)  # type: ignore[method-assign]
+    t.read_files = counted("read_files", t.read_files)  # type: ignore[method-assign]
+    backend.query_status = counted("status query", backend.query_status)  # type: ignore[method-assign]
+    mark: Dict[str, int] = {}
+    add = backend.poller.add
+
+    def watched(sub: object) -> None:  # the submission is in: from here on every round trip is collection
+        mark["submitted"] = stats.round_trips
+        add(sub)  # type: ignore[arg-type]
+
+    backend.poller.add = watched  # type: ignore[method-assign]
+    t0 = time.perf_counter()
+    jobs = ex.map_jobs(_square, range(ncalls), chunksize=chunksize)
+    values = [j.result(timeout=600) for j in jobs]
+    wall = time.perf_counter() - t0
+    assert values == [x * x for x in range(ncalls)]
+    total = stats.round_trips - mark["submitted"]
+    return {"calls": ncalls, "tasks": len({j.job_id for j in jobs}), "wall s": round(wall, 1),
+            "round trips to collect all results": total, **kinds,
+            "other (per-task commands)": total - sum(kinds.values())}
+
+
 def throughput(t: SSHTransport, folder: str, size_mb: int, rounds: int) -> Dict[str, float]:
     local = tempfile.mkdtemp(prefix="bench-ssh-")
     src = os.path.join(local, "blob")
@@ -132,8 +177,9 @@ def throughput(t: SSHTransport, folder: str, size_mb: int, rounds: int) -> Dict[
     out = {
         "scp upload": best(lambda: scp(src, f"{HOST}:{remote}")),
         "scp (ControlMaster) upload": best(lambda: scp(src, f"{HOST}:{remote}", *cm)),
-        "hpcbridge upload (SFTP, pipelined)": best(lambda: t.upload(src, remote)),
+        "hpcbridge upload (exec channel stream)": best(lambda: t.upload(src, remote)),
         "hpcbridge write_files (tar stream)": best(lambda: t.write_files({remote: data})),
+        "(paramiko SFTP putfo, pipelined)": best(lambda: sftp_put(t, src, remote)),
         "scp download": best(lambda: scp(f"{HOST}:{remote}", dst)),
         "scp (ControlMaster) download": best(lambda: scp(f"{HOST}:{remote}", dst, *cm)),
         "hpcbridge download (exec channel stream)": best(lambda: t.download(remote, dst)),
@@ -143,6 +189,14 @@ def throughput(t: SSHTransport, folder: str, size_mb: int, rounds: int) -> Dict[
     assert open(dst, "rb").read() == data
     subprocess.run(["ssh", "-o", f"ControlPath={control}", "-O", "exit", HOST], capture_output=True, timeout=30)
     return out
+
+
+def sftp_put(t: SSHTransport, local: str, remote: str) -> None:
+    def put(sftp: object) -> None:
+        with open(local, "rb") as fh:
+            sftp.putfo(fh, remote, confirm=False)  # type: ignore[attr-defined]
+
+    t.conn.with_sftp(put, "upload")
 
 
 def sftp_get(t: SSHTransport, remote: str, local: str) -> None:
@@ -169,6 +223,7 @@ def main() -> int:
     try:
         lat = latency(t, args.n)
         trips = round_trips(args.site, folder)
+        collect = collect_round_trips(args.site, folder + "/collect")
         thr = throughput(t, folder + "/big", args.size_mb, args.rounds)
     finally:
         t.remove_tree(folder)
@@ -179,11 +234,16 @@ def main() -> int:
     print("\nSSH round trips (exec channels + SFTP requests)")
     for k, n in trips.items():
         print(f"  {k:<62} {n:4d}")
+    print(f"\nround trips to collect the results of a real {collect['calls']}-call map "
+          f"({collect['tasks']} bundled tasks, {collect['wall s']} s from submission to the last result)")
+    for k, v in collect.items():
+        if k not in ("calls", "tasks", "wall s"):
+            print(f"  {k:<62} {v:4d}")
     cipher = t.conn.transport().local_cipher
     print(f"\n{args.size_mb} MB transfers (best of {args.rounds}; paramiko negotiated {cipher})")
     for k, v in thr.items():
         print(f"  {k:<45} {v:8.1f} MB/s")
-    up, down = thr["hpcbridge upload (SFTP, pipelined)"], thr["hpcbridge download (exec channel stream)"]
+    up, down = thr["hpcbridge upload (exec channel stream)"], thr["hpcbridge download (exec channel stream)"]
     for what, ours, tar in (("upload", up, thr["hpcbridge write_files (tar stream)"]),
                             ("download", down, thr["hpcbridge read_files (tar stream)"])):
         scp_new, scp_cm = thr[f"scp {what}"], thr[f"scp (ControlMaster) {what}"]
@@ -191,7 +251,8 @@ def main() -> int:
               f"tar stream {tar / scp_new:.0%} ({tar / scp_cm:.0%})")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"latency_ms": lat, "round_trips": trips, "throughput_mb_s": thr}, fh, indent=1)
+            json.dump({"latency_ms": lat, "round_trips": trips, "collect": collect, "throughput_mb_s": thr}, fh,
+                      indent=1)
     return 0
 
 

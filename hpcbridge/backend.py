@@ -32,8 +32,36 @@ log = logging.getLogger("hpcbridge")
 #: inside a job; srun/sbatch read SLURM_* as input and would inherit the parent's layout).
 SCRUB_PREFIXES = ("SLURM_", "SRUN_", "SALLOC_", "PBS_", "PMI_", "PMIX_", "OMPI_COMM_WORLD_")
 SCRUB_NAMES = ("HPCBRIDGE_TASK", "HPCBRIDGE_RANK")
-#: after a drop during a submission: when to look for the job by its tag (s, cumulative ~10 s)
-FIND_BY_TAG_WAITS_S = (0.0, 1.0, 2.0, 3.0, 4.0)
+#: after a drop or a timeout during a submission: when to look again for its record and for the job by its tag
+#: (s, cumulative ~3 min: longer than a submit command may run, COMMAND_TIMEOUT_S, so a slow one finishes)
+FIND_BY_TAG_WAITS_S = (0.0, 1.0, 2.0, 3.0, 4.0) + (5.0,) * 34
+
+#: The submit command runs under this constant script, arguments ``MARKER COMMAND...`` (argv-safe: nothing is
+#: re-parsed). It first creates MARKER with O_EXCL (``set -C``): after a drop, no marker proves the command never
+#: started, so sending it again is safe, and of a late original and its retry only the first to create the marker
+#: runs. The command's stdout, stderr and exit code are kept next to it (MARKER.out, .err, .rc: the rc file last,
+#: renamed into place), so its outcome survives a reply lost with the connection.
+SUBMIT_ONCE = (
+    'm=$1; shift; '
+    'command -v -- "$1" >/dev/null 2>&1 || { '
+    'printf "hpcbridge: submit command not found: %s\\n" "$1" >&2; exit 127; }; '
+    '(set -C; : >"$m") 2>/dev/null || { '
+    '[ -e "$m" ] && { printf "hpcbridge: %s exists: this submission was started before\\n" "$m" >&2; exit 86; }; '
+    'printf "hpcbridge: cannot create %s\\n" "$m" >&2; exit 125; }; '
+    '"$@" >"$m.out" 2>"$m.err"; rc=$?; '
+    'printf "%s\\n" "$rc" >"$m.rc.tmp" && mv -f -- "$m.rc.tmp" "$m.rc"; '
+    'cat -- "$m.out"; cat -- "$m.err" >&2; exit "$rc"'
+)
+#: SUBMIT_ONCE's exit code when its marker exists (the command is not run), and its messages
+ALREADY_STARTED = 86
+_ALREADY = "this submission was started before"
+_NOT_FOUND = "hpcbridge: submit command not found: "
+
+
+def submit_once_argv(marker: str, argv: Sequence[str]) -> List[str]:
+    """``argv`` run at most once per ``marker`` (see :data:`SUBMIT_ONCE`)."""
+    return ["/bin/sh", "-c", SUBMIT_ONCE, "hpcbridge-submit", marker, *argv]
+
 
 _CHECK = (
     "import json, sys\n"
@@ -135,21 +163,35 @@ class Backend:
         env = clean_env() if self.site.transport == "local" else None
         return self.transport.run(argv, env=env, timeout=COMMAND_TIMEOUT_S if timeout is None else timeout)
 
-    def run_checked(self, argv: Sequence[str], what: str, tag: Optional[str] = None) -> Completed:
+    def run_checked(
+        self, argv: Sequence[str], what: str, tag: Optional[str] = None, marker: Optional[str] = None
+    ) -> Completed:
         """Run ``argv``; a non-zero exit raises :class:`SchedulerError`.
 
         ``tag``: ``argv`` submits the job tagged ``hpcbridge:TAG``. If the connection drops after it was sent, or
-        the command hangs past COMMAND_TIMEOUT_S (either way the outcome is unknown), the job is looked up by its
-        tag instead of being submitted a second time.
+        the command hangs past COMMAND_TIMEOUT_S (either way the outcome is unknown), it is never simply sent again.
+        ``marker`` (a path in the job's folder): the command runs under :data:`SUBMIT_ONCE`, and the marker tells
+        whether it started; it is sent again only when it provably did not (:meth:`_find_submitted`). Without a
+        marker the job is only looked up by its tag.
         """
         not_sent = self.scheduler.not_sent_errors
-        for wait in (*SUBMIT_RETRY_WAITS_S, None):
+        for attempt, wait in enumerate((*SUBMIT_RETRY_WAITS_S, None)):
+            # an attempt after one that the scheduler never received gets its own marker (that one is used up)
+            once = None if marker is None or tag is None else marker if attempt == 0 else f"{marker}.{attempt}"
             try:
-                out = self.run(argv)
+                out = self.run(argv if once is None else submit_once_argv(once, argv))
             except (ConnectionLostError, CommandTimeoutError) as exc:
-                if tag is None or not exc.maybe_ran or self.scheduler.find_by_tag_argv(tag) is None:
+                if tag is None or not exc.maybe_ran:
                     raise
-                out = self._find_submitted(argv, tag, exc)
+                if once is not None:
+                    out = self._find_submitted(argv, tag, once, exc)
+                elif self.scheduler.find_by_tag_argv(tag) is not None:
+                    out = self._find_by_tag(argv, tag, exc)
+                else:
+                    raise
+            else:
+                if once is not None and tag is not None:
+                    out = self._unwrap(argv, tag, once, out)
             # the controller could not even be reached (it restarts, or is overloaded): nothing was submitted,
             # so trying again is safe
             if wait is None or out.returncode == 0 or not any(e in out.stderr for e in not_sent):
@@ -166,37 +208,101 @@ class Backend:
             )
         return out
 
-    def _find_submitted(self, argv: Sequence[str], tag: str, lost: TransportError) -> Completed:
-        """After a drop or a timeout during a submission: the job's id if it exists (found by its tag), else
-        submit it again."""
+    def _unwrap(self, argv: Sequence[str], tag: str, marker: str, out: Completed) -> Completed:
+        """What :data:`SUBMIT_ONCE` returned, as if ``argv`` had run by itself."""
+        if out.returncode == 127 and out.stderr.startswith(_NOT_FOUND):
+            raise TransportError(
+                f"command not found on the cluster side of site {self.site.name!r}: {argv[0]!r} (is it installed "
+                "and on the PATH of non-interactive logins there?)"
+            )
+        if out.returncode == ALREADY_STARTED and _ALREADY in out.stderr:  # started by someone else: find its job
+            return self._find_submitted(argv, tag, marker, ConnectionLostError(out.stderr.strip(), maybe_ran=True))
+        return Completed(list(argv), out.returncode, out.stdout, out.stderr)
+
+    def _find_submitted(self, argv: Sequence[str], tag: str, marker: str, lost: TransportError) -> Completed:
+        """After a drop or a timeout during a submission run under ``marker``: its outcome, never a second job.
+
+        Each look reads the marker's record (one round trip): the recorded result if the command finished; if
+        there is no marker the command never started, so it is sent again (safe: the marker lets only one copy
+        run); if it started and has not finished (or was killed before recording), the job is looked for by its
+        tag. After FIND_BY_TAG_WAITS_S (~3 min) without an answer the error says where the job would show, and
+        the folder is kept.
+        """
+        sched = self.scheduler
+        find = sched.find_by_tag_argv(tag)
+        record = [marker, f"{marker}.rc", f"{marker}.out", f"{marker}.err"]
+        note = ""
+        for wait in FIND_BY_TAG_WAITS_S:
+            time.sleep(wait)
+            try:
+                files = self.transport.read_files(record)
+            except TransportError as exc:
+                raise self._unknown(lost, tag, f"its record {marker} could not be read: {exc}") from exc
+            if record[1] in files:
+                text = {k: v.decode("utf-8", "replace") for k, v in files.items()}
+                try:
+                    code = int(text[record[1]].strip())
+                except ValueError:
+                    code = 1
+                log.warning("hpcbridge: the submission was interrupted (%s); its command had finished on the "
+                            "cluster side (exit code %s, recorded in %s): not submitted again", lost, code, marker)
+                return Completed(list(argv), code, text.get(record[2], ""), text.get(record[3], ""))
+            if marker not in files:
+                log.warning("hpcbridge: the submission was interrupted (%s) and %s does not exist, so the command "
+                            "never started: submitting it again", lost, marker)
+                try:
+                    out = self.run(submit_once_argv(marker, argv))
+                except (ConnectionLostError, CommandTimeoutError) as exc:
+                    if not exc.maybe_ran:
+                        raise
+                    lost = exc
+                    continue
+                if out.returncode == ALREADY_STARTED and _ALREADY in out.stderr:
+                    continue  # the original started in the meantime: wait for its record
+                return self._unwrap(argv, tag, marker, out)
+            if find is not None:  # started, not finished (or killed before recording): is its job there?
+                try:
+                    found = self.run(find, timeout=60)
+                    job_id = sched.parse_find_by_tag(found.stdout, tag) if found.returncode == 0 else None
+                except TransportError as exc:  # the record may still come
+                    note, job_id = f"; the last lookup by tag failed: {exc}", None
+                if job_id:
+                    log.warning("hpcbridge: the submission was interrupted (%s); job %s was found by its tag "
+                                "hpcbridge:%s (not submitted again)", lost, job_id, tag)
+                    return Completed(list(argv), 0, f"{job_id}\n", "")
+        waited = sum(FIND_BY_TAG_WAITS_S)
+        raise self._unknown(
+            lost, tag, f"the command started ({marker} exists) but neither finished nor shows a job after "
+            f"{waited:g} s, and it is not submitted again{note}"
+        )
+
+    def _find_by_tag(self, argv: Sequence[str], tag: str, lost: TransportError) -> Completed:
+        """After a drop or a timeout during a submission run without a marker: the job if its tag shows within
+        a few looks, else the error stands (never submitted again: whether it ran cannot be told)."""
         sched = self.scheduler
         find = sched.find_by_tag_argv(tag)
         assert find is not None  # run_checked asked
-        for wait in FIND_BY_TAG_WAITS_S:  # an sbatch still running on the login node gets a few seconds to finish
+        for wait in FIND_BY_TAG_WAITS_S[:5]:
             time.sleep(wait)
             try:
                 found = self.run(find, timeout=60)
             except TransportError as exc:
-                message = f"{lost} (site {self.site.name!r}; the job, if submitted, {sched.find_by_tag_hint(tag)})"
-                if isinstance(lost, CommandTimeoutError):
-                    raise CommandTimeoutError(message) from exc
-                raise ConnectionLostError(message, maybe_ran=True) from exc
+                raise self._unknown(lost, tag, "") from exc
             job_id = sched.parse_find_by_tag(found.stdout, tag) if found.returncode == 0 else None
             if job_id:
                 log.warning("hpcbridge: the submission was interrupted (%s); job %s was found by its tag "
                             "hpcbridge:%s (not submitted again)", lost, job_id, tag)
                 return Completed(list(argv), 0, f"{job_id}\n", "")
+        raise self._unknown(lost, tag, f"no job carries the tag hpcbridge:{tag} yet, and it is not submitted again "
+                                       "in case the command still does")
+
+    def _unknown(self, lost: TransportError, tag: str, why: str) -> TransportError:
+        """The error when a submission's outcome stays unknown (``maybe_ran``: the caller keeps the folder)."""
+        hint = f"the job, if submitted, {self.scheduler.find_by_tag_hint(tag)}"
+        message = f"{lost}{'; ' + why if why else ''} (site {self.site.name!r}; {hint})"
         if isinstance(lost, CommandTimeoutError):
-            # a command that hung (a stalled filesystem, an overloaded login node) may still submit minutes later:
-            # never send it a second time; the folder is kept and the user told where the job would show
-            raise CommandTimeoutError(
-                f"{lost}; no job carries the tag hpcbridge:{tag} yet, and it is not submitted again in case the hung "
-                f"command still does (site {self.site.name!r}; the job, if submitted, {sched.find_by_tag_hint(tag)})"
-            )
-        # a dropped connection: the command had time to reach the scheduler; not there, so it never ran
-        log.warning("hpcbridge: the submission was interrupted (%s) and no job carries the tag hpcbridge:%s; "
-                    "submitting it again", lost, tag)
-        return self.run(argv)
+            return CommandTimeoutError(message)
+        return ConnectionLostError(message, maybe_ran=True)
 
     def query_status(
         self, job_ids: Sequence[str], since: float, _again: bool = False
@@ -227,9 +333,13 @@ class Backend:
         argv = self.scheduler.show_job_argv(task_id)
         if argv is None:
             return None
-        out = self.run(argv, timeout=30)
-        if out.returncode != 0:
+        try:
+            out = self.run(argv, timeout=30)
+        except TransportError as exc:
+            log.warning("hpcbridge: %s failed, will retry: %s", argv[0], exc)
             return None
+        if out.returncode != 0:
+            return self.scheduler.show_job_failed(task_id, out.returncode, out.stderr)
         return self.scheduler.parse_show_job(task_id, out.stdout)
 
     # -- folders ------------------------------------------------------------------------------------------

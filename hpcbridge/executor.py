@@ -273,7 +273,8 @@ class Executor(concurrent.futures.Executor):
             sub.submit_time = time.time()
             submitting = True
             out = backend.run_checked(
-                backend.scheduler.submit_argv(f"{sub.folder}/script.sh"), "submit the job", tag=sub.tag
+                backend.scheduler.submit_argv(f"{sub.folder}/script.sh"), "submit the job", tag=sub.tag,
+                marker=f"{sub.folder}/submitted",  # exactly once, even across a dropped connection
             )
             sub.job_id = backend.scheduler.parse_submit(out.stdout)
         except BaseException as exc:

@@ -19,6 +19,10 @@ BASTION_ADDR=10.77.0.6
 BASTION_CLIENT_ADDR=10.79.0.1
 CLIENT_BASTION_ADDR=10.79.0.2
 NOISY_PORT=2222
+# ... and a second sshd on the login node (its own PAM service, UsePAM yes) that wants a key AND a keyboard-interactive
+# answer (AuthenticationMethods publickey,keyboard-interactive; PAM asks the user's password), for the MFA prompt test
+MFA_PORT=2223
+MFA_PAM_SERVICE=sshd-mfa-test
 SSH_TEST_PASSPHRASE=hpcbridge-test-passphrase
 NODES=(node1 node2 node3)
 declare -A NODE_ADDR=([node1]=10.77.0.11 [node2]=10.77.0.12 [node3]=10.77.0.13)

@@ -8,7 +8,9 @@ cluster shows (sacct, as the same user, from the cluster side).
 Fixtures on the cluster (tests/cluster/up, docs/ssh.md): ``testcluster-login`` (port 22, quiet), ``testcluster-
 login-noisy`` (port 2222: ~/.bashrc prints on stdout and stderr, MaxSessions 10, an sbatch that sleeps while
 ~/.hpcbridge-test-slow-sbatch exists), ``testcluster-bastion`` and ``testcluster-login-via-bastion`` (ProxyJump to
-the login node's cluster address), ``~/.ssh/id_ed25519_enc`` (an encrypted key), ``tests/cluster/ctl ssh-cut PORT``.
+the login node's cluster address), ``~/.ssh/id_ed25519_enc`` (an encrypted key), ``testcluster-login-mfa`` (port
+2223: the key, then a keyboard-interactive password from PAM, kept in ~/.hpcbridge-test-mfa-password),
+``tests/cluster/ctl ssh-cut PORT``. The ssh-agent test starts its own agent.
 """
 
 from __future__ import annotations
@@ -53,6 +55,50 @@ def error(fn):
     except Exception as exc:
         return [type(exc).__name__, str(exc)]
     return None
+
+def secrets_in(roots, secret):
+    """Where ``secret`` (str) is kept in the objects reachable from ``roots`` (attributes, containers, closures,
+    bound methods, weak references, BytesIO buffers such as paramiko's Messages; not modules or classes)."""
+    import collections, io, types, weakref
+    want, found, seen = secret.encode(), [], set()
+    todo = collections.deque((r, name) for name, r in roots.items())
+    while todo and len(seen) < 2_000_000:
+        obj, path = todo.popleft()
+        if id(obj) in seen or isinstance(obj, (types.ModuleType, type, int, float, bool, type(None))):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, str):
+            if secret in obj:
+                found.append(path)
+            continue
+        if isinstance(obj, (bytes, bytearray, memoryview)):
+            if want in bytes(obj):
+                found.append(path)
+            continue
+        if isinstance(obj, io.BytesIO):
+            if want in obj.getvalue():
+                found.append(path)
+        if isinstance(obj, dict):
+            todo.extend((v, f"{path}[{k!r}]") for k, v in list(obj.items()))
+            todo.extend((k, f"{path}.<key>") for k in list(obj))
+        elif isinstance(obj, (list, tuple, set, frozenset, collections.deque)):
+            todo.extend((v, f"{path}[{i}]") for i, v in enumerate(list(obj)))
+        if isinstance(obj, weakref.ref):
+            todo.append((obj(), f"{path}()"))
+        if isinstance(obj, types.MethodType):
+            todo.append((obj.__self__, f"{path}.__self__"))
+            obj = obj.__func__
+        if isinstance(obj, types.FunctionType):
+            cells = [c.cell_contents for c in (obj.__closure__ or ()) if c.cell_contents is not None]
+            todo.extend((v, f"{path}.<closure>") for v in cells + list(obj.__defaults__ or ()))
+            continue
+        for name in getattr(obj, "__dict__", {}) or {}:
+            todo.append((getattr(obj, name, None), f"{path}.{name}"))
+        for cls in type(obj).__mro__:
+            for name in getattr(cls, "__slots__", ()):
+                if isinstance(name, str) and hasattr(obj, name):
+                    todo.append((getattr(obj, name), f"{path}.{name}"))
+    return found
 '''
 
 
@@ -248,7 +294,8 @@ report(ok=values == [x * x for x in range(200)], n=len(values), stats=vars(t.sta
     assert r["ok"] is True and r["n"] == 200
     assert r["stats"]["reconnects"] == 2
     assert len(r["subs"]) == 4
-    assert "was found by its tag hpcbridge:" + r["subs"][1][0] in r["_stderr"]
+    # the interrupted 2nd submission: its outcome came from its record or its tag, it was not sent again
+    assert any(r["subs"][1][0] in line and "not submitted again" in line for line in r["_stderr"].splitlines())
     assert "submitting it again" not in r["_stderr"]
     tags = {tag: job_id for tag, job_id in r["subs"]}
     deadline = time.monotonic() + 60  # sacct lags the last tasks' ends by a moment
@@ -310,7 +357,7 @@ t = ssh.SSHTransport(s)
 names = [t.run(["hostname"]).stdout.strip() for _ in range(3)]
 cut(t.conn)
 names.append(t.run(["hostname"]).stdout.strip())  # reconnected: the decrypted key is reused, no new question
-secrets = [k for k, v in vars(t.conn).items() if isinstance(v, str) and "PASSPHRASE" in v]
+secrets = secrets_in({"transport": t, "pool": ssh._POOL}, "PASSPHRASE")
 ssh.set_prompt(lambda text, echo: "wrong")
 wrong = error(lambda: ssh.SSHTransport(site(ssh_keys={"identity_file": "~/.ssh/id_ed25519_enc", "port": 22,
                                                       "connect_timeout_s": 9})).connect())
@@ -323,3 +370,175 @@ report(asked=asked, names=names, method=t.conn.auth_method, reconnects=t.stats.r
     assert r["secrets"] == []
     assert r["wrong"][0] == "AuthenticationError"
     assert r["wrong"][1].startswith("wrong passphrase for ~/.ssh/id_ed25519_enc")
+
+
+def test_ssh_agent_key_logs_in_when_no_identity_file_exists(cluster: LiveCluster) -> None:
+    """An ssh-agent on the laptop holds the key; the ssh config names no IdentityFile and the home has no key file
+    at all: the login goes through the agent, and a job runs. Without the agent the same login is refused."""
+    r = laptop(cluster, r'''
+import shutil, tempfile
+real = os.path.expanduser("~")
+agent = subprocess.run(["ssh-agent", "-s"], capture_output=True, text=True, timeout=30, check=True).stdout
+for line in agent.splitlines():
+    if line.startswith(("SSH_AUTH_SOCK=", "SSH_AGENT_PID=")):
+        name, value = line.split(";", 1)[0].split("=", 1)
+        os.environ[name] = value
+home = tempfile.mkdtemp(prefix="agent-home-", dir=real)
+try:
+    added = subprocess.run(["ssh-add", real + "/.ssh/id_ed25519"], capture_output=True, text=True, timeout=30)
+    listed = subprocess.run(["ssh-add", "-l"], capture_output=True, text=True, timeout=30).stdout
+    # a laptop home with an ssh config and known_hosts, and no key file: only the agent can log in
+    os.makedirs(home + "/.ssh", mode=0o700)
+    shutil.copy(real + "/.ssh/known_hosts", home + "/.ssh/known_hosts")
+    with open(home + "/.ssh/config", "w") as fh:
+        fh.write("Host testcluster-agent\n    HostName 10.78.0.1\n    User alice\n    StrictHostKeyChecking yes\n")
+    os.environ["HOME"] = home
+    ex = Executor(site=site("testcluster-agent"), walltime="00:05:00")
+    t = ex._backend.transport
+    job = ex.submit(pow, 2, 5)
+    value = job.result(timeout=240)
+    sock = os.environ.pop("SSH_AUTH_SOCK")
+    without = error(lambda: ssh.SSHTransport(site("testcluster-agent", ssh_keys={"connect_timeout_s": 9})).connect())
+    os.environ["SSH_AUTH_SOCK"] = sock
+    report(added=added.returncode, listed=listed, identity_files=list(t.spec.identity_files),
+           method=t.conn.auth_method, value=value, job_id=job.job_id, without=without,
+           key_files=sorted(os.listdir(home + "/.ssh")))
+finally:
+    os.environ["HOME"] = real
+    subprocess.run(["ssh-agent", "-k"], capture_output=True, timeout=30)
+    shutil.rmtree(home, ignore_errors=True)
+''')
+    laptop_key = cluster.client(["ssh-keygen", "-lf", ".ssh/id_ed25519.pub"]).stdout.split()[1]
+    assert r["added"] == 0 and laptop_key in r["listed"]
+    assert r["key_files"] == ["config", "known_hosts"] and r["identity_files"] == []
+    assert r["method"] == f"publickey (ssh-agent key {laptop_key})"
+    assert r["value"] == 32
+    assert cluster.wait_job(r["job_id"], timeout=120).state == "COMPLETED"
+    cls, message = r["without"]
+    assert cls == "AuthenticationError"
+    assert message.startswith("alice@10.78.0.1:22 refused the login (tried no key (no ssh-agent keys, no identity "
+                              "file); the server allows: publickey")
+
+
+def test_keyboard_interactive_prompt_asked_once_per_connection_and_never_stored(cluster: LiveCluster) -> None:
+    """testcluster-login-mfa wants the key and then a keyboard-interactive answer (PAM asks the password). Several
+    commands, a job, an SFTP upload and a download on one connection: one question. A reconnect asks again. The
+    answer is kept nowhere reachable from the transport, the backend or the connection pool."""
+    r = laptop(cluster, r'''
+password = open(os.path.expanduser("~/.hpcbridge-test-mfa-password")).read().strip()
+asked = []
+def prompt(text, echo):
+    asked.append([text, echo])
+    return password
+ssh.set_prompt(prompt)
+ex = Executor(site=site("testcluster-login-mfa"), walltime="00:05:00")
+t = ex._backend.transport
+names = [t.run(["hostname"]).stdout.strip() for _ in range(3)]
+folder = f"{ex._backend.root}/mfa-test"
+t.makedirs(folder)
+blob = os.urandom(1 << 20)
+t.upload(blob, folder + "/blob")
+same = t.download(folder + "/blob") == blob
+job = ex.submit(pow, 2, 7)
+value = job.result(timeout=240)
+first = list(asked)
+stored_first = secrets_in({"transport": t, "backend": ex._backend, "pool": ssh._POOL}, password)
+cut(t.conn)
+names.append(t.run(["hostname"]).stdout.strip())
+t.remove_tree(folder)
+stored = secrets_in({"transport": t, "backend": ex._backend, "pool": ssh._POOL}, password)
+ssh.set_prompt(lambda text, echo: "wrong-" + password)
+wrong = error(lambda: ssh.SSHTransport(site("testcluster-login-mfa", ssh_keys={"connect_timeout_s": 9})).connect())
+report(first=first, asked=asked, names=names, same=same, value=value, job_id=job.job_id,
+       method=t.conn.auth_method, connects=t.stats.connects, reconnects=t.stats.reconnects,
+       stored_first=stored_first, stored=stored, wrong=wrong)
+''')
+    question = ["[testcluster-login-mfa] Password: ", False]
+    assert r["first"] == [question]  # once for the whole first connection: commands, a job, SFTP and a stream
+    assert r["asked"] == [question, question]  # and once more after the reconnect
+    assert r["names"] == ["login"] * 4 and r["same"] is True and r["value"] == 128
+    assert r["method"] == "publickey + keyboard-interactive"
+    assert r["connects"] == 2 and r["reconnects"] == 1
+    assert r["stored_first"] == [] and r["stored"] == []
+    assert cluster.wait_job(r["job_id"], timeout=120).state == "COMPLETED"
+    cls, message = r["wrong"]
+    assert cls == "AuthenticationError"
+    assert message.startswith("alice@10.78.0.1:2223 refused the login (tried ~/.ssh/id_ed25519, keyboard-interactive")
+
+
+SLOW_SBATCH_CUT = r'''
+import shlex
+ex = Executor(site=site("testcluster-login-noisy"), walltime="00:05:00", name="NAME")
+t = ex._backend.transport
+flag = t.expanduser("~/.hpcbridge-test-slow-sbatch")
+t.write_files({flag: b"SLOW"})  # the noisy port's sbatch sleeps SLOW s first
+original = ssh.Connection._send_exec
+state = {"sbatch": 0}
+def send_exec(self, ch, command):
+    if "sbatch" not in command or state["sbatch"]:
+        return original(self, ch, command)
+    state["sbatch"] += 1
+    words = shlex.split(command)
+    marker = words[words.index("hpcbridge-submit") + 1]
+    if MODE == "before":  # the link dies as the command goes out: it never reaches the login node's shell
+        cut(self)
+        deadline = time.time() + 30
+        while self._transport.is_active() and time.time() < deadline:
+            time.sleep(0.01)
+        return original(self, ch, command)
+    original(self, ch, command)
+    while t.run(["test", "-e", marker]).returncode != 0:  # the submission started: its marker exists
+        time.sleep(0.05)
+    cut(self)  # ... and sbatch is sleeping on the login node
+ssh.Connection._send_exec = send_exec
+started = time.time()
+try:
+    job = ex.submit(pow, 3, 4)
+    submit_s = time.time() - started
+    value = job.result(timeout=240)
+finally:
+    ssh.Connection._send_exec = original
+    t.run(["rm", "-f", flag])
+report(value=value, job_id=job.job_id, submit_s=submit_s, tag=ex._submissions[0].tag, stats=vars(t.stats))
+'''
+
+
+def _jobs_tagged(cluster: LiveCluster, tag: str, job_id: str) -> list[str]:
+    """The ids of the jobs sacct shows with the comment ``hpcbridge:TAG``, once it shows ``job_id`` among them
+    (slurmdbd fills in a new job's comment and name a moment after the job is known)."""
+    since = f"now-{int(time.time() - cluster.started) + 120}"
+    deadline = time.monotonic() + 60
+    while True:
+        out = cluster.run(["sacct", "-n", "-X", "-P", "-S", since, "--format=JobID,Comment"], timeout=60).stdout
+        jobs = [job for job, _, comment in (line.partition("|") for line in out.splitlines())
+                if comment == f"hpcbridge:{tag}"]
+        if job_id in jobs or time.monotonic() > deadline:
+            return jobs
+        time.sleep(1)
+
+
+def test_cut_while_a_slow_sbatch_runs_past_the_old_window_submits_exactly_once(cluster: LiveCluster) -> None:
+    """sbatch takes 15 s on the login node (longer than the 10 s after which a job not found by its tag used to be
+    submitted again); the connection is cut once its marker exists. The reconnect sees the marker, never sends the
+    command again, and takes the job id from the record the wrapper leaves (or from squeue): one job, the right
+    result."""
+    name = f"slow-cut-{uuid.uuid4().hex[:6]}"
+    r = laptop(cluster, SLOW_SBATCH_CUT.replace("NAME", name).replace("SLOW", "15").replace("MODE", "'after'"))
+    assert r["value"] == 81
+    assert r["submit_s"] > 14  # it waited for the slow sbatch instead of giving up at 10 s
+    assert r["stats"]["reconnects"] == 1
+    assert any(r["tag"] in line and "not submitted again" in line for line in r["_stderr"].splitlines()), r["_stderr"]
+    assert "submitting it again" not in r["_stderr"]
+    assert cluster.wait_job(r["job_id"], timeout=120).state == "COMPLETED"
+    assert _jobs_tagged(cluster, r["tag"], r["job_id"]) == [r["job_id"]]  # exactly one job in sacct
+
+
+def test_cut_before_the_submission_started_sends_it_again_exactly_once(cluster: LiveCluster) -> None:
+    """The connection dies as the submit command goes out, so it never starts: no marker. That proves it never
+    ran, so it is sent again (the marker would stop a late original): one job, the right result."""
+    name = f"cut-before-{uuid.uuid4().hex[:6]}"
+    r = laptop(cluster, SLOW_SBATCH_CUT.replace("NAME", name).replace("SLOW", "0").replace("MODE", "'before'"))
+    assert r["value"] == 81
+    assert "does not exist, so the command never started: submitting it again" in r["_stderr"]
+    assert cluster.wait_job(r["job_id"], timeout=120).state == "COMPLETED"
+    assert _jobs_tagged(cluster, r["tag"], r["job_id"]) == [r["job_id"]]

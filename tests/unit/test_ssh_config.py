@@ -228,6 +228,20 @@ def test_write_script_moves_files_into_place(tmp_path: Path) -> None:
     assert sorted(os.listdir(target)) == ["inputs.bin", "res"] and os.listdir(target / "res") == ["old.pkl"]
 
 
+def test_upload_script_renames_a_whole_file_into_place_and_cleans_up_on_failure(tmp_path: Path) -> None:
+    """The upload stream's script, run by a local sh: the file lands whole with its mode; a failure leaves nothing."""
+    data = os.urandom(300_000)
+    tmp, dest = str(tmp_path / ".hpcbridge-tmp-x-blob"), str(tmp_path / "blob")
+    p = _run_local(cfg.command_line(ssh._UPLOAD_SCRIPT, [tmp, dest, "640"], "__m__"), stdin=data)
+    assert p.returncode == 0, p.stderr
+    assert Path(dest).read_bytes() == data and oct(os.stat(dest).st_mode & 0o777) == "0o640"
+    assert os.listdir(tmp_path) == ["blob"]
+    bad = str(tmp_path / "missing" / "blob")  # the rename fails (even for root): the temporary file is removed
+    p = _run_local(cfg.command_line(ssh._UPLOAD_SCRIPT, [tmp, bad, "600"], "__m__"), stdin=data)
+    assert p.returncode != 0 and b"missing" in p.stderr
+    assert os.listdir(tmp_path) == ["blob"]
+
+
 # -- safe to retry ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("argv", "safe"),

@@ -1,32 +1,42 @@
-"""Exactly-once submission after a dropped connection: the backend's decisions (pure logic, a scripted transport).
+"""Exactly-once submission after a dropped connection or a hung command: the backend's decisions (pure logic, a
+scripted transport), and the SUBMIT_ONCE wrapper itself run by a real /bin/sh.
 
-The live version (a real sshd killed while sbatch is in flight) is tests/live/test_ssh_live.py.
+The live versions (a real sshd killed while sbatch is in flight; an sbatch that hangs) are in
+tests/live/test_ssh_live.py and tests/live/test_core_live.py.
 """
 
 from __future__ import annotations
 
-from typing import Any, List, Sequence, Tuple, Union
+import os
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import pytest
 
 from hpcbridge import backend as backend_mod
-from hpcbridge.backend import Backend
-from hpcbridge.errors import CommandTimeoutError, ConnectionLostError, SchedulerError
+from hpcbridge.backend import ALREADY_STARTED, Backend, submit_once_argv
+from hpcbridge.errors import CommandTimeoutError, ConnectionLostError, SchedulerError, TransportError
 from hpcbridge.schedulers.slurm import SlurmScheduler
 from hpcbridge.sites import site_from_mapping
 from hpcbridge.transport.base import Completed
 
 SQUEUE = "3338|(null)\n3340_[0-49]|hpcbridge:aaaa\n3341_7|hpcbridge:bbbb\n3341_8|hpcbridge:bbbb\n3342|hpcbridge:cc\n"
 Step = Union[BaseException, Tuple[int, str, str]]
+MARKER = "/w/bbbb/submitted"
 
 
 class Scripted:
-    """Each run() takes the next step: an exception to raise, or (exit code, stdout, stderr)."""
+    """Each run() takes the next step: an exception to raise, or (exit code, stdout, stderr). read_files() answers
+    from ``files``, after applying the next entry of ``file_steps`` (a dict merged in) when there is one."""
 
     name = "scripted"
 
-    def __init__(self, steps: Sequence[Step]) -> None:
+    def __init__(self, steps: Sequence[Step], file_steps: Sequence[Dict[str, bytes]] = ()) -> None:
         self.steps = list(steps)
+        self.file_steps = list(file_steps)
+        self.files: Dict[str, bytes] = {}
         self.calls: List[List[str]] = []
 
     def run(self, argv: Sequence[str], **kw: Any) -> Completed:
@@ -37,20 +47,32 @@ class Scripted:
         code, out, err = step
         return Completed(list(argv), code, out, err)
 
+    def read_files(self, paths: Iterable[str]) -> Dict[str, bytes]:
+        self.calls.append(["read_files"])
+        if self.file_steps:
+            self.files.update(self.file_steps.pop(0))
+        return {p: self.files[p] for p in paths if p in self.files}
+
     def expanduser(self, path: str) -> str:
         return path
 
 
-def make(steps: Sequence[Step], monkeypatch: pytest.MonkeyPatch) -> Tuple[Backend, Scripted]:
-    monkeypatch.setattr(backend_mod, "FIND_BY_TAG_WAITS_S", (0.0, 0.0, 0.0))
-    b = Backend(site_from_mapping("rec", {"scheduler": "slurm", "workdir": "/w"}))
-    t = Scripted(steps)
+def make(steps: Sequence[Step], monkeypatch: pytest.MonkeyPatch, file_steps: Sequence[Dict[str, bytes]] = (),
+         scheduler: Optional[Dict[str, Any]] = None) -> Tuple[Backend, Scripted]:
+    monkeypatch.setattr(backend_mod, "FIND_BY_TAG_WAITS_S", (0.0,) * 6)
+    b = Backend(site_from_mapping("rec", {"scheduler": "slurm", "workdir": "/w", **(scheduler or {})}))
+    t = Scripted(steps, file_steps)
     b.transport = t  # type: ignore[assignment]
     return b, t
 
 
 def lost(maybe_ran: bool = True) -> ConnectionLostError:
     return ConnectionLostError("the SSH connection to hpc dropped while trying to run sbatch", maybe_ran=maybe_ran)
+
+
+def names(t: Scripted) -> List[str]:
+    """What the backend did, in order: the submit command (/bin/sh: under its marker), lookups, record reads."""
+    return [c[0] for c in t.calls]
 
 
 def test_parse_find_by_tag() -> None:
@@ -63,18 +85,110 @@ def test_parse_find_by_tag() -> None:
     assert s.parse_find_by_tag("", "aaaa") is None
 
 
-def test_a_job_found_by_its_tag_is_not_submitted_again(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_a_marker_a_job_found_by_its_tag_is_not_submitted_again(monkeypatch: pytest.MonkeyPatch) -> None:
     b, t = make([lost(), (0, "3338|(null)\n", ""), (0, SQUEUE, "")], monkeypatch)
     out = b.run_checked(["sbatch", "--parsable", "/w/bbbb/script.sh"], "submit the job", tag="bbbb")
     assert b.scheduler.parse_submit(out.stdout) == "3341"
-    assert [c[0] for c in t.calls] == ["sbatch", "squeue", "squeue"]  # the second look found the in-flight job
+    assert names(t) == ["sbatch", "squeue", "squeue"]  # the second look found the in-flight job
 
 
-def test_no_job_with_the_tag_means_it_never_ran_so_it_is_submitted_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    b, t = make([lost(), (0, "", ""), (0, "", ""), (0, "", ""), (0, "3350\n", "")], monkeypatch)
-    out = b.run_checked(["sbatch", "--parsable", "/w/dddd/script.sh"], "submit the job", tag="dddd")
+def test_without_a_marker_a_job_not_found_is_never_submitted_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    b, t = make([lost()] + [(0, "", "")] * 5, monkeypatch)
+    with pytest.raises(ConnectionLostError, match="no job carries the tag hpcbridge:dddd yet, and it is not "
+                                                  "submitted again") as err:
+        b.run_checked(["sbatch", "--parsable", "/w/dddd/script.sh"], "submit the job", tag="dddd")
+    assert names(t) == ["sbatch"] + ["squeue"] * 5 and err.value.maybe_ran is True
+
+
+def test_the_submit_command_runs_under_its_marker(monkeypatch: pytest.MonkeyPatch) -> None:
+    b, t = make([(0, "3350\n", "")], monkeypatch)
+    out = b.run_checked(["sbatch", "--parsable", "/w/bbbb/script.sh"], "submit the job", tag="bbbb", marker=MARKER)
+    assert t.calls == [submit_once_argv(MARKER, ["sbatch", "--parsable", "/w/bbbb/script.sh"])]
+    assert out == Completed(["sbatch", "--parsable", "/w/bbbb/script.sh"], 0, "3350\n", "")  # as if run alone
+
+
+def test_no_marker_after_a_drop_proves_it_never_started_so_it_is_sent_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    b, t = make([lost(), (0, "3350\n", "")], monkeypatch)
+    out = b.run_checked(["sbatch", "x"], "submit the job", tag="bbbb", marker=MARKER)
     assert out.stdout == "3350\n"
-    assert [c[0] for c in t.calls] == ["sbatch", "squeue", "squeue", "squeue", "sbatch"]
+    assert names(t) == ["/bin/sh", "read_files", "/bin/sh"]
+    assert t.calls[0] == t.calls[2] == submit_once_argv(MARKER, ["sbatch", "x"])  # the same marker: one copy runs
+
+
+def test_a_recorded_outcome_is_used_and_nothing_is_sent_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    record = {MARKER: b"", MARKER + ".out": b"3351\n", MARKER + ".err": b"", MARKER + ".rc": b"0\n"}
+    b, t = make([lost()], monkeypatch, [record])
+    out = b.run_checked(["sbatch", "x"], "submit the job", tag="bbbb", marker=MARKER)
+    assert out == Completed(["sbatch", "x"], 0, "3351\n", "")
+    assert names(t) == ["/bin/sh", "read_files"]
+    # a recorded failure is the command's failure
+    record = {MARKER: b"", MARKER + ".out": b"", MARKER + ".err": b"sbatch: error: invalid partition\n",
+              MARKER + ".rc": b"1\n"}
+    b, t = make([lost()], monkeypatch, [record])
+    with pytest.raises(SchedulerError, match="could not submit the job") as err:
+        b.run_checked(["sbatch", "x"], "submit the job", tag="bbbb", marker=MARKER)
+    assert err.value.stderr == "sbatch: error: invalid partition\n" and err.value.argv == ["sbatch", "x"]
+
+
+def test_started_but_unfinished_is_looked_up_by_tag_and_never_sent_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    b, t = make([lost(), (0, "3338|(null)\n", ""), (0, SQUEUE, "")], monkeypatch, [{MARKER: b""}])
+    out = b.run_checked(["sbatch", "x"], "submit the job", tag="bbbb", marker=MARKER)
+    assert out.stdout == "3341\n"
+    assert names(t) == ["/bin/sh", "read_files", "squeue", "read_files", "squeue"]
+    # a record that shows up while looking wins too
+    rec = {MARKER + ".out": b"3352\n", MARKER + ".rc": b"0\n"}
+    b, t = make([lost(), (0, "", "")], monkeypatch, [{MARKER: b""}, rec])
+    assert b.run_checked(["sbatch", "x"], "submit the job", tag="bbbb", marker=MARKER).stdout == "3352\n"
+    assert names(t) == ["/bin/sh", "read_files", "squeue", "read_files"]
+
+
+def test_started_and_never_seen_fails_saying_where_the_job_would_show(monkeypatch: pytest.MonkeyPatch) -> None:
+    b, t = make([lost()] + [(0, "", "")] * 6, monkeypatch, [{MARKER: b""}])
+    with pytest.raises(ConnectionLostError) as err:
+        b.run_checked(["sbatch", "x"], "submit the job", tag="bbbb", marker=MARKER)
+    assert err.value.maybe_ran is True  # the executor keeps the folder
+    assert f"the command started ({MARKER} exists) but neither finished nor shows a job after 0 s, and it is not " \
+           "submitted again (site 'rec'; the job, if submitted, carries the comment hpcbridge:bbbb: see " \
+           "`squeue --me --format=%i|%k`)" in str(err.value)
+    assert names(t).count("/bin/sh") == 1 and names(t).count("read_files") == 6
+
+
+def test_a_resend_that_finds_the_marker_taken_waits_for_the_original(monkeypatch: pytest.MonkeyPatch) -> None:
+    taken = (ALREADY_STARTED, "", f"hpcbridge: {MARKER} exists: this submission was started before\n")
+    rec = {MARKER: b"", MARKER + ".out": b"3353\n", MARKER + ".rc": b"0\n"}
+    b, t = make([lost(), taken], monkeypatch, [{}, rec])
+    assert b.run_checked(["sbatch", "x"], "submit the job", tag="bbbb", marker=MARKER).stdout == "3353\n"
+    assert names(t) == ["/bin/sh", "read_files", "/bin/sh", "read_files"]
+
+
+def test_a_timed_out_submission_with_a_marker_is_found_or_never_sent_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    hung = CommandTimeoutError("command timed out after 120.0 s: sbatch --parsable /w/cc/script.sh")
+    b, t = make([hung, (0, SQUEUE, "")], monkeypatch, [{MARKER: b""}])
+    out = b.run_checked(["sbatch", "--parsable", "/w/cc/script.sh"], "submit the job", tag="cc", marker=MARKER)
+    assert b.scheduler.parse_submit(out.stdout) == "3342"
+    b, t = make([hung] + [(0, "", "")] * 6, monkeypatch, [{MARKER: b""}])
+    with pytest.raises(CommandTimeoutError, match=r"timed out after 120.0 s.*it is not submitted again") as err:
+        b.run_checked(["sbatch", "--parsable", "/w/cc/script.sh"], "submit the job", tag="cc", marker=MARKER)
+    assert err.value.maybe_ran is True and names(t).count("sbatch") == 0 and names(t).count("/bin/sh") == 1
+
+
+def test_when_the_record_cannot_be_read_the_error_says_where_to_look(monkeypatch: pytest.MonkeyPatch) -> None:
+    b, t = make([lost()], monkeypatch)
+    t.read_files = lambda paths: (_ for _ in ()).throw(ConnectionLostError("still down"))  # type: ignore[method-assign]
+    with pytest.raises(ConnectionLostError) as err:
+        b.run_checked(["sbatch", "x"], "submit the job", tag="ffff", marker=MARKER)
+    assert err.value.maybe_ran is True
+    assert f"its record {MARKER} could not be read: still down" in str(err.value)
+    assert "carries the comment hpcbridge:ffff: see `squeue --me --format=%i|%k`" in str(err.value)
+
+
+def test_pbs_with_a_marker_waits_for_the_record_when_qstat_cannot_tell(monkeypatch: pytest.MonkeyPatch) -> None:
+    qstat = "Job Id: 1400.srv\n    Job_Name = x\n"  # the Slurm wrappers: no Output_Path, the lookup cannot tell
+    rec = {MARKER + ".out": b"1401.srv\n", MARKER + ".rc": b"0\n"}
+    b, t = make([lost(), (0, qstat, "")], monkeypatch, [{MARKER: b""}, rec], {"scheduler": "pbs", "flavour": "torque"})
+    out = b.run_checked(["qsub", "x"], "submit the job", tag="bbbb", marker=MARKER)
+    assert b.scheduler.parse_submit(out.stdout) == "1401.srv"
+    assert names(t) == ["/bin/sh", "read_files", "qstat", "read_files"]
 
 
 def test_without_a_tag_or_when_nothing_was_sent_the_error_stands(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -83,7 +197,7 @@ def test_without_a_tag_or_when_nothing_was_sent_the_error_stands(monkeypatch: py
         b.run_checked(["scancel", "5"], "cancel the job")
     b, t = make([lost(maybe_ran=False)], monkeypatch)
     with pytest.raises(ConnectionLostError):
-        b.run_checked(["sbatch", "x"], "submit the job", tag="eeee")
+        b.run_checked(["sbatch", "x"], "submit the job", tag="eeee", marker=MARKER)
     assert len(t.calls) == 1
 
 
@@ -98,26 +212,75 @@ def test_when_the_lookup_fails_too_the_error_says_where_to_look(monkeypatch: pyt
 def test_a_refused_submission_is_still_a_scheduler_error(monkeypatch: pytest.MonkeyPatch) -> None:
     b, _ = make([(1, "", "sbatch: error: invalid partition\n")], monkeypatch)
     with pytest.raises(SchedulerError, match="could not submit the job"):
-        b.run_checked(["sbatch", "x"], "submit the job", tag="gggg")
+        b.run_checked(["sbatch", "x"], "submit the job", tag="gggg", marker=MARKER)
 
 
-def test_a_submission_that_timed_out_is_looked_up_too(monkeypatch: pytest.MonkeyPatch) -> None:
-    hung = CommandTimeoutError("command timed out after 120.0 s: sbatch --parsable /w/cc/script.sh")
-    b, t = make([hung, (0, SQUEUE, "")], monkeypatch)
-    out = b.run_checked(["sbatch", "--parsable", "/w/cc/script.sh"], "submit the job", tag="cc")
-    assert b.scheduler.parse_submit(out.stdout) == "3342"
-    assert [c[0] for c in t.calls] == ["sbatch", "squeue"]
-    b, _ = make([hung, CommandTimeoutError("command timed out after 60 s: squeue")], monkeypatch)
-    with pytest.raises(CommandTimeoutError, match="the job, if submitted, carries the comment hpcbridge:cc") as err:
-        b.run_checked(["sbatch", "--parsable", "/w/cc/script.sh"], "submit the job", tag="cc")
-    assert err.value.maybe_ran is True  # so the executor keeps the job's folder
+def test_a_submission_the_controller_never_received_is_tried_again_under_a_new_marker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(backend_mod, "SUBMIT_RETRY_WAITS_S", (0.0, 0.0))
+    refused = (1, "", "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect "
+                      "failure)\n")
+    b, t = make([refused, (0, "77\n", "")], monkeypatch)
+    assert b.run_checked(["sbatch", "x"], "submit the job", tag="gggg", marker=MARKER).stdout == "77\n"
+    assert [c[4] for c in t.calls] == [MARKER, MARKER + ".1"]  # the first marker is used up
 
 
-def test_a_timed_out_submission_that_is_not_found_is_never_sent_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    hung = CommandTimeoutError("command timed out after 120.0 s: sbatch --parsable /w/hh/script.sh")
-    b, t = make([hung, (0, "", ""), (0, "", ""), (0, "", "")], monkeypatch)
-    with pytest.raises(CommandTimeoutError, match=r"no job carries the tag hpcbridge:hh yet, and it is not submitted "
-                                                  r"again in case the hung command still does") as err:
-        b.run_checked(["sbatch", "--parsable", "/w/hh/script.sh"], "submit the job", tag="hh")
-    assert [c[0] for c in t.calls] == ["sbatch", "squeue", "squeue", "squeue"]  # looked three times, sent once
-    assert "see `squeue --me --format=%i|%k`" in str(err.value) and err.value.maybe_ran is True
+# -- the wrapper itself, run by a real /bin/sh --------------------------------------------------------------------
+def fake_sbatch(tmp_path: Path, body: str) -> str:
+    """An executable that counts its runs in tmp_path/runs, then runs ``body`` (sh)."""
+    path = tmp_path / "fake-sbatch"
+    path.write_text(f'#!/bin/sh\necho run >> "{tmp_path}/runs"\n{body}\n')
+    path.chmod(0o755)
+    return str(path)
+
+
+def runs(tmp_path: Path) -> int:
+    p = tmp_path / "runs"
+    return len(p.read_text().splitlines()) if p.exists() else 0
+
+
+def test_submit_once_runs_a_command_once_per_marker_and_records_it(tmp_path: Path) -> None:
+    cmd = fake_sbatch(tmp_path, 'echo "Submitted $1"; echo "a warning" >&2; exit 0')
+    marker = str(tmp_path / "submitted")
+    p = subprocess.run(submit_once_argv(marker, [cmd, "x y"]), capture_output=True, text=True, timeout=30)
+    assert (p.returncode, p.stdout, p.stderr) == (0, "Submitted x y\n", "a warning\n")
+    record = {n: (tmp_path / n).read_text() for n in os.listdir(tmp_path) if n.startswith("submitted")}
+    assert record == {"submitted": "", "submitted.out": "Submitted x y\n", "submitted.err": "a warning\n",
+                      "submitted.rc": "0\n"}
+    again = subprocess.run(submit_once_argv(marker, [cmd, "x y"]), capture_output=True, text=True, timeout=30)
+    assert again.returncode == ALREADY_STARTED
+    assert again.stderr == f"hpcbridge: {marker} exists: this submission was started before\n"
+    assert runs(tmp_path) == 1
+
+
+def test_submit_once_lets_exactly_one_of_racing_copies_run(tmp_path: Path) -> None:
+    cmd = fake_sbatch(tmp_path, "sleep 0.2; echo 42")
+    marker = str(tmp_path / "submitted")
+    codes: List[int] = []
+
+    def one() -> None:
+        codes.append(subprocess.run(submit_once_argv(marker, [cmd]), capture_output=True, timeout=30).returncode)
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert sorted(codes) == [0] + [ALREADY_STARTED] * 7 and runs(tmp_path) == 1
+
+
+def test_submit_once_through_the_local_transport(tmp_path: Path) -> None:
+    b = Backend(site_from_mapping("loc", {"scheduler": "slurm", "workdir": str(tmp_path)}))
+    cmd = fake_sbatch(tmp_path, "echo 4242; exit 0")
+    out = b.run_checked([cmd, "--parsable"], "submit the job", tag="t1", marker=str(tmp_path / "submitted"))
+    assert out == Completed([cmd, "--parsable"], 0, "4242\n", "")
+    with pytest.raises(TransportError, match=r"command not found on the cluster side of site 'loc': "
+                                             r"'no-such-sbatch-here' \(is it installed"):
+        b.run_checked(["no-such-sbatch-here"], "submit the job", tag="t2", marker=str(tmp_path / "m2"))
+    assert not (tmp_path / "m2").exists()  # nothing ran, nothing is left
+    failing = fake_sbatch(tmp_path, "echo 'sbatch: error: no such partition' >&2; exit 1")
+    with pytest.raises(SchedulerError) as err:
+        b.run_checked([failing], "submit the job", tag="t3", marker=str(tmp_path / "m3"))
+    assert err.value.exit_code == 1 and err.value.stderr == "sbatch: error: no such partition\n"
+    assert err.value.argv == [failing]
