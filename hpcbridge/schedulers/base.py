@@ -127,6 +127,11 @@ class Scheduler(abc.ABC):
         """The status in :meth:`show_job_argv`'s output, or None."""
         return None
 
+    def show_job_failed(self, task_id: str, returncode: int, stderr: str) -> Optional[NativeStatus]:
+        """News in a failed :meth:`show_job_argv` command: the scheduler says the task no longer exists.
+        None (the default): no news, ask again later (the controller may be restarting)."""
+        return None
+
     def explain_end(self, status: NativeStatus, stderr_tail: str) -> NativeStatus:
         """The final status of a task that wrote no result, in the light of its stderr's last lines: for a kill
         that the scheduler reports under another state. Default: the status as it is."""

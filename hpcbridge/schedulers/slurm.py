@@ -42,6 +42,8 @@ STATES: Dict[str, JobState] = {
 SACCT_FIELDS = "JobID,State,ExitCode,NodeList"
 #: slurmstepd's line in the job's stderr when the accounting poll (JobAcctGatherParams=OverMemoryKill, memory
 #: enforcement without cgroups) kills it: the job then ends FAILED (the step CANCELLED), not OUT_OF_MEMORY
+#: the native state of a job that scontrol no longer knows (accounting off, ended more than MinJobAge ago)
+GONE_FROM_SLURMCTLD = "gone from slurmctld (it ended; without accounting its exit status is no longer kept)"
 MEMORY_KILL = re.compile(r"exceeded memory limit \(\d+ > \d+\), being killed")
 SQUEUE_FORMAT = "%i|%T|%r|%N"
 
@@ -235,6 +237,13 @@ class SlurmScheduler(Scheduler):
             fields.get("Reason", ""),
             fields.get("NodeList", ""),
         )
+
+    def show_job_failed(self, task_id: str, returncode: int, stderr: str) -> Optional[NativeStatus]:
+        """``Invalid job id specified``: slurmctld has forgotten the job (MinJobAge after it ended; without
+        accounting nothing else remembers it). Finished, with its outcome unknown: its result file, if any, says."""
+        if returncode != 0 and "Invalid job id specified" in stderr:
+            return NativeStatus(task_id, JobState.COMPLETED, GONE_FROM_SLURMCTLD)
+        return None
 
     def explain_end(self, status: NativeStatus, stderr_tail: str) -> NativeStatus:
         """A job killed for its memory by the accounting poll: OUT_OF_MEMORY, whatever state Slurm gave it."""

@@ -18,14 +18,16 @@ import time
 import cloudpickle
 import pytest
 
-from hpcbridge import Executor, JobState, __version__, load_site
+from hpcbridge import Executor, JobState, __version__, attach, load_site
 from hpcbridge.errors import (
     JobCancelledError,
+    JobLostError,
     JobNodeFailError,
     JobOutOfMemoryError,
     JobPreemptedError,
     RemoteEnvironmentError,
 )
+from hpcbridge.registry import Registry
 
 NODES = {"node1", "node2", "node3"}
 CTL = "/opt/hpcbridge-test/src/tests/cluster/ctl"  # the staged copy: the sudoers rule allows exactly this path
@@ -199,3 +201,27 @@ def test_accounting_off_takes_the_final_state_from_scontrol(cluster, cluster_wor
     assert f"scontrol --oneliner show job {job.job_id}" in commands
     assert not any(c.startswith("squeue") and "--states=all" not in c for c in commands)  # the status query
     assert not any("sacct" in c for c in commands)
+
+
+def test_accounting_off_a_job_slurmctld_has_forgotten_resolves_as_lost(cluster, cluster_workdir):
+    """Without accounting, a job that ended more than MinJobAge ago is unknown to squeue and scontrol alike (both
+    say "Invalid job id specified"). If it left no result, attach() must say so, not wait forever.
+
+    The registry row stands for a submission made long ago (MinJobAge is 300 s here): its job id is one slurmctld
+    has never issued, which the real squeue and scontrol answer exactly as they answer for a forgotten job."""
+
+    newest = cluster.run(["squeue", "--noheader", "--states=all", "--format=%A"], timeout=30).stdout.split()
+    job_id = str(max([int(i) for i in newest] + [0]) + 1_000_000)
+    probe = cluster.run(["scontrol", "--oneliner", "show", "job", job_id], timeout=30, check=False)
+    assert probe.returncode == 1 and "Invalid job id specified" in probe.stderr, probe
+    folder = cluster_workdir / "jobs" / "forgotten"
+    (folder / "res").mkdir(parents=True)
+    (folder / "script.sh").write_text("#!/bin/bash\n")
+    Registry().record(tag="forgotten", site="testcluster", job_id=job_id, folder=str(folder), is_array=False,
+                      chunks=[1], ranks=1, function="square", submit_time=time.time() - 3600, task_ids=[job_id])
+    site = dataclasses.replace(load_site("testcluster"), accounting=False, poll_interval_max_s=2.0)
+    job = attach(job_id, site=site)
+    with pytest.raises(JobLostError, match=rf"^job {job_id} ended \(gone from slurmctld .*\) without writing a "
+                                           "result"):
+        job.result(timeout=120)
+    assert job.native_state.startswith("gone from slurmctld")

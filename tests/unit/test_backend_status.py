@@ -179,3 +179,16 @@ def test_a_python_of_another_minor_version_names_both_versions_and_the_fix(fresh
         f"of 'rec', a Python 3.{minor} with 'hpcbridge=={__version__}' 'cloudpickle=={cloudpickle.__version__}' "
         "installed"
     )
+
+
+def test_without_accounting_a_job_scontrol_no_longer_knows_is_gone_not_pending_forever():
+    b = backend({"scontrol": (1, "", "slurm_load_jobs error: Invalid job id specified\n")})
+    b.scheduler.accounting = False
+    st = b.show_job("12")
+    assert st.state == JobState.COMPLETED and st.native.startswith("gone from slurmctld")
+
+
+def test_without_accounting_an_unreachable_controller_is_no_news():
+    b = backend({"scontrol": (1, "", "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n")})
+    b.scheduler.accounting = False
+    assert b.show_job("12") is None
