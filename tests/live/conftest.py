@@ -89,6 +89,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "live: needs the live test cluster (tests/cluster/up)")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test under tests/live is marked ``live`` (``-m "not live"`` runs the rest), whether or not its module
+    says so."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.live)
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     problem = _status()
     if problem is None:
