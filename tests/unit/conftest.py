@@ -1,6 +1,10 @@
-"""Fixtures for the golden-script tests (test_render.py, test_pbs_render.py, test_launchers.py)."""
+"""Fixtures for the golden-script tests (test_render.py, test_pbs_render.py, test_launchers.py) and for running a
+command on a terminal (test_cli.py, test_cli_display.py)."""
 
 import os
+import pty
+import re
+import subprocess
 
 import pytest
 
@@ -30,3 +34,29 @@ def golden():
             assert text == fh.read(), f"{name} changed; rerun with HPCBRIDGE_UPDATE_GOLDEN=1 if intended"
 
     return check
+
+
+@pytest.fixture
+def on_pty():
+    """``on_pty(argv, which="stderr", **run_kwargs) -> (CompletedProcess, text)``: run ``argv`` with its stdout or
+    stderr on a pseudo-terminal (so it sees a TTY); ``text`` is what it wrote there, without ANSI escapes."""
+
+    def run(argv, which="stdout", **kwargs):
+        controller, terminal = pty.openpty()
+        try:
+            p = subprocess.run(argv, **{which: terminal}, **kwargs)
+        finally:
+            os.close(terminal)
+        data = b""
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the terminal's other end is closed and everything was read
+                break
+            if not chunk:
+                break
+            data += chunk
+        os.close(controller)
+        return p, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", data.decode(errors="replace"))
+
+    return run

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import re
 import socket
 import subprocess
@@ -187,47 +186,21 @@ def test_sites_show_origin_says_which_file_and_line_set_each_value(cli):
     assert shown["values"]["python"] == {"value": "/my/python", "origin": f"{user}:1"}
 
 
-def test_on_a_terminal_status_is_a_table_with_a_header(cli):
+def test_on_a_terminal_status_is_a_table_with_a_header(cli, on_pty):
     (cli.project / "m.py").write_text("def f():\n    return 1\n")
     job_id = cli("submit", "m:f", check_rc=0).stdout.strip()
     cli("result", job_id, "--timeout", "60", check_rc=0)
-    controller, terminal = pty.openpty()
-    p = subprocess.run([sys.executable, "-m", "hpcbridge.cli", "status"], stdout=terminal, stderr=subprocess.PIPE,
-                       cwd=str(cli.project), timeout=60, env={**os.environ, "COLUMNS": "150"})
-    os.close(terminal)
-    text = b""
-    while True:
-        try:
-            chunk = os.read(controller, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        text += chunk
-    os.close(controller)
-    plain = text.decode()
+    p, plain = on_pty([sys.executable, "-m", "hpcbridge.cli", "status"], which="stdout", stderr=subprocess.PIPE,
+                      cwd=str(cli.project), timeout=60, env={**os.environ, "COLUMNS": "150"})
     assert p.returncode == 0
     assert "JOB" in plain and "STATE" in plain and "FUNCTION" in plain and job_id in plain and "ago" in plain
 
 
-def test_wait_on_a_terminal_shows_a_live_status_line_and_piped_shows_none(cli):
+def test_wait_on_a_terminal_shows_a_live_status_line_and_piped_shows_none(cli, on_pty):
     """stderr on a pty: the submitted line and a status line updated while the job runs; stdout stays clean."""
-    controller, terminal = pty.openpty()
-    p = subprocess.run([sys.executable, "-m", "hpcbridge.cli", "submit", "--wait", "--", "sh", "-c",
-                        "sleep 4; echo done"], stdout=subprocess.PIPE, stderr=terminal, text=True,
+    p, screen = on_pty([sys.executable, "-m", "hpcbridge.cli", "submit", "--wait", "--", "sh", "-c",
+                        "sleep 4; echo done"], which="stderr", stdout=subprocess.PIPE, text=True,
                        cwd=str(cli.project), timeout=120, env={**os.environ, "COLUMNS": "150"})
-    os.close(terminal)
-    data = b""
-    while True:
-        try:
-            chunk = os.read(controller, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    os.close(controller)
-    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", data.decode(errors="replace"))
     assert p.returncode == 0 and p.stdout == "done\n"
     (job_id,) = re.findall(r"submitted job (\S+) to site 'local'", screen)
     # the status line: state, elapsed, redrawn as time passes (the first status query is ~2 s in), then where

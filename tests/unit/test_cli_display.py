@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import pty
 import re
 import socket
 import subprocess
@@ -117,36 +116,24 @@ SCRIPT = textwrap.dedent("""\
 """)
 
 
-def _under_terminal(tmp_path, env_extra):
+def _under_terminal(on_pty, tmp_path, env_extra):
     script = tmp_path / "mapper.py"
     script.write_text(SCRIPT)
-    controller, terminal = pty.openpty()
     env = {**os.environ, "PYTHONPATH": REPO, "COLUMNS": "120", **env_extra}
-    p = subprocess.run([sys.executable, str(script), str(tmp_path / "jobs")], stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=terminal, env=env, timeout=120)
-    os.close(terminal)
-    data = b""
-    while True:
-        try:
-            chunk = os.read(controller, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    os.close(controller)
+    p, text = on_pty([sys.executable, str(script), str(tmp_path / "jobs")], which="stderr", stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, env=env, timeout=120)
     assert p.returncode == 0
-    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", data.decode(errors="replace"))
+    return text
 
 
-def test_map_shows_a_progress_bar_on_a_terminal(tmp_path):
-    text = _under_terminal(tmp_path, {})
+def test_map_shows_a_progress_bar_on_a_terminal(tmp_path, on_pty):
+    text = _under_terminal(on_pty, tmp_path, {})
     assert "RESULT [0, 1, 4]" in text
     assert re.search(r"square .*3/3 .*3 COMPLETED", text), text
 
 
-def test_progress_is_off_when_piped_or_turned_off(tmp_path):
-    text = _under_terminal(tmp_path, {"HPCBRIDGE_PROGRESS": "0"})
+def test_progress_is_off_when_piped_or_turned_off(tmp_path, on_pty):
+    text = _under_terminal(on_pty, tmp_path, {"HPCBRIDGE_PROGRESS": "0"})
     assert "3/3" not in text and "RESULT [0, 1, 4]" in text
     script = tmp_path / "mapper.py"
     p = subprocess.run([sys.executable, str(script), str(tmp_path / "jobs2")], capture_output=True, text=True,
