@@ -20,7 +20,7 @@ import cloudpickle
 from . import errors
 from ._format import result_name
 from .job import Job, mark_cancelled
-from .schedulers.base import NativeStatus
+from .schedulers.base import NativeStatus, Scheduler
 from .state import JobState
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -267,7 +267,7 @@ class Submission:
             job.state = status.state
             job.native_state = status.native
             after = " and ".join(self.after)
-            if _dependency_cancel(status, self.after):
+            if _dependency_cancel(self.backend.scheduler, status, self.after):
                 exc: BaseException = errors.JobDependencyError(
                     f"job {job.job_id} never ran: it was to start after {after} completed successfully, and "
                     f"the scheduler cancelled it ({status.native}) because that can no longer happen (a job it "
@@ -302,12 +302,12 @@ class Submission:
             self.backend.note_final(job)
 
 
-def _dependency_cancel(status: NativeStatus, after: Tuple[str, ...]) -> bool:
-    """Whether a job that waited for ``after`` was cancelled for it: by the scheduler (Slurm names a user's
-    ``scancel`` "CANCELLED by UID"), before it started (no nodes)."""
-    if status.state != JobState.CANCELLED or not after or " by " in status.native:
+def _dependency_cancel(scheduler: Scheduler, status: NativeStatus, after: Tuple[str, ...]) -> bool:
+    """Whether a job that waited for ``after`` was cancelled for it, before it started (no nodes); the adapter
+    tells a cancel for a dependency from a user's."""
+    if status.state != JobState.CANCELLED or not after or status.nodes not in ("", "None assigned"):
         return False
-    return status.nodes in ("", "None assigned")
+    return scheduler.cancelled_for_dependency(status)
 
 
 def _load_payload(blob: bytes, ncalls: int, rank: int) -> Any:

@@ -132,6 +132,11 @@ class Scheduler(abc.ABC):
         None (the default): no news, ask again later (the controller may be restarting)."""
         return None
 
+    def cancelled_for_dependency(self, status: NativeStatus) -> bool:
+        """Whether a CANCELLED job that waited for others and never started was removed by the scheduler because
+        its dependency can no longer be met (not by a user). Default: unless the state names who cancelled it."""
+        return " by " not in status.native
+
     def explain_end(self, status: NativeStatus, stderr_tail: str) -> NativeStatus:
         """The final status of a task that wrote no result, in the light of its stderr's last lines: for a kill
         that the scheduler reports under another state. Default: the status as it is."""

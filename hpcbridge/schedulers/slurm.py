@@ -245,6 +245,15 @@ class SlurmScheduler(Scheduler):
             return NativeStatus(task_id, JobState.COMPLETED, GONE_FROM_SLURMCTLD)
         return None
 
+    def cancelled_for_dependency(self, status: NativeStatus) -> bool:
+        """sacct says "CANCELLED by UID" for a user's scancel and a plain "CANCELLED" for slurmctld's own
+        (--kill-on-invalid-dep). squeue and scontrol (no accounting) print a plain "CANCELLED" for both; their
+        reason tells: ``DependencyNeverSatisfied`` for slurmctld's, the pending reason (``Dependency``) for a
+        user's (both seen on Slurm 22.05)."""
+        if " by " in status.native:
+            return False
+        return not status.reason or status.reason == "DependencyNeverSatisfied"
+
     def explain_end(self, status: NativeStatus, stderr_tail: str) -> NativeStatus:
         """A job killed for its memory by the accounting poll: OUT_OF_MEMORY, whatever state Slurm gave it."""
         if status.state in (JobState.FAILED, JobState.CANCELLED) and MEMORY_KILL.search(stderr_tail):

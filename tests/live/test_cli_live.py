@@ -305,10 +305,9 @@ def test_sites_check_without_a_file_checks_every_known_site(hb, cluster):
 
 def test_discover_via_an_ssh_site_from_the_laptop_reads_the_cluster_over_ssh(hb, cluster):
     """On the laptop scontrol cannot reach the controller; --via runs it on the login node over SSH."""
-    from conftest import STAGE
-
     env = ["env", f"PYTHONPATH={REPO}", f"HPCBRIDGE_SITES_PATH={REPO / 'site-configs'}"]
-    cli = [*env, str(STAGE / "venv" / "bin" / "python"), "-m", "hpcbridge.cli", "sites", "discover"]
+    # the laptop's python is this one (the stage's venv, visible in the client namespace too)
+    cli = [*env, sys.executable, "-m", "hpcbridge.cli", "sites", "discover"]
     p = cluster.client([*cli, "--via", "testcluster-ssh", "viassh"], timeout=180)
     assert p.returncode == 0, p.stderr
     via = p.stdout

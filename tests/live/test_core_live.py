@@ -428,3 +428,31 @@ def test_a_job_after_a_failed_one_is_cancelled_and_says_so(ex, cluster):
     with pytest.raises(ResourceError, match=rf"^after: job {failing.job_id} failed \(FAILED\): a job to run after "
                                             "it would never start$"):
         ex.with_resources(after=[failing])
+
+
+def test_without_accounting_a_dependency_kill_and_a_users_cancel_are_told_apart(cluster, cluster_workdir):
+    """squeue prints a plain CANCELLED for both; the reason (DependencyNeverSatisfied vs the pending reason
+    Dependency) tells which."""
+    site = dataclasses.replace(load_site("testcluster"), accounting=False, poll_interval_max_s=2.0)
+    ex = Executor(site=site, folder=str(cluster_workdir / "jobs"))
+    failing = ex.submit(fail, "first step broke")
+    doomed = ex.with_resources(after=[failing]).submit(square, 3)
+    marker = cluster_workdir / "go"
+    holder = ex.submit(wait_for_file, str(marker), "held", 240)
+    waiting = ex.with_resources(after=[holder]).submit(square, 4)
+    with pytest.raises(JobDependencyError, match=rf"^job {doomed.job_id} never ran: it was to start after "
+                                                 rf"{failing.job_id} completed successfully"):
+        doomed.result(timeout=300)
+    assert ex._backend.scheduler.accounting is False  # the answer came from squeue, not sacct
+    deadline = time.time() + 60
+    while cluster.run(["squeue", "--noheader", "--format=%r", "--jobs", waiting.job_id],
+                      timeout=30).stdout.strip() != "Dependency":
+        assert time.time() < deadline
+        time.sleep(0.5)
+    cluster.run(["scancel", waiting.job_id])
+    with pytest.raises(JobCancelledError) as info:
+        waiting.result(timeout=120)
+    assert type(info.value) is JobCancelledError
+    assert str(info.value) == f"job {waiting.job_id} was cancelled (state CANCELLED)"
+    marker.write_text("")
+    assert holder.result(timeout=120) == "held"

@@ -172,10 +172,14 @@ def _resolve(sub, status):
     return sub.jobs[0][0]
 
 
-def test_a_dependent_cancelled_by_slurm_says_its_dependency_failed():
+@pytest.mark.parametrize("status", [
+    NativeStatus("604", JobState.CANCELLED, "CANCELLED", 0, "", "None assigned"),  # sacct
+    NativeStatus("604", JobState.CANCELLED, "CANCELLED", None, "DependencyNeverSatisfied", ""),  # squeue, scontrol
+])
+def test_a_dependent_cancelled_by_slurm_says_its_dependency_failed(status):
     sub = _submitted(_site(), "604")
     sub.after = ("603", "601_2")
-    job = _resolve(sub, NativeStatus("604", JobState.CANCELLED, "CANCELLED", 0, "", "None assigned"))
+    job = _resolve(sub, status)
     with pytest.raises(errors.JobDependencyError) as info:
         job.result(timeout=0)
     assert str(info.value) == (
@@ -193,6 +197,9 @@ def test_a_dependent_cancelled_by_slurm_says_its_dependency_failed():
         ((), NativeStatus("604", JobState.CANCELLED, "CANCELLED", 0, "", "None assigned")),  # no dependency
         (("603",), NativeStatus("604", JobState.CANCELLED, "CANCELLED by 2001", 0, "", "None assigned")),  # scancel
         (("603",), NativeStatus("604", JobState.CANCELLED, "CANCELLED", 0, "", "node2")),  # it had started
+        # without accounting (squeue/scontrol: no "by UID"): a user's scancel of a waiting dependent
+        (("603",), NativeStatus("604", JobState.CANCELLED, "CANCELLED", None, "Dependency", "")),
+        (("603",), NativeStatus("604", JobState.CANCELLED, "CANCELLED", None, "JobHeldUser", "")),
     ],
 )
 def test_other_cancellations_stay_plain_cancellations(after, status):
