@@ -14,6 +14,7 @@ import errno
 import json
 import os
 import socket
+import stat
 import time
 from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
@@ -40,10 +41,13 @@ _SOURCES: Dict[str, Tuple[Tuple[str, ...], ...]] = {
     "torchrun": (("RANK",), ("LOCAL_RANK",), ("WORLD_SIZE",), ("GROUP_RANK",), ("LOCAL_WORLD_SIZE",)),
 }
 
-#: A claimed port is protected from other hpcbridge jobs on the node for this long at most (the job's rank 0 binds
-#: it within seconds; after that the bind test itself keeps others off it), and only while the claiming process
-#: (the job's launch step, which becomes the launcher) lives: a job that ended frees its port at once.
+#: A port claim lasts exactly as long as the lock on its file (see _claim). This is the lifetime of a claim
+#: an older hpcbridge made (no lock, so judged by age and pid), and the age after which this user's unused claim
+#: files are deleted (younger ones are taken over in place).
 PORT_CLAIM_TTL_S = 600.0
+_CLAIM_MARK = "flock"  # the last field of a claim that holds by its lock; a claim without it is an older one's
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_held: Dict[int, int] = {}  # port -> the locked descriptor of a claim this process holds
 DEFAULT_PORT_RANGE = (20000, 32767)  # below Linux's ephemeral range (32768-60999): no outgoing socket holds it
 
 
@@ -257,14 +261,14 @@ def choose_port(
     claim_dir: Optional[str] = None,
     attempts: int = 200,
 ) -> int:
-    """A TCP port that binds on this node now and that no other hpcbridge job on this node was given recently.
+    """A TCP port that binds on this node now and that no other running hpcbridge job on this node was given.
 
-    Candidates are drawn at random from ``port_range``; each is claimed with an exclusive file in a node-local
+    Candidates are drawn at random from ``port_range``; each is claimed with a locked file in a node-local
     directory shared by every user (``/dev/shm/hpcbridge-ports``), then bind-tested on every address (IPv4 and
     IPv6, without SO_REUSEADDR, so a port in TIME_WAIT counts as taken). Two jobs starting together on one
-    node therefore never get the same port, unlike a port derived from the job id. A claim lapses after
-    PORT_CLAIM_TTL_S, or as soon as the process that made it has exited. With every port of the range taken
-    it raises :class:`RendezvousError` (it does not wait for one).
+    node therefore never get the same port, unlike a port derived from the job id. The claim is held by this
+    process and survives its exec (the launch step becomes the launcher): it ends when they have exited. With
+    every port of the range taken it raises :class:`RendezvousError` (it does not wait for one).
     """
     import random
 
@@ -334,33 +338,120 @@ def _claim_dir(preferred: Optional[str]) -> Optional[str]:
 
 
 def _claim(claims: str, port: int, job_id: str) -> bool:
+    """Claim ``port`` for this process and what it execs into; False while another job holds it.
+
+    A claim is the file ``claims/PORT`` locked with flock(LOCK_EX) on a descriptor this process keeps open and
+    inheritable: the claim lasts until the launch step (which execs the launcher, keeping the descriptor) or
+    the worker has exited, however it ends (the kernel drops the lock), and no longer. Whether a claim is live
+    is only ever asked of the lock, and the lock is also how a claim is taken, so there is no check-then-act
+    window: a new claim is locked before it appears under its name (written under a temporary name, then
+    hard-linked to ``PORT``, which fails if that exists); a claim nobody holds is taken over by locking that
+    same file with LOCK_NB (of any number of jobs trying at once exactly one gets it), never by deleting the
+    name and creating it again (then a second job, having seen the same dead claim, deletes the first one's
+    fresh claim and both get the port). Under the lock the name must still be that file (a cleanup or an
+    unclaim may have removed it meanwhile: then look again). flock needs only read access, so another user's
+    claim in the sticky directory is taken over too once its job has ended, as it is (it cannot be rewritten).
+    """
     path = os.path.join(claims, str(port))
-    for _ in range(2):
+    record = (
+        f"{job_id or '-'} {socket.gethostname()} {os.getpid()} {time.time():.3f} {_pid_namespace()} {_CLAIM_MARK}\n"
+    ).encode()
+    for _ in range(5):  # each round ends in a claim, a live holder, or a file that changed under us (again)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        except FileExistsError:
-            try:
-                if _claim_is_live(path, os.lstat(path).st_mtime):
-                    return False
-                os.unlink(path)  # stale (sticky directory: only its owner can remove it)
-            except OSError:
-                return False
-            continue
+            fd = _new_claim(claims, path, record)
         except OSError:
-            return True  # cannot claim here: rely on the bind test alone
-        # the pid is the launch step's, which execs the launcher (or the worker's): it lives as long as the job
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"{job_id or '-'} {socket.gethostname()} {os.getpid()} {time.time():.3f} {_pid_namespace()}\n")
+            return True  # no claims here (no flock or hard links on this filesystem): rely on the bind test alone
+        if fd is None:  # the name exists: ours if nobody holds it
+            fd, changed = _lock_unheld(path)
+            if fd is None:
+                if changed:
+                    continue
+                return False
+            if not _unheld_claim_is_stale(fd):  # an older hpcbridge's claim that is live by its rules
+                os.close(fd)
+                return False
+            try:  # ours: say who has it now (another user's file is read-only to us and stays as it is)
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, record, 0)
+            except OSError:
+                pass
+        os.set_inheritable(fd, True)  # Python opens with O_CLOEXEC: the lock must survive the exec of the launcher
+        _held[port] = fd
         return True
     return False
 
 
-def _claim_is_live(path: str, mtime: float) -> bool:
-    """A claim holds for PORT_CLAIM_TTL_S, or until the process that made it has exited (its job ended)."""
-    if time.time() - mtime >= PORT_CLAIM_TTL_S:
+def _new_claim(claims: str, path: str, record: bytes) -> Optional[int]:
+    """A new claim of ``path``, locked before it appears under that name; None if the name exists."""
+    import fcntl
+
+    tmp = os.path.join(claims, f".{os.path.basename(path)}.{os.getpid()}.{os.urandom(4).hex()}")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+    try:
+        os.fchmod(fd, 0o644)  # whatever the umask: other users' jobs must be able to open it to test the lock
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a fresh file nobody else has opened: never blocks
+        os.write(fd, record)
+        os.link(tmp, path)  # atomic: fails if the name exists (lsof names the descriptor by `tmp`, deleted)
+        linked = True
+    except FileExistsError:
+        linked = False
+    except BaseException:
+        os.close(fd)
+        _remove(tmp)
+        raise
+    _remove(tmp)
+    if not linked:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _lock_unheld(path: str) -> Tuple[Optional[int], bool]:
+    """(descriptor, changed): the claim file ``path`` locked by us, because nobody else held it; (None, False)
+    while someone holds it or when it is no claim we can test (a symlink, a FIFO, unreadable, no flock here);
+    (None, True) when it was removed or replaced while we looked."""
+    import fcntl
+
+    flags = _NOFOLLOW | os.O_NONBLOCK  # O_NONBLOCK: a FIFO planted under the name must not hang us
+    try:
+        try:
+            fd = os.open(path, os.O_RDWR | flags)
+        except PermissionError:  # another user's claim: flock needs only read access
+            fd = os.open(path, os.O_RDONLY | flags)
+    except FileNotFoundError:
+        return None, True
+    except OSError:
+        return None, False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise IsADirectoryError(path)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        now = os.lstat(path)
+    except FileNotFoundError:
+        os.close(fd)
+        return None, True
+    except OSError:  # BlockingIOError: its job is running
+        os.close(fd)
+        return None, False
+    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+        os.close(fd)
+        return None, True
+    return fd, False
+
+
+def _unheld_claim_is_stale(fd: int) -> bool:
+    """Of a claim file we have locked: True if it is free. Ours are (nobody held the lock); an older hpcbridge's
+    claim, which it never locked, holds for PORT_CLAIM_TTL_S or until the process that made it has exited."""
+    try:
+        text = os.pread(fd, 512, 0).decode("utf-8", "replace")
+        mtime = os.fstat(fd).st_mtime
+    except OSError:
         return False
-    text = _read_text(path) or ""
-    return not _claim_owner_gone(text)
+    fields = text.split()
+    if len(fields) == 6 and fields[5] == _CLAIM_MARK:
+        return True
+    return time.time() - mtime >= PORT_CLAIM_TTL_S or _claim_owner_gone(text)
 
 
 def _claim_owner_gone(text: str) -> bool:
@@ -392,14 +483,32 @@ def _pid_namespace() -> str:
 
 
 def _unclaim(claims: str, port: int) -> None:
+    """Give up a claim this process holds: its file goes (while still locked, so nobody is taking it over)."""
+    fd = _held.pop(port, None)
+    if fd is None:
+        return
+    path = os.path.join(claims, str(port))
     try:
-        os.unlink(os.path.join(claims, str(port)))
+        st, now = os.fstat(fd), os.lstat(path)
+        if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+            os.unlink(path)  # another user's file taken over stays (sticky directory): it is free once closed
+    except OSError:
+        pass
+    os.close(fd)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
     except OSError:
         pass
 
 
 def _clean_stale_claims(claims: str, limit: int = 1000) -> None:
-    """Remove this user's expired claims and those of ended jobs (other users' stay: the directory is sticky)."""
+    """Delete this user's claim files that are free and unused for PORT_CLAIM_TTL_S (and temporary files left by
+    a crash). Younger free claims are left to be taken over in place: deleting one races with nothing, but a
+    job testing its lock while we hold it would skip the port. Other users' files stay (the directory is sticky);
+    they are taken over in place once free."""
     now = time.time()
     uid = os.getuid()
     try:
@@ -409,12 +518,16 @@ def _clean_stale_claims(claims: str, limit: int = 1000) -> None:
                     break
                 try:
                     st = entry.stat(follow_symlinks=False)
-                    if st.st_uid == uid and (
-                        now - st.st_mtime > PORT_CLAIM_TTL_S or not _claim_is_live(entry.path, st.st_mtime)
-                    ):
-                        os.unlink(entry.path)
                 except OSError:
-                    pass
+                    continue
+                if st.st_uid != uid or now - st.st_mtime < PORT_CLAIM_TTL_S:
+                    continue
+                fd, _ = _lock_unheld(entry.path)
+                if fd is None:
+                    continue
+                if entry.name.startswith(".") or _unheld_claim_is_stale(fd):
+                    _remove(entry.path)  # under the lock: see _unclaim
+                os.close(fd)
     except OSError:
         pass
 

@@ -112,6 +112,18 @@ def torch_allreduce_held(arrived_dir, hold_file, bound_dir=None, jobs_expected=0
     return {"sum": t.item(), "rank": env.rank, "host": env.hostname, "master": (env.master_addr, env.master_port)}
 
 
+def report_port_and_hold(arrived_dir, hold_file):
+    """As torch_allreduce_held, but nothing ever binds the port: only the claim has it."""
+    env = hpcbridge.environment()
+    if env.rank == 0:
+        with open(os.path.join(arrived_dir, env.job_id), "w") as fh:
+            fh.write(f"{env.master_addr}:{env.master_port}")
+    deadline = time.time() + 300
+    while not os.path.exists(hold_file) and time.time() < deadline:
+        time.sleep(0.2)
+    return env.master_port
+
+
 def explode_on_rank_4(unknown_here=False):
     from mpi4py import MPI
 
@@ -256,13 +268,28 @@ def test_two_2_node_jobs_at_once_on_the_same_nodes_claim_the_two_ports_of_a_2_po
     """Both jobs hold after their launch steps chose a port, before anything binds it, until both are RUNNING on
     node1+node2: with two ports to choose from, random or job-id-derived ports would collide half the time and
     the bind test cannot help yet (nothing listens); the claims keep them apart. Then both process groups come
-    up at once (each rank 0 waits for the other's store) and all_reduce."""
+    up at once (each rank 0 waits for the other's store) and all_reduce. The pair that does this finds both
+    ports' claims left by an earlier pair whose jobs have ended (the path every job takes in a narrow range):
+    each claim is taken over by exactly one of them. (The earlier pair never binds the ports: a port whose store
+    has just closed may sit in TIME_WAIT on node1 for 60 s, and the bind test rightly counts it as taken.)"""
     lo, hi, site = _narrow_ports(2)
+    ex = make_executor(site_overrides=site, nodes=2, tasks_per_node=1, launcher="srun", mem_gb=1,
+                       extra_directives=["--nodelist=node1,node2"])
+    arrived, hold = cluster_workdir / "arrived-first", cluster_workdir / "hold-first"
+    arrived.mkdir()
+    first = [ex.submit(report_port_and_hold, str(arrived), str(hold)) for _ in range(2)]
+    masters = _wait_arrived(first, arrived)
+    ids = [job.job_id for job in first]
+    assert _squeue(cluster, *ids) == {i: ("RUNNING", "node[1-2]") for i in ids}  # at the same time, same nodes
+    assert sorted(int(masters[i].split(":")[1]) for i in ids) == [lo, hi], masters  # claims alone keep them apart
+    hold.touch()
+    assert sorted(job.result(timeout=WAIT_S) for job in first) == [lo, hi]
+    for i in ids:  # gone from node1, their launch steps with them: both claims are left, free
+        assert cluster.wait_job(i, timeout=120).state == "COMPLETED"
+
     arrived, hold, bound = cluster_workdir / "arrived", cluster_workdir / "hold", cluster_workdir / "bound"
     arrived.mkdir()
     bound.mkdir()
-    ex = make_executor(site_overrides=site, nodes=2, tasks_per_node=1, launcher="srun", mem_gb=1,
-                       extra_directives=["--nodelist=node1,node2"])
     jobs = [ex.submit(torch_allreduce_held, str(arrived), str(hold), str(bound), 2) for _ in range(2)]
     masters = _wait_arrived(jobs, arrived)
     ids = [job.job_id for job in jobs]
