@@ -299,7 +299,10 @@ def choose_port(
 
 
 def port_is_free(port: int) -> bool:
-    """True if ``port`` binds on every IPv4 (and, where there is IPv6, every IPv6) address right now."""
+    """True if ``port`` binds on every IPv4 (and, where there is IPv6, every IPv6) address right now.
+
+    With SO_REUSEADDR, as torch's TCPStore (c10d) binds its port: a port whose last connections are in TIME_WAIT
+    (for 60 s after a job's store closed) is free for the next store, and only a live listener makes it busy."""
     families = [(socket.AF_INET, "0.0.0.0")]
     if socket.has_ipv6:
         families.append((socket.AF_INET6, "::"))
@@ -309,6 +312,7 @@ def port_is_free(port: int) -> bool:
         except OSError:
             continue  # no IPv6 on this node
         try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind((any_addr, port))

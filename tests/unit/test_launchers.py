@@ -304,6 +304,33 @@ def test_environment_outside_any_job_is_this_machine(monkeypatch, tmp_path):
 
 
 # -- ports -------------------------------------------------------------------------------------------------
+def test_a_port_in_time_wait_is_free_for_the_next_store_and_a_listening_one_is_not():
+    """As torch's TCPStore binds (SO_REUSEADDR): the connections a finished job's store closed first linger in
+    TIME_WAIT for 60 s; they must not keep the next job off a narrow master_port range."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    served, _ = listener.accept()
+    assert not jobenv.port_is_free(port)  # a live listener
+    served.close()  # the store's side closes first: its end of the connection goes to TIME_WAIT
+    time.sleep(0.2)
+    client.close()
+    listener.close()
+    time.sleep(0.2)
+    plain = socket.socket()
+    try:
+        plain.bind(("0.0.0.0", port))
+        pytest.skip("this kernel keeps no TIME_WAIT on the closed port; nothing to show")
+    except OSError:
+        pass  # a bind without SO_REUSEADDR is refused: the port is in TIME_WAIT
+    finally:
+        plain.close()
+    assert jobenv.port_is_free(port)
+
+
 def test_choose_port_skips_a_port_in_use_and_a_port_claimed_by_another_job(tmp_path):
     busy = socket.socket()
     busy.bind(("0.0.0.0", 0))
