@@ -33,29 +33,37 @@ log = logging.getLogger("hpcbridge")
 SCRUB_PREFIXES = ("SLURM_", "SRUN_", "SALLOC_", "PBS_", "PMI_", "PMIX_", "OMPI_COMM_WORLD_")
 SCRUB_NAMES = ("HPCBRIDGE_TASK", "HPCBRIDGE_RANK")
 #: after a drop or a timeout during a submission: when to look again for its record and for the job by its tag
-#: (s, cumulative ~3 min: longer than a submit command may run, COMMAND_TIMEOUT_S, so a slow one finishes)
+#: (s), until FIND_DEADLINE_S after the first look (~3 min: longer than a submit command may run,
+#: COMMAND_TIMEOUT_S, so a slow one finishes). A deadline, not a count: a look's commands can take long (a resend up
+#: to COMMAND_TIMEOUT_S, squeue 60 s), so each gets at most the time left (but FIND_MIN_TIMEOUT_S at least).
 FIND_BY_TAG_WAITS_S = (0.0, 1.0, 2.0, 3.0, 4.0) + (5.0,) * 34
+FIND_DEADLINE_S = 180.0
+FIND_MIN_TIMEOUT_S = 10.0
 
 #: The submit command runs under this constant script, arguments ``MARKER COMMAND...`` (argv-safe: nothing is
 #: re-parsed). It first creates MARKER with O_EXCL (``set -C``): after a drop, no marker proves the command never
 #: started, so sending it again is safe, and of a late original and its retry only the first to create the marker
 #: runs. The command's stdout, stderr and exit code are kept next to it (MARKER.out, .err, .rc: the rc file last,
-#: renamed into place), so its outcome survives a reply lost with the connection.
+#: renamed into place), so its outcome survives a reply lost with the connection. A marker that cannot be created
+#: exits 125 with the shell's reason (the text after its last ": ", e.g. "Permission denied", "Read-only file
+#: system", "Disk quota exceeded").
 SUBMIT_ONCE = (
     'm=$1; shift; '
     'command -v -- "$1" >/dev/null 2>&1 || { '
     'printf "hpcbridge: submit command not found: %s\\n" "$1" >&2; exit 127; }; '
-    '(set -C; : >"$m") 2>/dev/null || { '
+    'e=$( (set -C; : >"$m") 2>&1 ) || { '
     '[ -e "$m" ] && { printf "hpcbridge: %s exists: this submission was started before\\n" "$m" >&2; exit 86; }; '
-    'printf "hpcbridge: cannot create %s\\n" "$m" >&2; exit 125; }; '
+    'printf "hpcbridge: cannot create %s: %s\\n" "$m" "${e##*: }" >&2; exit 125; }; '
     '"$@" >"$m.out" 2>"$m.err"; rc=$?; '
     'printf "%s\\n" "$rc" >"$m.rc.tmp" && mv -f -- "$m.rc.tmp" "$m.rc"; '
     'cat -- "$m.out"; cat -- "$m.err" >&2; exit "$rc"'
 )
-#: SUBMIT_ONCE's exit code when its marker exists (the command is not run), and its messages
+#: SUBMIT_ONCE's exit codes when its marker exists (the command is not run) or cannot be created, and its messages
 ALREADY_STARTED = 86
+NO_MARKER = 125
 _ALREADY = "this submission was started before"
 _NOT_FOUND = "hpcbridge: submit command not found: "
+_NO_MARKER = "hpcbridge: cannot create "
 
 
 def submit_once_argv(marker: str, argv: Sequence[str]) -> List[str]:
@@ -199,8 +207,12 @@ class Backend:
             log.warning("hpcbridge: %s: %s; trying again in %s s", out.argv[0], out.stderr.strip()[-200:], wait)
             time.sleep(wait)
         if out.returncode != 0:
+            why = ""
+            if out.returncode == NO_MARKER and out.stderr.startswith(_NO_MARKER) and marker is not None:
+                why = (f": {out.stderr.strip()[len('hpcbridge: '):]}, so nothing was submitted (is the job folder "
+                       "writable, and its filesystem neither read-only nor over quota?)")
             raise SchedulerError(
-                f"could not {what} on site {self.site.name!r}",
+                f"could not {what} on site {self.site.name!r}{why}",
                 argv=out.argv,
                 exit_code=out.returncode,
                 stdout=out.stdout,
@@ -225,14 +237,26 @@ class Backend:
         Each look reads the marker's record (one round trip): the recorded result if the command finished; if
         there is no marker the command never started, so it is sent again (safe: the marker lets only one copy
         run); if it started and has not finished (or was killed before recording), the job is looked for by its
-        tag. After FIND_BY_TAG_WAITS_S (~3 min) without an answer the error says where the job would show, and
-        the folder is kept.
+        tag. Without an answer by FIND_DEADLINE_S (~3 min; a look is not started after it), or when sending it
+        again fails, the error says where the job would show; it is ``maybe_ran`` (the folder is kept).
+
+        On the local transport a timed-out command was killed with everything it started (LocalTransport.run), so
+        a marker without a record will never get one: the job is looked up by its tag at once (a few looks), or the
+        error stands.
         """
         sched = self.scheduler
         find = sched.find_by_tag_argv(tag)
         record = [marker, f"{marker}.rc", f"{marker}.out", f"{marker}.err"]
         note = ""
+        start = time.monotonic()
+        deadline = start + FIND_DEADLINE_S
+
+        def left(cap: float) -> float:  # a command's timeout within the deadline
+            return min(cap, max(FIND_MIN_TIMEOUT_S, deadline - time.monotonic()))
+
         for wait in FIND_BY_TAG_WAITS_S:
+            if time.monotonic() + wait > deadline:
+                break
             time.sleep(wait)
             try:
                 files = self.transport.read_files(record)
@@ -251,18 +275,24 @@ class Backend:
                 log.warning("hpcbridge: the submission was interrupted (%s) and %s does not exist, so the command "
                             "never started: submitting it again", lost, marker)
                 try:
-                    out = self.run(submit_once_argv(marker, argv))
-                except (ConnectionLostError, CommandTimeoutError) as exc:
-                    if not exc.maybe_ran:
-                        raise
+                    out = self.run(submit_once_argv(marker, argv), timeout=left(COMMAND_TIMEOUT_S))
+                except TransportError as exc:
+                    if not getattr(exc, "maybe_ran", False):  # this copy never went out; the original still may
+                        raise self._unknown(lost, tag, f"sending it again failed: {exc}") from exc
                     lost = exc
                     continue
                 if out.returncode == ALREADY_STARTED and _ALREADY in out.stderr:
                     continue  # the original started in the meantime: wait for its record
                 return self._unwrap(argv, tag, marker, out)
+            if isinstance(lost, CommandTimeoutError) and self.site.transport == "local":  # killed: no record comes
+                why = f"{marker} exists but its command was killed before it recorded an outcome"
+                if find is not None:
+                    return self._find_by_tag(argv, tag, lost, f"{why}, no job carries the tag hpcbridge:{tag}, and "
+                                                              "it is not submitted again")
+                raise self._unknown(lost, tag, f"{why}, and it is not submitted again")
             if find is not None:  # started, not finished (or killed before recording): is its job there?
                 try:
-                    found = self.run(find, timeout=60)
+                    found = self.run(find, timeout=left(60.0))
                     job_id = sched.parse_find_by_tag(found.stdout, tag) if found.returncode == 0 else None
                 except TransportError as exc:  # the record may still come
                     note, job_id = f"; the last lookup by tag failed: {exc}", None
@@ -270,15 +300,18 @@ class Backend:
                     log.warning("hpcbridge: the submission was interrupted (%s); job %s was found by its tag "
                                 "hpcbridge:%s (not submitted again)", lost, job_id, tag)
                     return Completed(list(argv), 0, f"{job_id}\n", "")
-        waited = sum(FIND_BY_TAG_WAITS_S)
+        waited = time.monotonic() - start
         raise self._unknown(
             lost, tag, f"the command started ({marker} exists) but neither finished nor shows a job after "
-            f"{waited:g} s, and it is not submitted again{note}"
+            f"{waited:.0f} s, and it is not submitted again{note}"
         )
 
-    def _find_by_tag(self, argv: Sequence[str], tag: str, lost: TransportError) -> Completed:
-        """After a drop or a timeout during a submission run without a marker: the job if its tag shows within
-        a few looks, else the error stands (never submitted again: whether it ran cannot be told)."""
+    def _find_by_tag(
+        self, argv: Sequence[str], tag: str, lost: TransportError, why: Optional[str] = None
+    ) -> Completed:
+        """After a drop or a timeout during a submission run without a marker (or one killed before recording):
+        the job if its tag shows within a few looks, else the error stands, saying ``why`` (never submitted again:
+        whether it ran cannot be told)."""
         sched = self.scheduler
         find = sched.find_by_tag_argv(tag)
         assert find is not None  # run_checked asked
@@ -293,8 +326,10 @@ class Backend:
                 log.warning("hpcbridge: the submission was interrupted (%s); job %s was found by its tag "
                             "hpcbridge:%s (not submitted again)", lost, job_id, tag)
                 return Completed(list(argv), 0, f"{job_id}\n", "")
-        raise self._unknown(lost, tag, f"no job carries the tag hpcbridge:{tag} yet, and it is not submitted again "
-                                       "in case the command still does")
+        if why is None:
+            why = f"no job carries the tag hpcbridge:{tag} yet, and it is not submitted again in case the command " \
+                  "still does"
+        raise self._unknown(lost, tag, why)
 
     def _unknown(self, lost: TransportError, tag: str, why: str) -> TransportError:
         """The error when a submission's outcome stays unknown (``maybe_ran``: the caller keeps the folder)."""

@@ -278,7 +278,14 @@ class Executor(concurrent.futures.Executor):
             )
             sub.job_id = backend.scheduler.parse_submit(out.stdout)
         except BaseException as exc:
-            if not (submitting and getattr(exc, "maybe_ran", False)):  # a job that may exist keeps its folder
+            # a job that may exist keeps its folder: the outcome is unknown, or Ctrl-C came once the submit command
+            # was under way (it may have submitted, or may still: a late original, a lookup cut short)
+            interrupted = submitting and isinstance(exc, KeyboardInterrupt)
+            if interrupted:
+                log.warning("hpcbridge: interrupted while submitting; the job may have been submitted, so its folder "
+                            "%s is kept (the job, if submitted, %s)", sub.folder,
+                            backend.scheduler.find_by_tag_hint(sub.tag))
+            elif not (submitting and getattr(exc, "maybe_ran", False)):
                 with contextlib.suppress(Exception):
                     transport.remove_tree(sub.folder)
             raise

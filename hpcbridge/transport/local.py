@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 from ..errors import CommandTimeoutError, TransportError
 from .base import Completed
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL ``proc``'s process group (it leads one: start_new_session) and reap ``proc``. What detached itself
+    into a session of its own (the local site's job runner) is not touched."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):  # gone already
+        pass
+    proc.wait()
 
 
 class LocalTransport:
@@ -28,25 +39,31 @@ class LocalTransport:
     ) -> Completed:
         argv = [str(a) for a in argv]
         try:
-            proc = subprocess.run(  # noqa: S603 - argv list, no shell
+            # its own process group, so that a timeout (or Ctrl-C here) ends everything it started, not only
+            # argv[0]: a wrapper's sbatch must not go on untracked
+            proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
                 argv,
-                input=input,
-                capture_output=True,
+                stdin=subprocess.PIPE if input is not None else None,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 env=dict(env) if env is not None else None,
                 cwd=cwd,
-                timeout=timeout,
-                check=False,
+                start_new_session=True,
             )
         except FileNotFoundError as exc:
             raise TransportError(f"command not found: {argv[0]!r} (is it installed and on PATH?)") from exc
-        except subprocess.TimeoutExpired as exc:
-            raise CommandTimeoutError(f"command timed out after {timeout} s: {' '.join(argv)}") from exc
-        return Completed(
-            argv,
-            proc.returncode,
-            proc.stdout.decode("utf-8", "replace"),
-            proc.stderr.decode("utf-8", "replace"),
-        )
+        with proc:
+            try:
+                stdout, stderr = proc.communicate(input, timeout=timeout)
+            except BaseException as exc:
+                _kill_group(proc)
+                if isinstance(exc, subprocess.TimeoutExpired):
+                    raise CommandTimeoutError(
+                        f"command timed out after {timeout} s (it was killed, with what it had started): "
+                        f"{' '.join(argv)}"
+                    ) from exc
+                raise
+        return Completed(argv, proc.returncode, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace"))
 
     def expanduser(self, path: str) -> str:
         return os.path.expanduser(path)

@@ -26,6 +26,7 @@ What it guarantees (docs/ssh.md):
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import functools
 import getpass
@@ -168,6 +169,14 @@ class _Stdout:
 
 class _Lost(Exception):
     """The connection died under an operation."""
+
+
+class _SourceError(Exception):
+    """Reading a command's input failed here (a local file): raised as ``error`` itself, never taken for a drop."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class Connection:
@@ -492,6 +501,8 @@ class Connection:
                         return self._collect(ch, t, input, deadline, what, sink)
                     finally:
                         ch.close()
+            except _SourceError as exc:  # nothing wrong with the connection: not retried, not reconnected
+                raise exc.error from None
             except (_Lost, paramiko.SSHException, EOFError, OSError) as exc:
                 # an SSH-level error on a live transport (e.g. "Key-exchange timed out" during a rekey under load)
                 # leaves it unusable: it is closed and treated like a drop
@@ -529,7 +540,8 @@ class Connection:
         out = _Stdout(self.marker, sink)
         err = bytearray()
         writer: Optional[threading.Thread] = None
-        write_error: List[BaseException] = []
+        write_error: List[BaseException] = []  # sending failed: the connection (or the remote end) went away
+        source_error: List[BaseException] = []  # reading what to send failed (a local file): the connection is fine
         if isinstance(input, bytes) and len(input) <= 256 * 1024:
             if input:
                 ch.sendall(input)
@@ -543,13 +555,27 @@ class Connection:
                 chunks = input
 
             def write() -> None:
+                reading = True  # where an error comes from: reading the source (each next()), or sending
                 try:
-                    for chunk in chunks():
+                    source = iter(chunks())
+                    while True:
+                        reading = True
+                        chunk = next(source, None)
+                        reading = False
+                        if chunk is None:
+                            break
                         ch.sendall(chunk)  # type: ignore[arg-type]  # any buffer works (written to a BytesIO)
                     ch.shutdown_write()
                 except BaseException as exc:
-                    write_error.append(exc)
-                    ch.close()  # the remote end must not wait for the rest
+                    if reading:
+                        # the remote end gets EOF (a cut-short upload removes its file); not ch.close(): that closes
+                        # the channel's fd, which the reading thread may be in select() on (EBADF: a "drop")
+                        source_error.append(exc)
+                        with contextlib.suppress(Exception):
+                            ch.shutdown_write()
+                    else:
+                        write_error.append(exc)
+                        ch.close()  # the remote end must not wait for the rest
 
             writer = threading.Thread(target=write, name="hpcbridge-ssh-send", daemon=True)
             writer.start()
@@ -561,7 +587,7 @@ class Connection:
                 out.add(ch.recv(1 << 20))
             while ch.recv_stderr_ready():
                 err += ch.recv_stderr(1 << 20)
-            if ch.eof_received or ch.closed:
+            if ch.eof_received or ch.closed or source_error:
                 # drain what arrived together with the EOF
                 while ch.recv_ready():
                     out.add(ch.recv(1 << 20))
@@ -579,6 +605,8 @@ class Connection:
                     out.add(ch.recv(1 << 20))
                 if not (ch.eof_received and ch.exit_status_ready()):
                     raise _Lost("transport closed")
+        if source_error:  # a local file could not be read: its own error, and the connection stays up
+            raise _SourceError(source_error[0])
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         if not ch.status_event.wait(left):
             raise CommandTimeoutError(f"command on {self.spec.label} timed out while trying to {what}")
@@ -588,7 +616,7 @@ class Connection:
         if status == -1 and not t.is_active():
             raise _Lost("transport closed")
         if write_error and not isinstance(write_error[0], (paramiko.SSHException, EOFError, socket.error)):
-            raise write_error[0]  # the source failed (a local file could not be read), not the connection
+            raise write_error[0]  # not a connection problem (e.g. a chunk that is not a buffer)
         if write_error and status == -1:
             raise _Lost(str(write_error[0]))
         stdout = out.result()
@@ -837,17 +865,20 @@ class SSHTransport:
     def upload(self, data: Union[bytes, str], remote_path: str, mode: int = 0o600) -> None:
         """One (large) file streamed over one exec channel (``cat`` into a temporary name, then renamed): bytes,
         or a local file's path. Faster than paramiko's SFTP (no request/reply per 32 KB, docs/ssh.md, measured);
-        a drop starts it over."""
+        a drop starts it over. Only a complete file is put in place (the cluster side checks the byte count); a
+        local file that cannot be read raises its own ``OSError`` (naming it), and the connection stays up."""
         cfg.check_remote_path(remote_path, "upload")
         directory, base = posixpath.split(posixpath.normpath(remote_path))
         tmp = posixpath.join(directory, f".hpcbridge-tmp-{uuid.uuid4().hex[:12]}-{base}")
         source: Input
         if isinstance(data, str):
-            os.stat(data)  # a missing local file fails here, before anything is sent
-            source = functools.partial(_file_chunks, data, 1 << 20)
+            with open(data, "rb") as fh:  # missing, unreadable or a folder: fails here, before anything is sent
+                size = os.fstat(fh.fileno()).st_size
+            source = functools.partial(_file_chunks, data, 1 << 20, size)
         else:
+            size = len(data)
             source = functools.partial(_slices, memoryview(data), 1 << 20)
-        self._op(_UPLOAD_SCRIPT, [tmp, remote_path, format(mode & 0o7777, "o")], f"upload {remote_path}",
+        self._op(_UPLOAD_SCRIPT, [tmp, remote_path, format(mode & 0o7777, "o"), str(size)], f"upload {remote_path}",
                  input=source, timeout=3600)
 
     def download(self, remote_path: str, local_path: Optional[str] = None) -> Optional[bytes]:
@@ -884,9 +915,14 @@ class SSHTransport:
             _release(self.conn)
 
 
-#: an upload: the stream into a private temporary file, its mode, then renamed into place (removed on failure)
+#: an upload (arguments TMP DEST MODE SIZE): the stream into a private temporary file; only when it holds exactly
+#: SIZE bytes its mode, then renamed into place; removed on any failure. ``cat`` exits 0 on a stream cut short (a
+#: drop, or the sender closing the channel after a local read error), so the byte count is what tells (exit 3).
 _UPLOAD_SCRIPT = (
-    'umask 077; cat > "$1" && chmod "$3" "$1" && mv -f -- "$1" "$2" || { rc=$?; rm -f -- "$1"; exit "$rc"; }'
+    'umask 077; cat >"$1" && n=$(wc -c <"$1") || { rc=$?; rm -f -- "$1"; exit "$rc"; }; '
+    '[ "$n" -eq "$4" ] || { rm -f -- "$1"; '
+    'printf "hpcbridge: upload to %s cut short: %s of %s bytes arrived\\n" "$2" "$n" "$4" >&2; exit 3; }; '
+    'chmod "$3" "$1" && mv -f -- "$1" "$2" || { rc=$?; rm -f -- "$1"; exit "$rc"; }'
 )
 #: extract (umask 077: the temporary folders are private), then move each folder's files into place, one mv each
 _WRITE_SCRIPT = (
@@ -913,12 +949,22 @@ def _slices(view: memoryview, size: int) -> Iterable[memoryview]:
     return (view[i : i + size] for i in range(0, len(view), size))
 
 
-def _file_chunks(path: str, size: int) -> Iterable[bytes]:
+def _file_chunks(path: str, size: int, total: int) -> Iterable[bytes]:
+    """The first ``total`` bytes of a local file (its size when the upload started), in blocks of ``size``. An
+    error reading it names the file; a file that became shorter is an error too (the cluster side would refuse the
+    cut-short stream anyway)."""
     with open(path, "rb") as fh:
-        while True:
-            block = fh.read(size)
+        left = total
+        while left > 0:
+            try:
+                block = fh.read(min(size, left))
+            except OSError as exc:
+                if exc.filename is None:  # a read error (EIO ...) does not say which file
+                    exc.filename = path
+                raise
             if not block:
-                return
+                raise OSError(f"{path} became shorter while it was being uploaded ({total - left} of {total} bytes)")
+            left -= len(block)
             yield block
 
 

@@ -345,6 +345,62 @@ report(unreachable=unreachable, refused=refused, remote=remote, missing=missing,
     assert r["false"] == 1  # a failing command is a result, not an error
 
 
+def test_an_upload_whose_local_file_cannot_be_read_fails_as_such_and_leaves_nothing(cluster: LiveCluster) -> None:
+    """A local file that cannot be read (no permission, a folder, a disk error after the first MiB) raises its own
+    error naming the file, at once: it is not taken for a dropped connection (no reconnect, which would ask an MFA
+    question again, no minute of retries, no "check the network"). The stream cut short by the disk error leaves
+    nothing on the cluster (cat exits 0 at its end; the byte count decides), and the connection goes on working."""
+    r = laptop(cluster, r'''
+import errno, shutil, tempfile
+t = ssh.SSHTransport(site())
+folder = t.expanduser("~/.hpcbridge-upload-" + os.urandom(4).hex())
+t.makedirs(folder)
+local = tempfile.mkdtemp(prefix="upload-src-")
+data = os.urandom(3 << 20)
+path = os.path.join(local, "data")
+with open(path, "wb") as fh:
+    fh.write(data)
+denied = os.path.join(local, "denied")
+with open(denied, "wb") as fh:
+    fh.write(b"not for you")
+os.chmod(denied, 0)
+failed = {"denied": error(lambda: t.upload(denied, folder + "/denied")),
+          "folder": error(lambda: t.upload(local, folder + "/folder"))}
+real = ssh._file_chunks
+def failing_disk(name, size, total):  # the first MiB reads, then the disk fails (as _file_chunks reports it)
+    chunks = real(name, size, total)
+    yield next(chunks)
+    raise OSError(errno.EIO, "Input/output error", name)
+ssh._file_chunks = failing_disk
+started = time.monotonic()
+failed["eio"] = error(lambda: t.upload(path, folder + "/eio"))
+eio_s = time.monotonic() - started
+ssh._file_chunks = real
+# the cluster side ends the cut-short upload by itself: wait until its script (its argv names the temporary
+# file; the pattern does not match pgrep's own command line) has exited
+deadline = time.monotonic() + 30
+while t.run(["pgrep", "-f", "hpcbridge-tmp-[0-9a-f]"]).returncode == 0 and time.monotonic() < deadline:
+    time.sleep(0.2)
+left = t.listdir(folder)
+t.upload(path, folder + "/ok")
+same = t.download(folder + "/ok") == data
+t.remove_tree(folder)
+os.chmod(denied, 0o600)
+shutil.rmtree(local)
+report(failed=failed, eio_s=eio_s, left=left, same=same, path=path, denied=denied, local=local, stats=vars(t.stats))
+''')
+    assert r["failed"] == {
+        "denied": ["PermissionError", f"[Errno 13] Permission denied: '{r['denied']}'"],
+        "folder": ["IsADirectoryError", f"[Errno 21] Is a directory: '{r['local']}'"],
+        "eio": ["OSError", f"[Errno 5] Input/output error: '{r['path']}'"],
+    }
+    assert r["eio_s"] < 10  # no reconnect window of retries
+    assert r["left"] == []  # neither the cut-short file in place nor its temporary file
+    assert r["same"] is True
+    assert r["stats"]["connects"] == 1 and r["stats"]["reconnects"] == 0, r["_stderr"]
+    assert "reconnect" not in r["_stderr"] and "dropped" not in r["_stderr"]
+
+
 def test_encrypted_key_passphrase_asked_once_per_connection(cluster: LiveCluster) -> None:
     r = laptop(cluster, r'''
 asked = []

@@ -4,6 +4,7 @@ output framing, host-key decisions and the error messages. No network (the live 
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 from pathlib import Path
@@ -232,14 +233,56 @@ def test_upload_script_renames_a_whole_file_into_place_and_cleans_up_on_failure(
     """The upload stream's script, run by a local sh: the file lands whole with its mode; a failure leaves nothing."""
     data = os.urandom(300_000)
     tmp, dest = str(tmp_path / ".hpcbridge-tmp-x-blob"), str(tmp_path / "blob")
-    p = _run_local(cfg.command_line(ssh._UPLOAD_SCRIPT, [tmp, dest, "640"], "__m__"), stdin=data)
+    p = _run_local(cfg.command_line(ssh._UPLOAD_SCRIPT, [tmp, dest, "640", str(len(data))], "__m__"), stdin=data)
     assert p.returncode == 0, p.stderr
     assert Path(dest).read_bytes() == data and oct(os.stat(dest).st_mode & 0o777) == "0o640"
     assert os.listdir(tmp_path) == ["blob"]
     bad = str(tmp_path / "missing" / "blob")  # the rename fails (even for root): the temporary file is removed
-    p = _run_local(cfg.command_line(ssh._UPLOAD_SCRIPT, [tmp, bad, "600"], "__m__"), stdin=data)
+    p = _run_local(cfg.command_line(ssh._UPLOAD_SCRIPT, [tmp, bad, "600", str(len(data))], "__m__"), stdin=data)
     assert p.returncode != 0 and b"missing" in p.stderr
     assert os.listdir(tmp_path) == ["blob"]
+
+
+def test_upload_script_removes_a_stream_cut_short_and_keeps_the_old_file(tmp_path: Path) -> None:
+    """cat exits 0 at the end of a stream, whole or not (a drop, or the sender closing the channel after a local
+    read error): the announced byte count decides. The file that was there stays as it was."""
+    tmp, dest = str(tmp_path / ".hpcbridge-tmp-x-blob"), str(tmp_path / "blob")
+    Path(dest).write_bytes(b"old")
+    for sent, announced in ((b"x" * 50, 100), (b"", 1)):
+        p = _run_local(cfg.command_line(ssh._UPLOAD_SCRIPT, [tmp, dest, "600", str(announced)], "__m__"), stdin=sent)
+        assert p.returncode == 3
+        assert p.stderr.decode().endswith(f"hpcbridge: upload to {dest} cut short: {len(sent)} of {announced} bytes "
+                                          "arrived\n")
+        assert os.listdir(tmp_path) == ["blob"] and Path(dest).read_bytes() == b"old"
+
+
+def test_an_upload_read_error_names_the_file_and_a_file_that_shrank_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "data"
+    path.write_bytes(b"y" * 10)
+    assert b"".join(ssh._file_chunks(str(path), 4, 10)) == b"y" * 10
+    assert b"".join(ssh._file_chunks(str(path), 4, 6)) == b"y" * 6  # what it held when the upload started
+    with pytest.raises(OSError, match=rf"^{path} became shorter while it was being uploaded \(10 of 12 bytes\)$"):
+        list(ssh._file_chunks(str(path), 4, 12))
+
+    class Disk:  # a read that fails as a failing disk's does: EIO, and no file name
+        def __init__(self, *args: Any) -> None:
+            pass
+
+        def __enter__(self) -> Disk:
+            return self
+
+        def __exit__(self, *args: Any) -> None:
+            pass
+
+        def read(self, size: int) -> bytes:
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(ssh, "open", Disk, raising=False)
+    with pytest.raises(OSError) as err:
+        list(ssh._file_chunks(str(path), 4, 10))
+    assert str(err.value) == f"[Errno 5] Input/output error: '{path}'"
 
 
 # -- safe to retry ----------------------------------------------------------------------------------------------

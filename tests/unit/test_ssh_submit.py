@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -17,7 +19,13 @@ import pytest
 
 from hpcbridge import backend as backend_mod
 from hpcbridge.backend import ALREADY_STARTED, Backend, submit_once_argv
-from hpcbridge.errors import CommandTimeoutError, ConnectionLostError, SchedulerError, TransportError
+from hpcbridge.errors import (
+    CommandTimeoutError,
+    ConnectionLostError,
+    HostUnreachableError,
+    SchedulerError,
+    TransportError,
+)
 from hpcbridge.schedulers.slurm import SlurmScheduler
 from hpcbridge.sites import site_from_mapping
 from hpcbridge.transport.base import Completed
@@ -209,6 +217,60 @@ def test_when_the_lookup_fails_too_the_error_says_where_to_look(monkeypatch: pyt
     assert "carries the comment hpcbridge:ffff: see `squeue --me --format=%i|%k`" in str(err.value)
 
 
+def test_a_resend_that_cannot_go_out_is_an_unknown_outcome_not_a_plain_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No marker after a drop: the command is sent again. If that copy cannot even go out (no reconnect), the
+    original may still be starting on the login node: the outcome is unknown (the executor keeps the folder)."""
+    for failure in (lost(maybe_ran=False), HostUnreachableError("cannot reach hpc at 10.0.0.1:22: no answer")):
+        b, t = make([lost(), failure], monkeypatch)
+        with pytest.raises(ConnectionLostError) as err:
+            b.run_checked(["sbatch", "x"], "submit the job", tag="bbbb", marker=MARKER)
+        assert err.value.maybe_ran is True and err.value.__cause__ is failure
+        assert f"; sending it again failed: {failure} (site 'rec'; the job, if submitted, carries the comment " \
+               "hpcbridge:bbbb" in str(err.value)
+        assert names(t) == ["/bin/sh", "read_files", "/bin/sh"]
+
+
+class Clock:
+    """time.monotonic and time.sleep for the backend: fake seconds that pass when it sleeps or a command runs."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_the_lookup_ends_at_its_deadline_however_long_each_look_takes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """~3 minutes of looking, not 39 looks: here every resend hangs until its timeout (the marker never shows, as
+    on a stalled filesystem), which used to make the lookup last 39 x 120 s."""
+    clock = Clock()
+    b, t = make([lost()], monkeypatch)
+    monkeypatch.setattr(backend_mod, "FIND_BY_TAG_WAITS_S", (0.0, 1.0, 2.0, 3.0, 4.0) + (5.0,) * 34)
+    monkeypatch.setattr(backend_mod, "time", clock)
+    timeouts: List[float] = []
+    first = t.run
+
+    def run(argv: Sequence[str], **kw: Any) -> Completed:
+        if t.steps:
+            return first(argv, **kw)
+        t.calls.append(list(argv))
+        timeouts.append(kw.get("timeout") or backend_mod.COMMAND_TIMEOUT_S)
+        clock.now += timeouts[-1]
+        raise CommandTimeoutError(f"command on hpc timed out after {timeouts[-1]} s while trying to run /bin/sh")
+
+    t.run = run  # type: ignore[method-assign]
+    started = clock.now
+    with pytest.raises(CommandTimeoutError, match=r"it is not submitted again") as err:
+        b.run_checked(["sbatch", "x"], "submit the job", tag="bbbb", marker=MARKER)
+    assert err.value.maybe_ran is True
+    assert clock.now - started <= 180 + 10 + 5  # the deadline, and at most the shortest timeout past it
+    assert timeouts[0] == backend_mod.COMMAND_TIMEOUT_S and timeouts[-1] < timeouts[0]  # the last got what was left
+    assert names(t).count("/bin/sh") == 1 + len(timeouts) <= 4
+
+
 def test_a_refused_submission_is_still_a_scheduler_error(monkeypatch: pytest.MonkeyPatch) -> None:
     b, _ = make([(1, "", "sbatch: error: invalid partition\n")], monkeypatch)
     with pytest.raises(SchedulerError, match="could not submit the job"):
@@ -284,3 +346,75 @@ def test_submit_once_through_the_local_transport(tmp_path: Path) -> None:
         b.run_checked([failing], "submit the job", tag="t3", marker=str(tmp_path / "m3"))
     assert err.value.exit_code == 1 and err.value.stderr == "sbatch: error: no such partition\n"
     assert err.value.argv == [failing]
+
+
+def test_a_marker_that_cannot_be_created_says_why(tmp_path: Path) -> None:
+    """The shell's reason (here: the job folder is gone) reaches the error, not a bare exit code 125."""
+    b = Backend(site_from_mapping("loc", {"scheduler": "slurm", "workdir": str(tmp_path)}))
+    cmd = fake_sbatch(tmp_path, "echo 4242")
+    marker = str(tmp_path / "gone" / "submitted")
+    with pytest.raises(SchedulerError) as err:
+        b.run_checked([cmd, "--parsable"], "submit the job", tag="t4", marker=marker)
+    reason = "Directory nonexistent" if os.path.realpath("/bin/sh").endswith("dash") else "No such file or directory"
+    assert err.value.message == (
+        f"could not submit the job on site 'loc': cannot create {marker}: {reason}, so nothing was submitted (is the "
+        "job folder writable, and its filesystem neither read-only nor over quota?)"
+    )
+    assert err.value.exit_code == 125 and err.value.stderr == f"hpcbridge: cannot create {marker}: {reason}\n"
+    assert runs(tmp_path) == 0
+
+
+def test_on_the_local_transport_a_hung_submission_is_killed_and_its_outcome_told_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the login node (or the local site) a submit command that times out is killed with everything it started
+    (SUBMIT_ONCE's /bin/sh, the submit command, its children): nothing goes on untracked, and no record can come
+    any more, so there is no waiting for one. The local site cannot look jobs up by tag: the error stands at once."""
+    monkeypatch.setattr(backend_mod, "COMMAND_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(backend_mod, "FIND_BY_TAG_WAITS_S", (0.5,) * 10)
+    late = tmp_path / "late"
+    cmd = fake_sbatch(tmp_path, f"(sleep 2; touch {late}) & sleep 60")
+    b = Backend(site_from_mapping("loc", {"scheduler": "local", "workdir": str(tmp_path)}))
+    marker = str(tmp_path / "submitted")
+    started = time.monotonic()
+    with pytest.raises(CommandTimeoutError) as err:
+        b.run_checked([cmd], "submit the job", tag="t5", marker=marker)
+    assert time.monotonic() - started < 3
+    assert err.value.maybe_ran is True
+    assert str(err.value).endswith(
+        f"; {marker} exists but its command was killed before it recorded an outcome, and it is not submitted again "
+        "(site 'loc'; the job, if submitted, carries the tag hpcbridge:t5)"
+    )
+    time.sleep(2.5)
+    assert not late.exists() and runs(tmp_path) == 1
+
+
+def test_ctrl_c_once_the_submission_is_under_way_keeps_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ctrl-C during the submit command or the lookup after a drop: the job may exist (or a late original may still
+    submit it), so its folder stays; an error that says nothing was submitted removes it."""
+    from hpcbridge import Executor
+
+    jobs = tmp_path / "jobs"
+    ex = Executor(site=site_from_mapping("loc", {"scheduler": "local", "workdir": str(jobs), "python": sys.executable}))
+
+    def interrupted(*args: Any, **kw: Any) -> Completed:
+        assert [p.name for p in jobs.iterdir()][0]  # the folder is there while it submits
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ex._backend, "run_checked", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ex.submit(pow, 2, 3)
+    kept = list(jobs.iterdir())
+    assert len(kept) == 1 and (kept[0] / "script.sh").exists()
+    assert f"interrupted while submitting; the job may have been submitted, so its folder {kept[0]} is kept (the " \
+           f"job, if submitted, carries the tag hpcbridge:{kept[0].name})" in caplog.text
+
+    def refused(*args: Any, **kw: Any) -> Completed:
+        raise SchedulerError("could not submit the job on site 'loc'")
+
+    monkeypatch.setattr(ex._backend, "run_checked", refused)
+    with pytest.raises(SchedulerError):
+        ex.submit(pow, 2, 3)
+    assert list(jobs.iterdir()) == kept
