@@ -443,11 +443,18 @@ class Connection:
 
     def _open_session(self, t: paramiko.Transport) -> paramiko.Channel:
         """A new channel. sshd frees a closed channel's session slot a moment after the close, so under churn it
-        can refuse one even below MaxSessions: nothing was sent then, and opening again shortly after is safe."""
+        can refuse one even below MaxSessions: nothing was sent then, and opening again shortly after is safe.
+
+        paramiko keeps a refusal's reason in one slot per connection (``saved_exception``), which the first
+        thread to look takes: with several threads opening channels at once, a refused one may see no reason and
+        raise a plain SSHException ("Unable to open channel."). While the connection is up, that is a refusal
+        too, not a drop (treated as a drop, it closed the shared connection under every command in flight)."""
         for wait in CHANNEL_RETRY_WAITS_S:
             try:
                 return t.open_session(timeout=self.spec.connect_timeout_s)
-            except paramiko.ChannelException as exc:
+            except paramiko.SSHException as exc:  # ChannelException is one
+                if not isinstance(exc, paramiko.ChannelException) and not t.is_active():
+                    raise  # the connection went away: a drop
                 if wait is None:
                     raise TransportError(
                         f"{self.spec.label} refused a new SSH channel ({exc}); the server's MaxSessions may be "
