@@ -559,7 +559,8 @@ def _end(proc, pipe):
     assert proc.exitcode == 0
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="acting as two users needs root")
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as two users needs root (tests/run runs the root tests as root)")
 def test_another_users_claim_is_never_taken_while_its_job_runs_and_is_taken_over_in_place_after(tmp_path):
     """The claim directory is sticky and shared by every user: a running job's claim holds against everyone,
     and once it has ended another user's job gets the port (flock needs only read access: the file, which it
