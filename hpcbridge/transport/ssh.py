@@ -4,7 +4,7 @@ What it guarantees (docs/ssh.md):
 
 * **one connection per endpoint, process-wide** (keyed by resolved host, user, port and bastions), shared by every
   executor, backend and poller thread; ``TCP_NODELAY`` and TCP/SSH keepalives on the socket; at most
-  :data:`MAX_EXEC_CHANNELS` exec channels open at once (+1 SFTP) so sshd's ``MaxSessions`` (10) is never hit;
+  :data:`MAX_EXEC_CHANNELS` exec channels open at once so sshd's ``MaxSessions`` (10) is never hit;
 * **~/.ssh/config honoured** (Host aliases, HostName, User, Port, IdentityFile, IdentitiesOnly, ProxyJump,
   UserKnownHostsFile, StrictHostKeyChecking, HostKeyAlias, ConnectTimeout, ServerAliveInterval); ssh-agent keys;
   an encrypted key's passphrase or a keyboard-interactive (MFA) answer is asked once per connection, never stored;
@@ -63,7 +63,8 @@ log = logging.getLogger("hpcbridge")
 
 #: OpenSSH's default MaxSessions: channels one connection may have open at once
 MAX_SESSIONS = 10
-#: exec channels open at once per connection; one more is kept for SFTP, and one spare
+#: exec channels open at once per connection: two below MAX_SESSIONS, as sshd frees a closed channel's slot only a
+#: moment after the close (Connection._open_session)
 MAX_EXEC_CHANNELS = 8
 #: waits before opening a refused channel again (None: give up)
 CHANNEL_RETRY_WAITS_S = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, None)
@@ -113,28 +114,16 @@ def _ask(text: str, echo: bool) -> str:
 
 @dataclasses.dataclass
 class Stats:
-    """What one connection did, for benchmarks and tests (round trips = exec channels + SFTP requests)."""
+    """What one connection did, for benchmarks and tests (every command and transfer is one exec channel: one
+    round trip each)."""
 
     connects: int = 0
     reconnects: int = 0
     exec_channels: int = 0
-    sftp_requests: int = 0
 
     @property
     def round_trips(self) -> int:
-        return self.exec_channels + self.sftp_requests
-
-
-class _CountingSFTP(paramiko.SFTPClient):
-    """An SFTP client that counts the requests it sends (pipelined ones included)."""
-
-    counter: Optional[Stats] = None
-
-    def _async_request(self, fileobj: Any, t: int, *args: Any) -> int:  # type: ignore[no-untyped-def,unused-ignore]
-        if self.counter is not None:
-            self.counter.sftp_requests += 1
-        request: Callable[..., int] = getattr(super(), "_async_request")  # noqa: B009 - untyped in the stubs
-        return request(fileobj, t, *args)
+        return self.exec_channels
 
 
 class _Stdout:
@@ -194,8 +183,6 @@ class Connection:
         self._channels = threading.BoundedSemaphore(MAX_EXEC_CHANNELS)
         self._transport: Optional[paramiko.Transport] = None
         self._hops: List[paramiko.Transport] = []
-        self._sftp: Optional[_CountingSFTP] = None
-        self._sftp_lock = threading.Lock()
         self._keys: Dict[str, paramiko.PKey] = {}  # decrypted identity files, for reconnects (never passphrases)
         self._closed = False
 
@@ -419,8 +406,7 @@ class Connection:
 
     def _drop(self) -> None:
         """Forget a dead connection (closing what is left of it)."""
-        sftp, self._sftp = self._sftp, None
-        for thing in [sftp, self._transport, *reversed(self._hops)]:
+        for thing in [self._transport, *reversed(self._hops)]:
             if thing is not None:
                 try:
                     thing.close()
@@ -638,38 +624,6 @@ class Connection:
                 stderr=bytes(err).decode("utf-8", "replace"),
             )
         return status, stdout, (stderr if stderr is not None else bytes(err))
-
-    # -- SFTP ---------------------------------------------------------------------------------------------
-    def sftp(self) -> _CountingSFTP:
-        t = self.transport()
-        sftp = self._sftp
-        if sftp is not None and sftp.get_channel() is not None and not sftp.get_channel().closed:  # type: ignore[union-attr]
-            return sftp
-        client = _CountingSFTP.from_transport(t, window_size=WINDOW_BYTES, max_packet_size=MAX_PACKET_BYTES)
-        if client is None:
-            raise TransportError(f"{self.spec.label} refused the SFTP subsystem")
-        client.counter = self.stats
-        self._sftp = client
-        return client
-
-    def with_sftp(self, fn: Callable[[_CountingSFTP], Any], what: str) -> Any:
-        """Run ``fn(sftp)`` (an idempotent transfer), reconnecting and retrying once after a drop."""
-        for attempt in (1, 2):
-            with self._sftp_lock:
-                t = self.transport()
-                try:
-                    return fn(self.sftp())
-                except (paramiko.SSHException, EOFError, OSError) as exc:
-                    if isinstance(exc, (IOError, OSError)) and t.is_active() and getattr(exc, "errno", None):
-                        raise RemoteCommandError(f"could not {what} on {self.spec.label}: {exc}") from exc
-                    if t.is_active():
-                        raise TransportError(f"SFTP error on {self.spec.label} while trying to {what}: {exc}") from exc
-                    self.mark_dead(t)
-                    if attempt == 2:
-                        raise ConnectionLostError(
-                            f"the SSH connection to {self.spec.label} dropped twice while trying to {what}"
-                        ) from exc
-        raise AssertionError("unreachable")
 
 
 # -- the process-wide pool ------------------------------------------------------------------------------------

@@ -478,7 +478,7 @@ finally:
 
 def test_keyboard_interactive_prompt_asked_once_per_connection_and_never_stored(cluster: LiveCluster) -> None:
     """testcluster-login-mfa wants the key and then a keyboard-interactive answer (PAM asks the password). Several
-    commands, a job, an SFTP upload and a download on one connection: one question. A reconnect asks again. The
+    commands, a job, an upload and a download on one connection: one question. A reconnect asks again. The
     answer is kept nowhere reachable from the transport, the backend or the connection pool."""
     r = laptop(cluster, r'''
 password = open(os.path.expanduser("~/.hpcbridge-test-mfa-password")).read().strip()
@@ -510,7 +510,7 @@ report(first=first, asked=asked, names=names, same=same, value=value, job_id=job
        stored_first=stored_first, stored=stored, wrong=wrong)
 ''')
     question = ["[testcluster-login-mfa] Password: ", False]
-    assert r["first"] == [question]  # once for the whole first connection: commands, a job, SFTP and a stream
+    assert r["first"] == [question]  # once for the whole first connection: commands, a job, an upload and a download
     assert r["asked"] == [question, question]  # and once more after the reconnect
     assert r["names"] == ["login"] * 4 and r["same"] is True and r["value"] == 128
     assert r["method"] == "publickey + keyboard-interactive"
