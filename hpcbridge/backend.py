@@ -244,8 +244,7 @@ class Backend:
         a marker without a record will never get one: the job is looked up by its tag at once (a few looks), or the
         error stands.
         """
-        sched = self.scheduler
-        find = sched.find_by_tag_argv(tag)
+        find = self.scheduler.find_by_tag_argv(tag)
         record = [marker, f"{marker}.rc", f"{marker}.out", f"{marker}.err"]
         note = ""
         start = time.monotonic()
@@ -292,14 +291,11 @@ class Backend:
                 raise self._unknown(lost, tag, f"{why}, and it is not submitted again")
             if find is not None:  # started, not finished (or killed before recording): is its job there?
                 try:
-                    found = self.run(find, timeout=left(60.0))
-                    job_id = sched.parse_find_by_tag(found.stdout, tag) if found.returncode == 0 else None
+                    found = self._job_by_tag(argv, find, tag, lost, timeout=left(60.0))
                 except TransportError as exc:  # the record may still come
-                    note, job_id = f"; the last lookup by tag failed: {exc}", None
-                if job_id:
-                    log.warning("hpcbridge: the submission was interrupted (%s); job %s was found by its tag "
-                                "hpcbridge:%s (not submitted again)", lost, job_id, tag)
-                    return Completed(list(argv), 0, f"{job_id}\n", "")
+                    note, found = f"; the last lookup by tag failed: {exc}", None
+                if found is not None:
+                    return found
         waited = time.monotonic() - start
         raise self._unknown(
             lost, tag, f"the command started ({marker} exists) but neither finished nor shows a job after "
@@ -312,24 +308,33 @@ class Backend:
         """After a drop or a timeout during a submission run without a marker (or one killed before recording):
         the job if its tag shows within a few looks, else the error stands, saying ``why`` (never submitted again:
         whether it ran cannot be told)."""
-        sched = self.scheduler
-        find = sched.find_by_tag_argv(tag)
+        find = self.scheduler.find_by_tag_argv(tag)
         assert find is not None  # run_checked asked
         for wait in FIND_BY_TAG_WAITS_S[:5]:
             time.sleep(wait)
             try:
-                found = self.run(find, timeout=60)
+                found = self._job_by_tag(argv, find, tag, lost, timeout=60.0)
             except TransportError as exc:
                 raise self._unknown(lost, tag, "") from exc
-            job_id = sched.parse_find_by_tag(found.stdout, tag) if found.returncode == 0 else None
-            if job_id:
-                log.warning("hpcbridge: the submission was interrupted (%s); job %s was found by its tag "
-                            "hpcbridge:%s (not submitted again)", lost, job_id, tag)
-                return Completed(list(argv), 0, f"{job_id}\n", "")
+            if found is not None:
+                return found
         if why is None:
             why = f"no job carries the tag hpcbridge:{tag} yet, and it is not submitted again in case the command " \
                   "still does"
         raise self._unknown(lost, tag, why)
+
+    def _job_by_tag(
+        self, argv: Sequence[str], find: Sequence[str], tag: str, lost: TransportError, timeout: float
+    ) -> Optional[Completed]:
+        """One look for the job tagged ``hpcbridge:TAG`` (``find``: the scheduler's lookup command): what ``argv``
+        would have printed had its reply not been lost, or None when no job carries the tag (yet)."""
+        found = self.run(find, timeout=timeout)
+        job_id = self.scheduler.parse_find_by_tag(found.stdout, tag) if found.returncode == 0 else None
+        if not job_id:
+            return None
+        log.warning("hpcbridge: the submission was interrupted (%s); job %s was found by its tag hpcbridge:%s (not "
+                    "submitted again)", lost, job_id, tag)
+        return Completed(list(argv), 0, f"{job_id}\n", "")
 
     def _unknown(self, lost: TransportError, tag: str, why: str) -> TransportError:
         """The error when a submission's outcome stays unknown (``maybe_ran``: the caller keeps the folder)."""
