@@ -265,7 +265,7 @@ def choose_port(
 
     Candidates are drawn at random from ``port_range``; each is claimed with a locked file in a node-local
     directory shared by every user (``/dev/shm/hpcbridge-ports``), then bind-tested on every address (IPv4 and
-    IPv6, without SO_REUSEADDR, so a port in TIME_WAIT counts as taken). Two jobs starting together on one
+    IPv6, with SO_REUSEADDR as torch's store binds: see :func:`port_is_free`). Two jobs starting together on one
     node therefore never get the same port, unlike a port derived from the job id. The claim is held by this
     process and survives its exec (the launch step becomes the launcher): it ends when they have exited. With
     every port of the range taken it raises :class:`RendezvousError` (it does not wait for one).

@@ -40,10 +40,10 @@ STATES: Dict[str, JobState] = {
 }
 
 SACCT_FIELDS = "JobID,State,ExitCode,NodeList"
-#: slurmstepd's line in the job's stderr when the accounting poll (JobAcctGatherParams=OverMemoryKill, memory
-#: enforcement without cgroups) kills it: the job then ends FAILED (the step CANCELLED), not OUT_OF_MEMORY
 #: the native state of a job that scontrol no longer knows (accounting off, ended more than MinJobAge ago)
 GONE_FROM_SLURMCTLD = "gone from slurmctld (it ended; without accounting its exit status is no longer kept)"
+#: slurmstepd's line in the job's stderr when the accounting poll (JobAcctGatherParams=OverMemoryKill, memory
+#: enforcement without cgroups) kills it: the job then ends FAILED (the step CANCELLED), not OUT_OF_MEMORY
 MEMORY_KILL = re.compile(r"exceeded memory limit \(\d+ > \d+\), being killed")
 SQUEUE_FORMAT = "%i|%T|%r|%N"
 
