@@ -155,6 +155,11 @@ class LiveCluster:
         assert re.fullmatch(r"\d+", jobid), f"unexpected sbatch output: {p.stdout!r}"
         return jobid
 
+    def squeue_ids(self) -> set[str]:
+        """The ids of this user's jobs and array tasks in the queue now."""
+        out = self.run(["squeue", "--me", "--noheader", "--array", "--format=%i"], timeout=30).stdout
+        return set(out.split())
+
     def sacct(self, jobid: str) -> dict[str, str]:
         """The accounting record of the job allocation (sacct -X), {} while slurmdbd has none yet."""
         fields = ["JobID", "JobName", "State", "ExitCode", "NodeList", "NNodes", "Partition", "User"]

@@ -32,11 +32,6 @@ def fail(msg):
     raise ValueError(msg)
 
 
-def squeue_ids(cluster):
-    out = cluster.run(["squeue", "--me", "--noheader", "--array", "--format=%i"], timeout=30).stdout
-    return set(out.split())
-
-
 def sacct_states(cluster, array_id, count, timeout=120):
     """The states of the array's ``count`` tasks once accounting has them all in a final state."""
     deadline = time.time() + timeout
@@ -52,7 +47,7 @@ def sacct_states(cluster, array_id, count, timeout=120):
 
 
 def test_an_unpicklable_function_is_refused_before_anything_is_submitted(ex, cluster, cluster_workdir):
-    before = squeue_ids(cluster)
+    before = cluster.squeue_ids()
     lock = threading.Lock()
     with pytest.raises(SerializationError, match=r"^cannot pickle the function .*<lambda>: TypeError: cannot pickle "
                                                  r"'_thread.lock' object\. Pass only picklable values"):
@@ -61,7 +56,7 @@ def test_an_unpicklable_function_is_refused_before_anything_is_submitted(ex, clu
     with pytest.raises(SerializationError, match=r"^cannot pickle the function .*<lambda> in call 0 of the map: "
                                                  r"TypeError: cannot pickle 'generator' object"):
         ex.map(lambda x: next(numbers) + x, range(3))
-    assert squeue_ids(cluster) - before == set()  # nothing submitted
+    assert cluster.squeue_ids() - before == set()  # nothing submitted
     jobs_dir = cluster_workdir / "jobs"
     assert not jobs_dir.exists() or os.listdir(jobs_dir) == []  # and no folder left
 

@@ -67,11 +67,6 @@ def wait_started(marker, timeout=180):
     return marker.read_text()
 
 
-def squeue_ids(cluster):
-    out = cluster.run(["squeue", "--me", "--noheader", "--array", "--format=%i"], timeout=30).stdout
-    return set(out.split())
-
-
 # -- the cluster-side version check -------------------------------------------------------------------------
 
 
@@ -80,7 +75,7 @@ def test_an_incompatible_cloudpickle_on_the_cluster(cluster, cluster_workdir):
     both versions and the fix. (The Python major.minor branch is a unit test: the cluster users have only one
     CPython minor here; see test_backend_status.py.)"""
     assert os.access(OLD_CLOUDPICKLE_PYTHON, os.X_OK), "tests/stage makes this venv"
-    before = squeue_ids(cluster)
+    before = cluster.squeue_ids()
     site = dataclasses.replace(load_site("testcluster"), python=OLD_CLOUDPICKLE_PYTHON)
     for _ in range(2):  # a failed check is not remembered: a second executor checks (and fails) again
         with pytest.raises(RemoteEnvironmentError) as info:
@@ -92,7 +87,7 @@ def test_an_incompatible_cloudpickle_on_the_cluster(cluster, cluster_workdir):
             f"'cloudpickle=={cloudpickle.__version__}'), or set `python = \"/path/to/python3.11\"` in the "
             "site-config of 'testcluster'"
         )
-    assert squeue_ids(cluster) - before == set()
+    assert cluster.squeue_ids() - before == set()
     jobs_dir = cluster_workdir / "jobs"
     assert not jobs_dir.exists() or os.listdir(jobs_dir) == []
 

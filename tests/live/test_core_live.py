@@ -77,11 +77,6 @@ def sacct_tasks(cluster, array_id, count, timeout=120):
         time.sleep(1)
 
 
-def squeue_ids(cluster):
-    out = cluster.run(["squeue", "--me", "--noheader", "--array", "--format=%i"], timeout=30).stdout
-    return set(out.split())
-
-
 def test_submit_runs_on_a_compute_node_as_the_user(ex, cluster):
     job = ex.submit(where, 5)
     out = job.result(timeout=180)
@@ -148,13 +143,13 @@ def test_cancel_a_running_job_removes_it_from_the_queue(ex, cluster, cluster_wor
     while not marker.exists():
         assert time.time() < deadline, "the job never started"
         time.sleep(0.2)
-    assert job.job_id in squeue_ids(cluster)
+    assert job.job_id in cluster.squeue_ids()
     assert job.cancel() is True
     assert job.cancelled() and job.state == JobState.CANCELLED
     with pytest.raises(concurrent.futures.CancelledError):
         job.result(timeout=5)
     deadline = time.time() + 60
-    while job.job_id in squeue_ids(cluster):
+    while job.job_id in cluster.squeue_ids():
         assert time.time() < deadline, "the job is still in the queue after cancel()"
         time.sleep(0.5)
     assert cluster.wait_job(job.job_id).state == "CANCELLED"
@@ -254,13 +249,13 @@ def test_submission_from_inside_a_job_does_not_leak_the_parent_job(ex):
 
 def _nothing_left(cluster, cluster_workdir, before):
     # no new job (an earlier test's job may leave the queue meanwhile: that is no concern of this one)
-    assert squeue_ids(cluster) - before == set()
+    assert cluster.squeue_ids() - before == set()
     jobs_dir = cluster_workdir / "jobs"
     assert not jobs_dir.exists() or os.listdir(jobs_dir) == []
 
 
 def test_unpicklable_argument(ex, cluster, cluster_workdir):
-    before = squeue_ids(cluster)
+    before = cluster.squeue_ids()
     with pytest.raises(SerializationError, match=r"cannot pickle argument 0 of .*square \(generator\)"):
         ex.submit(square, (i for i in range(3)))
     _nothing_left(cluster, cluster_workdir, before)
@@ -276,7 +271,7 @@ def test_unknown_resource_and_nonsense_values(cluster):
 
 
 def test_scheduler_rejection_carries_argv_exit_code_and_stderr(cluster, cluster_workdir):
-    before = squeue_ids(cluster)
+    before = cluster.squeue_ids()
     # a constraint no node has: only slurmctld can know, so sbatch itself refuses
     ex = Executor(site="testcluster", folder=str(cluster_workdir / "jobs"), extra_directives=["--constraint=tpu9"])
     with pytest.raises(SchedulerError) as info:
@@ -295,7 +290,7 @@ def test_unknown_site_lists_the_known_ones():
 
 
 def test_missing_python_on_the_cluster(cluster, cluster_workdir):
-    before = squeue_ids(cluster)
+    before = cluster.squeue_ids()
     site = dataclasses.replace(load_site("testcluster"), python="/opt/nowhere/bin/python3")
     ex = Executor(site=site, folder=str(cluster_workdir / "jobs"))
     with pytest.raises(RemoteEnvironmentError, match=r"the cluster-side python '/opt/nowhere/bin/python3'") as info:
@@ -347,7 +342,7 @@ def test_an_sbatch_that_hangs_after_submitting_is_not_submitted_twice(cluster, c
     monkeypatch.setenv("PATH", f"{wrappers}:{os.environ['PATH']}")
     monkeypatch.setattr(backend, "COMMAND_TIMEOUT_S", 6.0)
     ex = Executor(site="testcluster", folder=str(cluster_workdir / "jobs"), name="hung-sbatch")
-    before = squeue_ids(cluster)
+    before = cluster.squeue_ids()
     started = time.time()
     job = ex.submit(square, 12)
     assert time.time() - started < 60  # it gave up on the hung sbatch (90 s) and found the job
@@ -363,7 +358,7 @@ def test_an_sbatch_that_hangs_after_submitting_is_not_submitted_twice(cluster, c
             break
         time.sleep(1)
     assert tagged == [job.job_id]  # one job carries this submission's tag: the one the future follows
-    assert squeue_ids(cluster) - before <= {job.job_id}
+    assert cluster.squeue_ids() - before <= {job.job_id}
 
 
 def test_map_longer_than_the_sites_max_array_size_is_split(cluster, cluster_workdir):
@@ -422,7 +417,7 @@ def test_a_job_after_a_failed_one_is_cancelled_and_says_so(ex, cluster):
         failing.result(timeout=60)
     # nothing left in the queue: Slurm cancelled the dependent (--kill-on-invalid-dep) instead of keeping it
     # pending for ever (DependencyNeverSatisfied)
-    assert dependent.job_id not in squeue_ids(cluster)
+    assert dependent.job_id not in cluster.squeue_ids()
     assert cluster.wait_job(dependent.job_id).state == "CANCELLED"
     # and a job after one known to have failed is refused before it is submitted
     with pytest.raises(ResourceError, match=rf"^after: job {failing.job_id} failed \(FAILED\): a job to run after "
