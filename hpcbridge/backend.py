@@ -290,9 +290,9 @@ class Backend:
                                                               "it is not submitted again")
                 raise self._unknown(lost, tag, f"{why}, and it is not submitted again")
             if find is not None:  # started, not finished (or killed before recording): is its job there?
-                try:
-                    found = self._job_by_tag(argv, find, tag, lost, timeout=left(60.0))
-                except TransportError as exc:  # the record may still come
+                try:  # a failed lookup, or one that cannot tell (PBS wrappers): the record may still come
+                    found = self._job_by_tag(argv, self.run(find, timeout=left(60.0)), tag, lost)
+                except TransportError as exc:
                     note, found = f"; the last lookup by tag failed: {exc}", None
                 if found is not None:
                     return found
@@ -313,9 +313,10 @@ class Backend:
         for wait in FIND_BY_TAG_WAITS_S[:5]:
             time.sleep(wait)
             try:
-                found = self._job_by_tag(argv, find, tag, lost, timeout=60.0)
+                listing = self.run(find, timeout=60.0)
             except TransportError as exc:
                 raise self._unknown(lost, tag, "") from exc
+            found = self._job_by_tag(argv, listing, tag, lost)  # (a listing that cannot tell raises its own error)
             if found is not None:
                 return found
         if why is None:
@@ -324,12 +325,15 @@ class Backend:
         raise self._unknown(lost, tag, why)
 
     def _job_by_tag(
-        self, argv: Sequence[str], find: Sequence[str], tag: str, lost: TransportError, timeout: float
+        self, argv: Sequence[str], listing: Completed, tag: str, lost: TransportError
     ) -> Optional[Completed]:
-        """One look for the job tagged ``hpcbridge:TAG`` (``find``: the scheduler's lookup command): what ``argv``
-        would have printed had its reply not been lost, or None when no job carries the tag (yet)."""
-        found = self.run(find, timeout=timeout)
-        job_id = self.scheduler.parse_find_by_tag(found.stdout, tag) if found.returncode == 0 else None
+        """The job tagged ``hpcbridge:TAG`` in ``listing`` (the output of the scheduler's lookup command): what
+        ``argv`` would have printed had its reply not been lost, or None when no job carries the tag (yet).
+
+        Raises the scheduler's :class:`ConnectionLostError` when the listing cannot tell (PBS wrappers without
+        Output_Path): with a marker the record may still come; without one that error stands, not taken for a
+        failed lookup."""
+        job_id = self.scheduler.parse_find_by_tag(listing.stdout, tag) if listing.returncode == 0 else None
         if not job_id:
             return None
         log.warning("hpcbridge: the submission was interrupted (%s); job %s was found by its tag hpcbridge:%s (not "
