@@ -377,11 +377,7 @@ class Backend:
         argv = self.scheduler.show_job_argv(task_id)
         if argv is None:
             return None
-        try:
-            out = self.run(argv, timeout=30)
-        except TransportError as exc:
-            log.warning("hpcbridge: %s failed, will retry: %s", argv[0], exc)
-            return None
+        out = self.run(argv, timeout=30)  # a TransportError: the poller stops its per-task looks until next time
         if out.returncode != 0:
             return self.scheduler.show_job_failed(task_id, out.returncode, out.stderr)
         return self.scheduler.parse_show_job(task_id, out.stdout)

@@ -471,7 +471,11 @@ class Poller:
                     self._apply(sub, task, status, now)
         if no_news and scheduler.show_job_argv(no_news[0][0].task_id(no_news[0][1])) is not None:
             for sub, task in no_news[:20]:
-                status = backend.show_job(sub.task_id(task))
+                try:
+                    status = backend.show_job(sub.task_id(task))
+                except errors.TransportError as exc:  # once, not 20 times in a row (30 s each): the rest next time
+                    log.warning("hpcbridge: looking up %s failed, will retry: %s", sub.task_id(task), exc)
+                    break
                 if status is not None:
                     with self.lock:
                         self._apply(sub, task, status, now)

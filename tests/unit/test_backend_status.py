@@ -160,7 +160,7 @@ def test_a_python_of_another_minor_version_names_both_versions_and_the_fix(fresh
     """The Python major.minor branch, with a recorded answer: it cannot be made real on the live cluster, whose
     only CPython usable by the cluster users is Debian bookworm's /usr/bin/python3.11 (pyenv's other versions on
     this machine live under /root, out of their reach). The cloudpickle branch is live
-    (test_core_live.py::test_an_incompatible_cloudpickle_on_the_cluster)."""
+    (test_core_faults_live.py::test_an_incompatible_cloudpickle_on_the_cluster)."""
     import sys
 
     import cloudpickle
@@ -192,3 +192,27 @@ def test_without_accounting_an_unreachable_controller_is_no_news():
     b = backend({"scontrol": (1, "", "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n")})
     b.scheduler.accounting = False
     assert b.show_job("12") is None
+
+
+def test_without_accounting_a_lost_connection_stops_the_per_task_looks_until_the_next_query():
+    """squeue no longer lists the tasks, and the connection is down: one ``scontrol show job`` fails (each may take
+    its 30 s timeout), the other tasks wait for the next query instead of 19 more failures in a row; nothing is
+    marked failed."""
+    from hpcbridge.errors import ConnectionLostError
+    from hpcbridge.poll import Submission
+
+    class Down(Replay):
+        def run(self, argv, **kw):
+            if argv[0] == "scontrol":
+                self.calls.append(list(argv))
+                raise ConnectionLostError("the SSH connection to hpc dropped while trying to run scontrol")
+            return super().run(argv, **kw)
+
+    b = backend({"squeue": (0, "", "")})
+    b.scheduler.accounting = False
+    b.transport = Down(b.transport.answers)
+    sub = Submission(b, tag="t" * 16, folder="/w/tttttttttttttttt", script="", chunks=[1] * 5, is_array=True,
+                     ranks=1, submit_time=1.0, job_id="40")
+    b.poller._query([sub])
+    assert [c[0] for c in b.transport.calls] == ["squeue", "scontrol"]
+    assert [j.state for j in sub.all_jobs] == [JobState.PENDING] * 5 and not any(j.done() for j in sub.all_jobs)
