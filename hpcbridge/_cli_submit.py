@@ -127,9 +127,7 @@ def cmd_submit(args: argparse.Namespace, out: Out) -> int:
     try:
         finished = wait_for(job, args.timeout, out)
     except KeyboardInterrupt:  # Ctrl-C stops the waiting, not the job (as a timeout does)
-        _report(f"interrupted; job {job.job_id} is still {job.state.value} (it stays on the cluster)",
-                f"hpcbridge result {job.job_id} waits for it; hpcbridge cancel {job.job_id} stops it")
-        return INTERRUPTED
+        return _still_running(job, out, interrupted=True)
     if not finished:
         return _still_running(job, out)
     if kind in ("command", "file"):
@@ -166,12 +164,13 @@ def wait_for(job: Any, timeout: Optional[float], out: Out) -> bool:
     return bool(job.done())
 
 
-def _still_running(job: Any, out: Out) -> int:
-    if out.json_mode:
+def _still_running(job: Any, out: Out, interrupted: bool = False) -> int:
+    """The job is not done (``--timeout`` passed, or Ctrl-C: ``interrupted``): say so, and how to go on."""
+    if out.json_mode and not interrupted:
         out.json({"job_id": job.job_id, "site": job.site, "state": job.state.value, "done": False})
-    _report(f"job {job.job_id} is still {job.state.value} (it stays on the cluster)",
-            f"hpcbridge result {job.job_id} waits for it; hpcbridge cancel {job.job_id} stops it")
-    return STILL_RUNNING
+    _report(f"{'interrupted; ' if interrupted else ''}job {job.job_id} is still {job.state.value} (it stays on the "
+            f"cluster)", f"hpcbridge result {job.job_id} waits for it; hpcbridge cancel {job.job_id} stops it")
+    return INTERRUPTED if interrupted else STILL_RUNNING
 
 
 def _relay(job: Any, out: Out) -> int:

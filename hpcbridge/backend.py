@@ -66,6 +66,11 @@ _NOT_FOUND = "hpcbridge: submit command not found: "
 _NO_MARKER = "hpcbridge: cannot create "
 
 
+def _already_started(out: Completed) -> bool:
+    """Whether :data:`SUBMIT_ONCE` found its marker there (the command was not run by this call)."""
+    return out.returncode == ALREADY_STARTED and _ALREADY in out.stderr
+
+
 def submit_once_argv(marker: str, argv: Sequence[str]) -> List[str]:
     """``argv`` run at most once per ``marker`` (see :data:`SUBMIT_ONCE`)."""
     return ["/bin/sh", "-c", SUBMIT_ONCE, "hpcbridge-submit", marker, *argv]
@@ -227,7 +232,7 @@ class Backend:
                 f"command not found on the cluster side of site {self.site.name!r}: {argv[0]!r} (is it installed "
                 "and on the PATH of non-interactive logins there?)"
             )
-        if out.returncode == ALREADY_STARTED and _ALREADY in out.stderr:  # started by someone else: find its job
+        if _already_started(out):  # started by someone else: find its job
             return self._find_submitted(argv, tag, marker, ConnectionLostError(out.stderr.strip(), maybe_ran=True))
         return Completed(list(argv), out.returncode, out.stdout, out.stderr)
 
@@ -280,7 +285,7 @@ class Backend:
                         raise self._unknown(lost, tag, f"sending it again failed: {exc}") from exc
                     lost = exc
                     continue
-                if out.returncode == ALREADY_STARTED and _ALREADY in out.stderr:
+                if _already_started(out):
                     continue  # the original started in the meantime: wait for its record
                 return self._unwrap(argv, tag, marker, out)
             if isinstance(lost, CommandTimeoutError) and self.site.transport == "local":  # killed: no record comes

@@ -278,6 +278,10 @@ def choose_port(
     claims = _claim_dir(claim_dir)
     if claims:
         _clean_stale_claims(claims)
+    # who has the claim (one record for every port tried: informational, liveness is the lock's)
+    record = (
+        f"{job_id or '-'} {socket.gethostname()} {os.getpid()} {time.time():.3f} {_pid_namespace()} {_CLAIM_MARK}\n"
+    ).encode()
     rng = random.SystemRandom()
     tried = set()
     for _ in range(attempts):
@@ -285,7 +289,7 @@ def choose_port(
         if port in tried:
             continue
         tried.add(port)
-        if claims and not _claim(claims, port, job_id):
+        if claims and not _claim(claims, port, record):
             continue
         if port_is_free(port):
             return port
@@ -341,8 +345,9 @@ def _claim_dir(preferred: Optional[str]) -> Optional[str]:
     return None
 
 
-def _claim(claims: str, port: int, job_id: str) -> bool:
-    """Claim ``port`` for this process and what it execs into; False while another job holds it.
+def _claim(claims: str, port: int, record: bytes) -> bool:
+    """Claim ``port`` for this process and what it execs into (the file says ``record``: who has it); False while
+    another job holds it.
 
     A claim is the file ``claims/PORT`` locked with flock(LOCK_EX) on a descriptor this process keeps open and
     inheritable: the claim lasts until the launch step (which execs the launcher, keeping the descriptor) or
@@ -357,9 +362,6 @@ def _claim(claims: str, port: int, job_id: str) -> bool:
     claim in the sticky directory is taken over too once its job has ended, as it is (it cannot be rewritten).
     """
     path = os.path.join(claims, str(port))
-    record = (
-        f"{job_id or '-'} {socket.gethostname()} {os.getpid()} {time.time():.3f} {_pid_namespace()} {_CLAIM_MARK}\n"
-    ).encode()
     for _ in range(5):  # each round ends in a claim, a live holder, or a file that changed under us (again)
         try:
             fd = _new_claim(claims, path, record)
@@ -431,17 +433,24 @@ def _lock_unheld(path: str) -> Tuple[Optional[int], bool]:
         if not stat.S_ISREG(st.st_mode):
             raise IsADirectoryError(path)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        now = os.lstat(path)
+        same = _same_file(fd, path)
     except FileNotFoundError:
         os.close(fd)
         return None, True
     except OSError:  # BlockingIOError: its job is running
         os.close(fd)
         return None, False
-    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+    if not same:
         os.close(fd)
         return None, True
     return fd, False
+
+
+def _same_file(fd: int, path: str) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (not removed and made again meanwhile); OSError when
+    ``path`` is gone."""
+    st, now = os.fstat(fd), os.lstat(path)
+    return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
 
 
 def _unheld_claim_is_stale(fd: int) -> bool:
@@ -493,8 +502,7 @@ def _unclaim(claims: str, port: int) -> None:
         return
     path = os.path.join(claims, str(port))
     try:
-        st, now = os.fstat(fd), os.lstat(path)
-        if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+        if _same_file(fd, path):
             os.unlink(path)  # another user's file taken over stays (sticky directory): it is free once closed
     except OSError:
         pass

@@ -261,12 +261,12 @@ class Submission:
         )
 
     def _resolve_killed(self, task: int, status: NativeStatus, tail: str) -> None:
+        after = " and ".join(self.after)
         for job in self.jobs[task]:
             if job.done():
                 continue
             job.state = status.state
             job.native_state = status.native
-            after = " and ".join(self.after)
             if _dependency_cancel(self.backend.scheduler, status, self.after):
                 exc: BaseException = errors.JobDependencyError(
                     f"job {job.job_id} never ran: it was to start after {after} completed successfully, and "

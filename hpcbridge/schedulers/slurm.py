@@ -250,7 +250,7 @@ class SlurmScheduler(Scheduler):
         (--kill-on-invalid-dep). squeue and scontrol (no accounting) print a plain "CANCELLED" for both; their
         reason tells: ``DependencyNeverSatisfied`` for slurmctld's, the pending reason (``Dependency``) for a
         user's (both seen on Slurm 22.05)."""
-        if " by " in status.native:
+        if not super().cancelled_for_dependency(status):
             return False
         return not status.reason or status.reason == "DependencyNeverSatisfied"
 

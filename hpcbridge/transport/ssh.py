@@ -838,7 +838,7 @@ class SSHTransport:
             source = functools.partial(_file_chunks, data, 1 << 20, size)
         else:
             size = len(data)
-            source = functools.partial(_slices, memoryview(data), 1 << 20)
+            source = data  # (exec sends big bytes in slices from a thread, as it does a file's chunks)
         self._op(_UPLOAD_SCRIPT, [tmp, remote_path, format(mode & 0o7777, "o"), str(size)], f"upload {remote_path}",
                  input=source, timeout=3600)
 
