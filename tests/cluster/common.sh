@@ -113,6 +113,16 @@ stop_stray() {
     done
 }
 
+wait_for() { # wait_for SECONDS CMD...: poll CMD (a command or a function) every 0.2 s until it succeeds
+    local deadline=$((SECONDS + $1))
+    shift
+    while ((SECONDS < deadline)); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.2
+    done
+    "$@" >/dev/null 2>&1
+}
+
 netns_exists() { [[ -e $NETNS_DIR/$1 ]] && grep -qw "^$1" <<<"$(ip netns list 2>/dev/null)"; }
 
 # kill_netns_pids NS: kill every process whose network namespace is NS.
