@@ -30,6 +30,8 @@ CLUSTER_NET_PREFIX = "10.77.0."
 STAGE = Path("/opt/hpcbridge-test")
 REPO = Path(__file__).resolve().parents[2]
 STAGED_CLIENT = STAGE / "src" / "tests" / "cluster" / "client"
+#: the staged copy of tests/cluster/ctl: the sudoers rule lets the test user run exactly this path as root
+STAGED_CTL = STAGE / "src" / "tests" / "cluster" / "ctl"
 LOCAL_CLIENT = Path(__file__).resolve().parents[1] / "cluster" / "client"
 UP_HINT = "start it as root with: tests/cluster/up   (see docs/testcluster.md)"
 TERMINAL_STATES = (
@@ -155,6 +157,47 @@ class LiveCluster:
         assert re.fullmatch(r"\d+", jobid), f"unexpected sbatch output: {p.stdout!r}"
         return jobid
 
+    @property
+    def since(self) -> str:
+        """sacct's ``-S`` for this test session's jobs only (job ids repeat after a cluster's state is reset)."""
+        return f"now-{int(time.time() - self.started) + 120}"
+
+    def ctl(self, *args: str) -> list[str]:
+        """The argv of ``tests/cluster/ctl ARGS...`` run as root (the staged copy, through sudo)."""
+        return ["sudo", "-n", str(STAGED_CTL), *args]
+
+    def assert_nothing_left(self, before: set[str], jobs_dir: Path) -> None:
+        """No job submitted since ``before`` (squeue_ids), and no job folder left in ``jobs_dir``. An earlier
+        test's job may leave the queue meanwhile: that is no concern of this one."""
+        assert self.squeue_ids() - before == set()
+        assert not jobs_dir.exists() or os.listdir(jobs_dir) == []
+
+    def sacct_array(self, array_id: str, count: int, timeout: float = 120) -> dict[str, str]:
+        """The array's tasks as sacct reports them ({task id: state}), once all ``count`` have reached
+        accounting in a final state."""
+        deadline = time.time() + timeout
+        while True:
+            out = self.run(["sacct", "-n", "-X", "-P", "-S", self.since, "-j", array_id, "-o", "JobID,State"],
+                           timeout=60).stdout
+            rows = dict(line.split("|", 1) for line in out.split())
+            if len(rows) == count and not {"RUNNING", "PENDING"} & set(rows.values()):
+                return rows
+            assert time.time() < deadline, f"sacct shows {len(rows)} of {count} tasks: {rows}"
+            time.sleep(1)
+
+    def jobs_tagged(self, tag: str, job_id: str, timeout: float = 60) -> list[str]:
+        """The ids of the jobs sacct shows with the comment ``hpcbridge:TAG``, once it shows ``job_id`` among them
+        (slurmdbd fills in a new job's comment a moment after the job is known), or after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            out = self.run(["sacct", "-n", "-X", "-P", "-S", self.since, "--format=JobID,Comment"],
+                           timeout=60).stdout
+            jobs = [job for job, _, comment in (line.partition("|") for line in out.splitlines())
+                    if comment == f"hpcbridge:{tag}"]
+            if job_id in jobs or time.monotonic() > deadline:
+                return jobs
+            time.sleep(1)
+
     def squeue_ids(self) -> set[str]:
         """The ids of this user's jobs and array tasks in the queue now."""
         out = self.run(["squeue", "--me", "--noheader", "--array", "--format=%i"], timeout=30).stdout
@@ -163,9 +206,7 @@ class LiveCluster:
     def sacct(self, jobid: str) -> dict[str, str]:
         """The accounting record of the job allocation (sacct -X), {} while slurmdbd has none yet."""
         fields = ["JobID", "JobName", "State", "ExitCode", "NodeList", "NNodes", "Partition", "User"]
-        # only jobs of this test session: job ids repeat after a cluster's state is reset
-        since = f"now-{int(time.time() - self.started) + 120}"
-        p = self.run(["sacct", "-n", "-X", "-P", "-S", since, "-j", jobid, "-o", ",".join(fields)], timeout=30,
+        p = self.run(["sacct", "-n", "-X", "-P", "-S", self.since, "-j", jobid, "-o", ",".join(fields)], timeout=30,
                      check=False)
         found: dict[str, str] = {}
         for line in p.stdout.splitlines():  # the newest record wins: ids repeat after a cluster's state reset
@@ -243,6 +284,14 @@ def _cluster_session_dir(cluster: LiveCluster, request: pytest.FixtureRequest) -
     yield d
     if request.session.testsfailed == 0:
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture()
+def ex(cluster: LiveCluster, cluster_workdir: Path) -> Any:
+    """An Executor on the site "testcluster" whose job folders go into this test's directory (``jobs/``)."""
+    from hpcbridge import Executor
+
+    return Executor(site="testcluster", folder=str(cluster_workdir / "jobs"))
 
 
 @pytest.fixture()

@@ -21,7 +21,6 @@ import pytest
 if TYPE_CHECKING:
     from conftest import LiveCluster  # tests/live/conftest.py
 
-pytestmark = pytest.mark.live
 
 REPO = Path(__file__).resolve().parents[2]
 NODES = ("node1", "node2", "node3")

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 NODES = ("node1", "node2", "node3")
 CLUSTER_NET_PREFIX = "10.77.0."
 
-pytestmark = pytest.mark.live
 
 ALLREDUCE = """\
 import socket

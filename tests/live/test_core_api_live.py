@@ -13,15 +13,10 @@ import time
 
 import pytest
 
-from hpcbridge import Executor, JobState, attach
+from hpcbridge import JobState, attach
 from hpcbridge.errors import SerializationError
 
 NODES = {"node1", "node2", "node3"}
-
-
-@pytest.fixture
-def ex(cluster, cluster_workdir):
-    return Executor(site="testcluster", folder=str(cluster_workdir / "jobs"))
 
 
 def square(x):
@@ -30,20 +25,6 @@ def square(x):
 
 def fail(msg):
     raise ValueError(msg)
-
-
-def sacct_states(cluster, array_id, count, timeout=120):
-    """The states of the array's ``count`` tasks once accounting has them all in a final state."""
-    deadline = time.time() + timeout
-    while True:
-        since = f"now-{int(time.time() - cluster.started) + 120}"
-        out = cluster.run(["sacct", "-n", "-X", "-P", "-S", since, "-j", array_id, "-o", "JobID,State"],
-                          timeout=60).stdout
-        rows = dict(line.split("|", 1) for line in out.split())
-        if len(rows) == count and not {"RUNNING", "PENDING"} & set(rows.values()):
-            return rows
-        assert time.time() < deadline, f"sacct shows {len(rows)} of {count} tasks: {rows}"
-        time.sleep(1)
 
 
 def test_an_unpicklable_function_is_refused_before_anything_is_submitted(ex, cluster, cluster_workdir):
@@ -56,9 +37,7 @@ def test_an_unpicklable_function_is_refused_before_anything_is_submitted(ex, clu
     with pytest.raises(SerializationError, match=r"^cannot pickle the function .*<lambda> in call 0 of the map: "
                                                  r"TypeError: cannot pickle 'generator' object"):
         ex.map(lambda x: next(numbers) + x, range(3))
-    assert cluster.squeue_ids() - before == set()  # nothing submitted
-    jobs_dir = cluster_workdir / "jobs"
-    assert not jobs_dir.exists() or os.listdir(jobs_dir) == []  # and no folder left
+    cluster.assert_nothing_left(before, cluster_workdir / "jobs")  # nothing submitted, and no folder left
 
 
 def test_job_exception_returns_the_remote_exception_or_none(ex):
@@ -111,4 +90,4 @@ def test_executor_map_of_200_calls_is_one_array_job(ex, cluster):
     assert sub.is_array and sub.chunks == [1] * 200
     assert list(results) == [i * i for i in range(200)]
     assert ex._backend.poller.queries <= 20  # one batched sacct per tick, with back-off
-    assert set(sacct_states(cluster, sub.job_id, 200).values()) == {"COMPLETED"}
+    assert set(cluster.sacct_array(sub.job_id, 200).values()) == {"COMPLETED"}

@@ -30,14 +30,8 @@ from hpcbridge.errors import (
 from hpcbridge.registry import Registry
 
 NODES = {"node1", "node2", "node3"}
-CTL = "/opt/hpcbridge-test/src/tests/cluster/ctl"  # the staged copy: the sudoers rule allows exactly this path
 #: a second cluster-side python whose cloudpickle is a major version behind (made by tests/stage)
 OLD_CLOUDPICKLE_PYTHON = "/opt/hpcbridge-test/venv-cloudpickle2/bin/python"
-
-
-@pytest.fixture
-def ex(cluster, cluster_workdir):
-    return Executor(site="testcluster", folder=str(cluster_workdir / "jobs"))
 
 
 def square(x):
@@ -87,9 +81,7 @@ def test_an_incompatible_cloudpickle_on_the_cluster(cluster, cluster_workdir):
             f"'cloudpickle=={cloudpickle.__version__}'), or set `python = \"/path/to/python3.11\"` in the "
             "site-config of 'testcluster'"
         )
-    assert cluster.squeue_ids() - before == set()
-    jobs_dir = cluster_workdir / "jobs"
-    assert not jobs_dir.exists() or os.listdir(jobs_dir) == []
+    cluster.assert_nothing_left(before, cluster_workdir / "jobs")
 
 
 # -- killed by the scheduler --------------------------------------------------------------------------------
@@ -118,7 +110,7 @@ def test_a_node_failure_raises_node_fail_error(ex, cluster, cluster_workdir):
     job = ex.with_resources(extra_directives=["--no-requeue", "--exclusive"]).submit(sleep_and_touch, str(marker), 600)
     node = wait_started(marker)
     assert node in NODES
-    p = subprocess.run(["sudo", "-n", CTL, "node-fail", job.job_id], capture_output=True, text=True, timeout=180)
+    p = subprocess.run(cluster.ctl("node-fail", job.job_id), capture_output=True, text=True, timeout=180)
     assert p.returncode == 0, p.stdout + p.stderr
     with pytest.raises(JobNodeFailError, match=rf"^job {job.job_id} lost a node \(state NODE_FAIL\)") as info:
         job.result(timeout=180)

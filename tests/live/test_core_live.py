@@ -29,11 +29,6 @@ from hpcbridge.errors import (
 NODES = {"node1", "node2", "node3"}
 
 
-@pytest.fixture
-def ex(cluster, cluster_workdir):
-    return Executor(site="testcluster", folder=str(cluster_workdir / "jobs"))
-
-
 def where(x):
     return {"x": x, "host": socket.gethostname(), "user": getpass.getuser(), "pid": os.getpid()}
 
@@ -61,20 +56,6 @@ def sleep_and_touch(path, seconds):
         fh.write(socket.gethostname())
     time.sleep(seconds)
     return "slept"
-
-
-def sacct_tasks(cluster, array_id, count, timeout=120):
-    """The array's tasks as sacct reports them, once all ``count`` have reached accounting in a final state."""
-    deadline = time.time() + timeout
-    while True:
-        since = f"now-{int(time.time() - cluster.started) + 120}"  # this session's jobs only
-        out = cluster.run(["sacct", "-n", "-X", "-P", "-S", since, "-j", array_id, "-o", "JobID,State"],
-                          timeout=60).stdout
-        rows = dict(line.split("|", 1) for line in out.split())
-        if len(rows) == count and "RUNNING" not in rows.values() and "PENDING" not in rows.values():
-            return rows
-        assert time.time() < deadline, f"sacct shows {len(rows)} of {count} tasks: {rows}"
-        time.sleep(1)
 
 
 def test_submit_runs_on_a_compute_node_as_the_user(ex, cluster):
@@ -109,7 +90,7 @@ def test_map_of_200_calls_is_one_array_job(ex, cluster):
     assert [j.job_id.split("_")[1] for j in jobs] == [str(i) for i in range(200)]
     assert [j.result(timeout=600) for j in jobs] == [i * i for i in range(200)]
     assert ex._backend.poller.queries <= 20  # one batched sacct per tick with back-off, not one per job
-    rows = sacct_tasks(cluster, jobs[0].job_id.split("_")[0], 200)
+    rows = cluster.sacct_array(jobs[0].job_id.split("_")[0], 200)
     assert set(rows.values()) == {"COMPLETED"}
 
 
@@ -125,7 +106,7 @@ def test_bundling_runs_several_calls_per_array_task(ex, cluster):
     # calls bundled in one task ran in the same process
     assert len({r["pid"] for r in results[:10]}) == 1
     array_id = jobs[0].job_id.split("_")[0]
-    assert sorted(sacct_tasks(cluster, array_id, 4)) == [f"{array_id}_{i}" for i in range(4)]
+    assert sorted(cluster.sacct_array(array_id, 4)) == [f"{array_id}_{i}" for i in range(4)]
 
 
 def test_batch_context_is_one_array(ex):
@@ -247,18 +228,11 @@ def test_submission_from_inside_a_job_does_not_leak_the_parent_job(ex):
 # -- bad input: a clear error, and nothing submitted or left behind ------------------------------------------
 
 
-def _nothing_left(cluster, cluster_workdir, before):
-    # no new job (an earlier test's job may leave the queue meanwhile: that is no concern of this one)
-    assert cluster.squeue_ids() - before == set()
-    jobs_dir = cluster_workdir / "jobs"
-    assert not jobs_dir.exists() or os.listdir(jobs_dir) == []
-
-
 def test_unpicklable_argument(ex, cluster, cluster_workdir):
     before = cluster.squeue_ids()
     with pytest.raises(SerializationError, match=r"cannot pickle argument 0 of .*square \(generator\)"):
         ex.submit(square, (i for i in range(3)))
-    _nothing_left(cluster, cluster_workdir, before)
+    cluster.assert_nothing_left(before, cluster_workdir / "jobs")
 
 
 def test_unknown_resource_and_nonsense_values(cluster):
@@ -280,7 +254,7 @@ def test_scheduler_rejection_carries_argv_exit_code_and_stderr(cluster, cluster_
     assert err.argv[:2] == ["sbatch", "--parsable"] and err.exit_code == 1
     assert "invalid feature specification" in err.stderr.lower()
     assert "could not submit the job on site 'testcluster'" in str(err) and "Invalid feature" in str(err)
-    _nothing_left(cluster, cluster_workdir, before)
+    cluster.assert_nothing_left(before, cluster_workdir / "jobs")
 
 
 def test_unknown_site_lists_the_known_ones():
@@ -296,7 +270,7 @@ def test_missing_python_on_the_cluster(cluster, cluster_workdir):
     with pytest.raises(RemoteEnvironmentError, match=r"the cluster-side python '/opt/nowhere/bin/python3'") as info:
         ex.submit(square, 1)
     assert "set `python = " in str(info.value)
-    _nothing_left(cluster, cluster_workdir, before)
+    cluster.assert_nothing_left(before, cluster_workdir / "jobs")
 
 
 def test_mismatched_python_on_the_cluster(cluster, cluster_workdir):
@@ -319,7 +293,7 @@ def test_a_slurmctld_outage_never_fails_a_job(cluster, cluster_workdir):
     while not all(j.state == JobState.RUNNING for j in jobs):
         assert time.time() < deadline, [j.state for j in jobs]
         time.sleep(0.2)
-    outage = subprocess.Popen(["sudo", "-n", "/opt/hpcbridge-test/src/tests/cluster/ctl", "slurmctld-outage", "25"],
+    outage = subprocess.Popen(cluster.ctl("slurmctld-outage", "25"),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out, _ = outage.communicate(timeout=180)
     assert outage.returncode == 0, out
@@ -349,15 +323,8 @@ def test_an_sbatch_that_hangs_after_submitting_is_not_submitted_twice(cluster, c
     assert job.result(timeout=120) == 144
     assert any("was found by its tag" in r.getMessage() and "timed out after 6.0 s" in r.getMessage()
                for r in caplog.records), [r.getMessage() for r in caplog.records]
-    since = f"now-{int(time.time() - cluster.started) + 120}"
-    deadline = time.time() + 60  # slurmdbd fills in a job's comment a moment after it knows the job
-    while True:
-        out = cluster.run(["sacct", "-n", "-X", "-P", "-S", since, "-o", "JobID,Comment"]).stdout
-        tagged = [line.split("|")[0] for line in out.split() if line.endswith(f"|hpcbridge:{ex._submissions[0].tag}")]
-        if job.job_id in tagged or time.time() > deadline:
-            break
-        time.sleep(1)
-    assert tagged == [job.job_id]  # one job carries this submission's tag: the one the future follows
+    # one job carries this submission's tag: the one the future follows
+    assert cluster.jobs_tagged(ex._submissions[0].tag, job.job_id) == [job.job_id]
     assert cluster.squeue_ids() - before <= {job.job_id}
 
 
@@ -368,7 +335,7 @@ def test_map_longer_than_the_sites_max_array_size_is_split(cluster, cluster_work
     arrays = sorted({j.job_id.split("_")[0] for j in jobs}, key=int)
     assert len(arrays) == 3
     assert [j.result(timeout=600) for j in jobs] == [i * i for i in range(90)]
-    assert [len(sacct_tasks(cluster, a, n)) for a, n in zip(arrays, (40, 40, 10))] == [40, 40, 10]
+    assert [len(cluster.sacct_array(a, n)) for a, n in zip(arrays, (40, 40, 10))] == [40, 40, 10]
 
 
 def write_later(path, seconds):

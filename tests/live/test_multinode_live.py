@@ -20,8 +20,6 @@ from hpcbridge import Executor, JobState, load_site
 NODES = ("node1", "node2", "node3")
 NCCL = {"NCCL_SOCKET_IFNAME": "eth0", "NCCL_DEBUG": "WARN", "NCCL_IB_DISABLE": "1"}
 
-pytestmark = pytest.mark.live
-
 
 #: the cluster is shared with other test runs, and a 3 x 2 job needs every CPU: allow for queueing
 WAIT_S = 600
@@ -82,46 +80,40 @@ def torch_allreduce():
             "node_rank": env.node_rank, "master": (env.master_addr, env.master_port), "job_id": env.job_id}
 
 
-def torch_allreduce_held(arrived_dir, hold_file, bound_dir=None, jobs_expected=0):
+def _wait_for(done, what, timeout=300):
+    deadline = time.time() + timeout
+    while not done():
+        if time.time() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.2)
+
+
+def report_port_and_hold(arrived_dir, hold_file):
     """Rank 0 reports the port its launch step chose (claimed, not bound yet: only the claim keeps other jobs off
-    it now), every rank holds until ``hold_file`` exists, then init_torch_distributed (rank 0's store binds the
-    port), then, with ``bound_dir``, rank 0 waits until every job's store is listening, then one all_reduce."""
-    import torch
-    import torch.distributed as dist
-
+    it now) in ``arrived_dir/JOBID``; every rank holds until ``hold_file`` exists. Returns the port."""
     env = hpcbridge.environment()
-
-    def wait_for(done, what):
-        deadline = time.time() + 300
-        while not done():
-            if time.time() > deadline:
-                raise TimeoutError(what)
-            time.sleep(0.2)
-
     if env.rank == 0:
         with open(os.path.join(arrived_dir, env.job_id), "w") as fh:
             fh.write(f"{env.master_addr}:{env.master_port}")
-    wait_for(lambda: os.path.exists(hold_file), f"{hold_file} never appeared")
+    _wait_for(lambda: os.path.exists(hold_file), f"{hold_file} never appeared")
+    return env.master_port
+
+
+def torch_allreduce_held(arrived_dir, hold_file, bound_dir=None, jobs_expected=0):
+    """report_port_and_hold, then init_torch_distributed (rank 0's store binds the port), then, with
+    ``bound_dir``, rank 0 waits until every job's store is listening, then one all_reduce."""
+    import torch
+    import torch.distributed as dist
+
+    report_port_and_hold(arrived_dir, hold_file)
     env = hpcbridge.init_torch_distributed(timeout_s=120)
     if bound_dir and env.rank == 0:
         open(os.path.join(bound_dir, env.job_id), "w").close()
-        wait_for(lambda: len(os.listdir(bound_dir)) >= jobs_expected, f"only {os.listdir(bound_dir)} bound")
+        _wait_for(lambda: len(os.listdir(bound_dir)) >= jobs_expected, f"only {os.listdir(bound_dir)} bound")
     t = torch.tensor([float(env.rank + 1)])
     dist.all_reduce(t)
     dist.destroy_process_group()
     return {"sum": t.item(), "rank": env.rank, "host": env.hostname, "master": (env.master_addr, env.master_port)}
-
-
-def report_port_and_hold(arrived_dir, hold_file):
-    """As torch_allreduce_held, but nothing ever binds the port: only the claim has it."""
-    env = hpcbridge.environment()
-    if env.rank == 0:
-        with open(os.path.join(arrived_dir, env.job_id), "w") as fh:
-            fh.write(f"{env.master_addr}:{env.master_port}")
-    deadline = time.time() + 300
-    while not os.path.exists(hold_file) and time.time() < deadline:
-        time.sleep(0.2)
-    return env.master_port
 
 
 def explode_on_rank_4(unknown_here=False):

@@ -18,7 +18,6 @@ from nbclient import NotebookClient
 if TYPE_CHECKING:
     from conftest import LiveCluster  # tests/live/conftest.py
 
-pytestmark = pytest.mark.live
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.ipynb"))

@@ -21,8 +21,6 @@ import pytest
 from hpcbridge import Executor, JobState, load_site
 from hpcbridge.errors import JobLostError, SchedulerError
 
-pytestmark = pytest.mark.live
-
 CHECKOUT = Path(__file__).resolve().parents[2]
 WAIT = 300  # the cluster is shared: jobs may queue behind others'
 

@@ -15,12 +15,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pytest
-
 if TYPE_CHECKING:
     from conftest import LiveCluster
 
-pytestmark = pytest.mark.live
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT = 240  # per job: the cluster is shared, jobs may queue behind others'

@@ -559,20 +559,6 @@ report(value=value, job_id=job.job_id, submit_s=submit_s, tag=ex._submissions[0]
 '''
 
 
-def _jobs_tagged(cluster: LiveCluster, tag: str, job_id: str) -> list[str]:
-    """The ids of the jobs sacct shows with the comment ``hpcbridge:TAG``, once it shows ``job_id`` among them
-    (slurmdbd fills in a new job's comment and name a moment after the job is known)."""
-    since = f"now-{int(time.time() - cluster.started) + 120}"
-    deadline = time.monotonic() + 60
-    while True:
-        out = cluster.run(["sacct", "-n", "-X", "-P", "-S", since, "--format=JobID,Comment"], timeout=60).stdout
-        jobs = [job for job, _, comment in (line.partition("|") for line in out.splitlines())
-                if comment == f"hpcbridge:{tag}"]
-        if job_id in jobs or time.monotonic() > deadline:
-            return jobs
-        time.sleep(1)
-
-
 def test_cut_while_a_slow_sbatch_runs_past_the_old_window_submits_exactly_once(cluster: LiveCluster) -> None:
     """sbatch takes 15 s on the login node (longer than the 10 s after which a job not found by its tag used to be
     submitted again); the connection is cut once its marker exists. The reconnect sees the marker, never sends the
@@ -586,7 +572,7 @@ def test_cut_while_a_slow_sbatch_runs_past_the_old_window_submits_exactly_once(c
     assert any(r["tag"] in line and "not submitted again" in line for line in r["_stderr"].splitlines()), r["_stderr"]
     assert "submitting it again" not in r["_stderr"]
     assert cluster.wait_job(r["job_id"], timeout=120).state == "COMPLETED"
-    assert _jobs_tagged(cluster, r["tag"], r["job_id"]) == [r["job_id"]]  # exactly one job in sacct
+    assert cluster.jobs_tagged(r["tag"], r["job_id"]) == [r["job_id"]]  # exactly one job in sacct
 
 
 def test_cut_before_the_submission_started_sends_it_again_exactly_once(cluster: LiveCluster) -> None:
@@ -597,4 +583,4 @@ def test_cut_before_the_submission_started_sends_it_again_exactly_once(cluster: 
     assert r["value"] == 81
     assert "does not exist, so the command never started: submitting it again" in r["_stderr"]
     assert cluster.wait_job(r["job_id"], timeout=120).state == "COMPLETED"
-    assert _jobs_tagged(cluster, r["tag"], r["job_id"]) == [r["job_id"]]
+    assert cluster.jobs_tagged(r["tag"], r["job_id"]) == [r["job_id"]]

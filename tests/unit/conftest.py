@@ -38,7 +38,7 @@ def golden():
 
 @pytest.fixture
 def on_pty():
-    """``on_pty(argv, which="stderr", **run_kwargs) -> (CompletedProcess, text)``: run ``argv`` with its stdout or
+    """``on_pty(argv, which="stdout", **run_kwargs) -> (CompletedProcess, text)``: run ``argv`` with its stdout or
     stderr on a pseudo-terminal (so it sees a TTY); ``text`` is what it wrote there, without ANSI escapes."""
 
     def run(argv, which="stdout", **kwargs):

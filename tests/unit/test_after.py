@@ -3,9 +3,8 @@ anything is submitted, and the error a dependent of a failed job raises (pure; n
 
 from __future__ import annotations
 
-import types
-
 import pytest
+from fakebackend import FakeBackend
 
 from hpcbridge import Executor, errors
 from hpcbridge.job import mark_cancelled
@@ -28,18 +27,6 @@ def _site(scheduler="slurm", **over):
     data.update(over)
     name = f"after-{scheduler}-{data.get('flavour', '')}".rstrip("-")
     return site_from_mapping(name, data)
-
-
-class FakeBackend:
-    def __init__(self, site, scheduler):
-        self.site = site
-        self.scheduler = scheduler
-        self.transport = types.SimpleNamespace(read_tail=lambda path, n: b"", read_files=lambda paths: {})
-        self.poller = types.SimpleNamespace(lock=None)
-        self.finals = []
-
-    def note_final(self, job):
-        self.finals.append(job)
 
 
 def _submitted(site, job_id, chunks=(1,), is_array=False, scheduler=None):

@@ -416,10 +416,7 @@ def test_an_older_hpcbridges_claim_whose_owner_cannot_be_checked_holds_until_its
 
 
 def test_an_older_hpcbridges_expired_claim_is_taken_over(tmp_path):
-    sock = socket.socket()
-    sock.bind(("0.0.0.0", 0))
-    port = sock.getsockname()[1]
-    sock.close()
+    port = _free_port()
     (tmp_path / str(port)).write_text("old 1 2 3\n")
     old = os.stat(tmp_path / str(port)).st_mtime - jobenv.PORT_CLAIM_TTL_S - 5
     os.utime(tmp_path / str(port), (old, old))

@@ -4,6 +4,7 @@ import types
 
 import cloudpickle
 import pytest
+from fakebackend import FakeBackend
 
 from hpcbridge import errors
 from hpcbridge.poll import Submission
@@ -13,21 +14,12 @@ from hpcbridge.state import JobState
 GRACE_S = 3.0  # the site's result_grace_s
 
 
-class FakeBackend:
-    def __init__(self):
-        self.site = types.SimpleNamespace(name="fake", result_grace_s=GRACE_S)
-        self.scheduler = types.SimpleNamespace(task_id=lambda job_id, task, is_array: job_id,
-                                               explain_end=lambda status, tail: status)
-        self.transport = types.SimpleNamespace(read_tail=lambda path, n: b"")
-        self.poller = types.SimpleNamespace(lock=None)
-        self.finals = []
-
-    def note_final(self, job):
-        self.finals.append(job)
-
-
 def _sub(ranks=6, chunks=(1,)):
-    return Submission(FakeBackend(), tag="t", folder="/f", script="", chunks=list(chunks), is_array=False,
+    backend = FakeBackend(
+        types.SimpleNamespace(name="fake", result_grace_s=GRACE_S),
+        types.SimpleNamespace(task_id=lambda job_id, task, is_array: job_id, explain_end=lambda status, tail: status),
+    )
+    return Submission(backend, tag="t", folder="/f", script="", chunks=list(chunks), is_array=False,
                       ranks=ranks, submit_time=1.0, job_id="42")
 
 
