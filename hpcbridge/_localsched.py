@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Dict, List, Optional
 
-from hpcbridge._format import write_atomic
+from hpcbridge.store import write_atomic
 
 
 def _directives(script: str) -> Dict[str, str]:

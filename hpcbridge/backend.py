@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
-from . import __version__
+from ._version import __version__
 from .errors import (
     CommandTimeoutError,
     ConfigError,
@@ -152,11 +152,14 @@ def make_scheduler(site: Site, root: str) -> Scheduler:
 
 
 class Backend:
-    """Shared by an executor and its ``with_resources`` copies."""
+    """Shared by an executor and its ``with_resources`` copies.
 
-    def __init__(self, site: Site, folder: Optional[str] = None) -> None:
+    ``transport``: the one to use instead of the site's own (``hpcbridge.testing.ScriptedTransport`` in tests).
+    """
+
+    def __init__(self, site: Site, folder: Optional[str] = None, *, transport: Optional[Transport] = None) -> None:
         self.site = site
-        self.transport = make_transport(site)
+        self.transport = make_transport(site) if transport is None else transport
         self.root = self.transport.expanduser(folder or site.workdir).rstrip("/")
         if not SAFE_PATH.match(self.root):
             raise ConfigError(

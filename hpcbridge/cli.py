@@ -12,7 +12,6 @@ import argparse
 import sys
 from typing import List, Optional, Sequence, Tuple
 
-from . import __version__
 from ._cli_base import (
     INTERNAL,
     INTERRUPTED,
@@ -24,6 +23,7 @@ from ._cli_base import (
     Out,
     _report,
 )
+from ._version import __version__
 from .errors import (
     CommandError,
     ConfigError,

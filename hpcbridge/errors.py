@@ -8,11 +8,16 @@ Tree::
     ├── ConfigError                 bad site-config, unknown site, unknown key
     │   └── UnknownSiteError
     ├── ResourceError               unknown resource name, nonsense walltime/memory, over a limit
+    │   └── HostlistError           a Slurm hostlist expression that cannot be read
     ├── SerializationError          the function or an argument cannot be pickled
     ├── RemoteEnvironmentError      cluster-side python / cloudpickle / hpcbridge missing or mismatched
+    ├── JobNotFoundError            attach / the CLI: no job by that id (exit code 4 in the CLI)
+    ├── RendezvousError             in the job: no master address or port could be agreed
+    ├── UserCommandError            in the job: the command or script of ``hpcbridge submit`` exited non-zero
     ├── CommandError                a command failed (argv, exit_code, stdout, stderr)
     │   └── SchedulerError          the scheduler refused or failed (sbatch, sacct, qsub ...)
-    ├── TransportError              the transport could not run a command or move a file
+    ├── TransportError              the transport could not run a command or move a file (``maybe_ran``)
+    │   ├── CommandTimeoutError     a command did not finish in time (it may have done its work)
     │   ├── HostUnreachableError    SSH: no connection to the host (DNS, refused, timed out, bastion failed)
     │   ├── AuthenticationError     SSH: the server refused every key / answer
     │   ├── HostKeyError            SSH: the host key cannot be trusted
@@ -54,6 +59,10 @@ class ResourceError(HpcBridgeError, ValueError):
     """A resource request is invalid (unknown name, bad value, over a limit)."""
 
 
+class HostlistError(ResourceError):
+    """A Slurm hostlist expression (``node[01-04,07]``) that cannot be read."""
+
+
 class SerializationError(HpcBridgeError, TypeError):
     """The function or one of its arguments cannot be pickled."""
 
@@ -62,8 +71,33 @@ class RemoteEnvironmentError(HpcBridgeError):
     """The cluster-side Python environment cannot run hpcbridge jobs."""
 
 
+class JobNotFoundError(HpcBridgeError, LookupError):
+    """No job by that id: not in this machine's registry, or not known to the scheduler."""
+
+
+class RendezvousError(HpcBridgeError, RuntimeError):
+    """In the job: the ranks could not agree on a master address and port."""
+
+
+class UserCommandError(HpcBridgeError):
+    """The command (or script) of a ``hpcbridge submit`` job exited non-zero."""
+
+    def __init__(self, argv: Sequence[str], returncode: int) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        super().__init__(f"{' '.join(self.argv)} exited with status {returncode}")
+
+
 class TransportError(HpcBridgeError):
-    """The transport failed to run a command or move a file."""
+    """The transport failed to run a command or move a file.
+
+    ``maybe_ran``: True when the command had already been sent, so it may or may not have run on the cluster side
+    (a submission is then looked up by its tag, never simply sent again).
+    """
+
+    def __init__(self, message: str, *, maybe_ran: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_ran = maybe_ran
 
 
 class HostUnreachableError(TransportError):
@@ -90,18 +124,13 @@ class CommandTimeoutError(TransportError):
     """A command did not finish in time. It had started, so it may have done its work (``maybe_ran``): a
     submission that timed out is looked up by its tag before it is ever sent again."""
 
-    maybe_ran = True
+    def __init__(self, message: str, *, maybe_ran: bool = True) -> None:
+        super().__init__(message, maybe_ran=maybe_ran)
 
 
 class ConnectionLostError(TransportError):
-    """The connection dropped and the operation could not be finished.
-
-    ``maybe_ran`` is True when the command had already been sent: it may or may not have run on the cluster.
-    """
-
-    def __init__(self, message: str, *, maybe_ran: bool = False) -> None:
-        super().__init__(message)
-        self.maybe_ran = maybe_ran
+    """The connection dropped and the operation could not be finished (``maybe_ran``: after the command was
+    sent)."""
 
 
 class CommandError(HpcBridgeError):
@@ -118,13 +147,11 @@ class CommandError(HpcBridgeError):
         exit_code: Optional[int] = None,
         stdout: str = "",
         stderr: str = "",
-        transient: bool = False,
     ) -> None:
         self.argv = list(argv)
         self.exit_code = exit_code
         self.stdout = stdout
         self.stderr = stderr
-        self.transient = transient
         detail = f"\n  command: {' '.join(self.argv)}" if self.argv else ""
         if exit_code is not None:
             detail += f"\n  exit code: {exit_code}"
@@ -139,7 +166,7 @@ class SchedulerError(CommandError):
 
 
 class RemoteCommandError(CommandError, TransportError):
-    """A transport operation (mkdir, file transfer, listing) failed on the remote side."""
+    """A transport operation (mkdir, file transfer, listing) failed on the remote side (it ran: not a drop)."""
 
 
 class JobError(HpcBridgeError):

@@ -19,8 +19,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 import cloudpickle
 
-from . import __version__
-from ._format import pack_inputs
+from ._version import __version__
 from .backend import SAFE_PATH, Backend
 from .display import describe, progress_for
 from .errors import HpcBridgeError, SerializationError
@@ -35,6 +34,7 @@ from .schedulers.base import ScriptRequest
 from .sites import Site, load_site
 from .spec import Resources, resources_from
 from .state import JobState
+from .store import JobFolder, pack_inputs
 
 log = logging.getLogger("hpcbridge")
 
@@ -262,19 +262,20 @@ class Executor(concurrent.futures.Executor):
         }
         submitting = False
         try:
-            transport.makedirs(sub.folder, f"{sub.folder}/log", f"{sub.folder}/res", mode=0o700)
+            paths = JobFolder(sub.folder)
+            transport.makedirs(paths.path, *paths.subdirs, mode=0o700)
             transport.write_files(
                 {
-                    f"{sub.folder}/inputs.bin": pack_inputs(blobs),
-                    f"{sub.folder}/meta.json": json.dumps(meta, indent=1, default=str).encode(),
-                    f"{sub.folder}/script.sh": sub.script.encode(),
+                    paths.inputs: pack_inputs(blobs),
+                    paths.meta: json.dumps(meta, indent=1, default=str).encode(),
+                    paths.script: sub.script.encode(),
                 }
             )
             sub.submit_time = time.time()
             submitting = True
             out = backend.run_checked(
-                backend.scheduler.submit_argv(f"{sub.folder}/script.sh"), "submit the job", tag=sub.tag,
-                marker=f"{sub.folder}/submitted",  # exactly once, even across a dropped connection
+                backend.scheduler.submit_argv(paths.script), "submit the job", tag=sub.tag,
+                marker=paths.submit_marker,  # exactly once, even across a dropped connection
             )
             sub.job_id = backend.scheduler.parse_submit(out.stdout)
         except BaseException as exc:
@@ -447,7 +448,7 @@ def attach(job_id: Union[str, int], site: Union[str, Site] = "local", position: 
         submit_time=row["submit_time"],
         job_id=row["job_id"],
     )
-    script = backend.transport.read_files([f"{row['folder']}/script.sh"])
+    script = backend.transport.read_files([JobFolder(row["folder"]).script])
     sub.script = next(iter(script.values()), b"").decode("utf-8", "replace")
     sub.resolved = set(range(len(chunks))) - {row["task"]}
     job: Job = sub.jobs[row["task"]][position]

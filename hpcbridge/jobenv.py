@@ -251,7 +251,9 @@ def _master(
 
 def rendezvous_path(folder: str, task: int) -> str:
     """Where the launch step publishes the master address and port of a task."""
-    return os.path.join(folder, "rdv", f"{task}.json")
+    from .store import JobFolder
+
+    return JobFolder(folder).rendezvous(task)
 
 
 def choose_port(

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
 import cloudpickle
 
 from . import errors
-from ._format import result_name
 from .job import Job, mark_cancelled
 from .schedulers.base import NativeStatus, Scheduler
 from .state import JobState
+from .store import JobFolder, parse_result_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from .backend import Backend
@@ -84,7 +84,7 @@ class Submission:
         return [t for t in range(len(self.chunks)) if t not in self.resolved]
 
     def read_log(self, task: int, kind: str, max_bytes: int) -> str:
-        data = self.backend.transport.read_tail(f"{self.folder}/log/{task}.{kind}", max_bytes)
+        data = self.backend.transport.read_tail(JobFolder(self.folder).log(task, kind), max_bytes)
         return "" if data is None else data.decode("utf-8", "replace")
 
     # -- cancel -------------------------------------------------------------------------------------------
@@ -168,7 +168,8 @@ class Submission:
     def _read_missing_results(self, task: int) -> Dict[int, Any]:
         """Before declaring results lost, open them by name: a directory listing on NFS can lag the files."""
         got = self.payloads.setdefault(task, {})
-        wanted = {f"{self.folder}/res/{result_name(task, r)}": r for r in range(self.ranks) if r not in got}
+        paths = JobFolder(self.folder)
+        wanted = {paths.result(task, r): r for r in range(self.ranks) if r not in got}
         try:
             found = self.backend.transport.read_files(list(wanted))
         except Exception as exc:
@@ -399,19 +400,16 @@ class Poller:
         for sub in live:
             live_tasks = set(sub.live_tasks())
             try:
-                names = transport.listdir(f"{sub.folder}/res")
+                names = transport.listdir(JobFolder(sub.folder).results_dir)
             except Exception as exc:  # one unreadable folder must not hold up the others
                 log.warning("hpcbridge: cannot list %s/res, will retry: %s", sub.folder, exc)
                 continue
             for name in names:
                 if name in sub.seen or not name.endswith(".pkl"):
                     continue
-                parts = name.split(".")
-                if len(parts) != 3 or not (parts[0].isdigit() and parts[1].isdigit()):
-                    continue
-                task, rank = int(parts[0]), int(parts[1])
-                if task in live_tasks and result_name(task, rank) == name:
-                    wanted[f"{sub.folder}/res/{name}"] = (sub, task, rank)
+                parsed = parse_result_name(name)
+                if parsed is not None and parsed[0] in live_tasks:
+                    wanted[JobFolder(sub.folder).result(*parsed)] = (sub, *parsed)
         if not wanted:
             return False
         data = transport.read_files(list(wanted))

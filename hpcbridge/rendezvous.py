@@ -25,7 +25,7 @@ import time
 from typing import List, Optional, Tuple
 
 from . import jobenv
-from ._format import write_atomic
+from .store import write_atomic
 
 USAGE = "usage: python -m hpcbridge.rendezvous FOLDER [--port-range LO-HI] -- LAUNCHER ARGV..."
 

@@ -1,7 +1,7 @@
 """Runs inside the job: load this task's calls, run them, write the outcomes atomically.
 
 Started as ``python -u -m hpcbridge.worker FOLDER`` with ``HPCBRIDGE_TASK`` naming the task. Imports only the
-standard library, cloudpickle and hpcbridge._format: every job start pays for them.
+standard library, cloudpickle and hpcbridge.store: every job start pays for them.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     import cloudpickle
 
-    from hpcbridge import _format
+    from hpcbridge import store
 
     folder = argv[0]
     task = int(os.environ.get("HPCBRIDGE_TASK", "0") or 0)
@@ -95,7 +95,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         bind_gpus()
     started = time.time()
     try:
-        calls = cloudpickle.loads(_format.read_input(os.path.join(folder, "inputs.bin"), task))
+        calls = cloudpickle.loads(store.read_input(store.JobFolder(folder).inputs, task))
     except BaseException as exc:
         hint = (
             "could not load the call on the cluster side "
@@ -114,7 +114,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "finished": time.time(),
     }
     data = dump_payload(payload, cloudpickle.dumps)
-    _format.write_atomic(os.path.join(folder, "res", _format.result_name(task, rank)), data)
+    store.write_atomic(store.JobFolder(folder).result(task, rank), data)
     failed = [o for o in outcomes if o[0] == "err"]
     for o in failed:
         sys.stderr.write(o[4] if o[4] else f"{o[2]}: {o[3]}\n")

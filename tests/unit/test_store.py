@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from hpcbridge._format import pack_inputs, read_input, write_atomic
+from hpcbridge.store import pack_inputs, read_input, write_atomic
 
 
 def test_inputs_file_holds_every_task_and_reads_one(tmp_path):
