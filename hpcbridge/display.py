@@ -13,10 +13,30 @@ import importlib
 import os
 import sys
 import time
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Protocol, Sequence, cast
 
-from .job import Job
 from .state import JobState
+
+
+class JobView(Protocol):
+    """What a display reads of a job (:class:`hpcbridge.job.Job` is one): nothing here imports the futures side."""
+
+    @property
+    def job_id(self) -> str: ...
+
+    @property
+    def site(self) -> str: ...
+
+    @property
+    def nodes(self) -> str: ...
+
+    @property
+    def elapsed(self) -> Optional[float]: ...
+
+    state: JobState
+
+    def done(self) -> bool: ...
+
 
 MAX_ROWS = 20
 
@@ -42,7 +62,8 @@ def format_elapsed(seconds: Optional[float]) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-def state_counts(jobs: Sequence[Job]) -> Dict[str, int]:
+def state_counts(jobs: Sequence[JobView]) -> Dict[str, int]:
+    """How many jobs are in each state, e.g. ``{'COMPLETED': 8, 'RUNNING': 2}``."""
     counts: Dict[str, int] = {}
     for job in jobs:
         counts[job.state.value] = counts.get(job.state.value, 0) + 1
@@ -54,7 +75,7 @@ def _badge(state: JobState) -> str:
     return f'<span style="color:{colour};font-weight:600">{html.escape(state.value)}</span>'
 
 
-def jobs_html(jobs: Sequence[Job], max_rows: int = MAX_ROWS) -> str:
+def jobs_html(jobs: Sequence[JobView], max_rows: int = MAX_ROWS) -> str:
     """A compact table: state, job id, nodes, elapsed (one row per job, at most ``max_rows``)."""
     cell = 'style="text-align:left;padding:1px 8px"'
     rows = []
@@ -85,12 +106,12 @@ def jobs_html(jobs: Sequence[Job], max_rows: int = MAX_ROWS) -> str:
 class Progress:
     """No display: waiting only. The base for the notebook and terminal displays."""
 
-    def __init__(self, jobs: Sequence[Job], label: str) -> None:
+    def __init__(self, jobs: Sequence[JobView], label: str) -> None:
         self.jobs = jobs
         self.label = label
         self.started = time.monotonic()
 
-    def wait(self, job: Job, timeout: Optional[float] = None) -> None:
+    def wait(self, job: JobView, timeout: Optional[float] = None) -> None:
         """Block until ``job`` is done (or ``timeout``), refreshing the display meanwhile (no-op here)."""
 
     def refresh(self, final: bool = False) -> None:
@@ -107,13 +128,13 @@ class Progress:
 
 
 class _Shown(Progress):
-    def wait(self, job: Job, timeout: Optional[float] = None) -> None:
+    def wait(self, job: JobView, timeout: Optional[float] = None) -> None:
         end = None if timeout is None else time.monotonic() + timeout
         while not job.done():
             left = 0.5 if end is None else min(0.5, end - time.monotonic())
             if left <= 0:
                 break
-            concurrent.futures.wait([job], left)
+            concurrent.futures.wait([cast("concurrent.futures.Future[Any]", job)], left)
             self.refresh()
         self.refresh()
 
@@ -121,7 +142,7 @@ class _Shown(Progress):
 class NotebookProgress(_Shown):
     """An HTML progress line in the output of the running cell, updated in place."""
 
-    def __init__(self, jobs: Sequence[Job], label: str) -> None:
+    def __init__(self, jobs: Sequence[JobView], label: str) -> None:
         super().__init__(jobs, label)
         self._display = importlib.import_module("IPython.display")
         self._last = ""
@@ -153,7 +174,7 @@ class NotebookProgress(_Shown):
 class TerminalProgress(_Shown):
     """A rich progress bar on stderr."""
 
-    def __init__(self, jobs: Sequence[Job], label: str) -> None:
+    def __init__(self, jobs: Sequence[JobView], label: str) -> None:
         super().__init__(jobs, label)
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -192,7 +213,7 @@ def in_notebook() -> bool:
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
-def progress_for(jobs: Sequence[Job], label: str, enabled: Optional[bool] = None) -> Progress:
+def progress_for(jobs: Sequence[JobView], label: str, enabled: Optional[bool] = None) -> Progress:
     """The right progress display for where we run: notebook, terminal, or none.
 
     ``enabled``: True forces a display, False turns it off, None decides (``HPCBRIDGE_PROGRESS``, then whether

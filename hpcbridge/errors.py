@@ -156,7 +156,7 @@ class CommandError(HpcBridgeError):
         if exit_code is not None:
             detail += f"\n  exit code: {exit_code}"
         if stderr.strip():
-            detail += "\n  stderr: " + _tail(stderr, 20).replace("\n", "\n          ")
+            detail += "\n  stderr: " + last_lines(stderr, 20).replace("\n", "\n          ")
         super().__init__(message + detail)
         self.message = message
 
@@ -245,5 +245,6 @@ class RemoteTraceback(Exception):
         return self.text
 
 
-def _tail(text: str, lines: int) -> str:
+def last_lines(text: str, lines: int) -> str:
+    """The last ``lines`` lines of ``text`` (the tail of a command's or a job's stderr that an error shows)."""
     return "\n".join(text.rstrip().splitlines()[-lines:])

@@ -11,34 +11,29 @@ import json
 import logging
 import os
 import posixpath
-import re
 import socket
 import time
 import uuid
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
-
-import cloudpickle
+from typing import Any, Callable, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 from ._version import __version__
-from .backend import SAFE_PATH, Backend
+from .after import dependency_ids
+from .backend import Backend
 from .display import describe, progress_for
-from .errors import HpcBridgeError, SerializationError
-from .group import JobGroup
+from .errors import HpcBridgeError, TransportError
+from .group import JobGroup, cancel_jobs
 from .job import Job, mark_cancelled
-from .launchers import plan as launch_plan
 from .launchers import with_site_launcher
-from .poll import Submission
+from .pickling import Call, pickle_task, qualname
 from .registry import Registry
-from .render import render
-from .schedulers.base import ScriptRequest
+from .script import render_script, script_context
 from .sites import Site, load_site
 from .spec import Resources, resources_from
 from .state import JobState
 from .store import JobFolder, pack_inputs
+from .submission import Submission
 
 log = logging.getLogger("hpcbridge")
-
-Call = Tuple[Callable[..., Any], Tuple[Any, ...], Dict[str, Any]]
 
 
 class Executor(concurrent.futures.Executor):
@@ -59,7 +54,7 @@ class Executor(concurrent.futures.Executor):
 
     def __init__(self, site: Union[str, Site] = "local", *, folder: Optional[str] = None, **resources: Any) -> None:
         site_obj = load_site(site) if isinstance(site, str) else site
-        self.resources: Resources = resources_from(site_obj.default_resources(), resources, site_obj)
+        self.resources: Resources = _resources(site_obj.default_resources(), resources, site_obj)
         site_obj.check_resources(self.resources)  # partition limits, before anything is submitted
         self._backend = Backend(site_obj, folder)
         self._batch: Optional[List[Tuple[Submission, List[Call]]]] = None
@@ -71,7 +66,7 @@ class Executor(concurrent.futures.Executor):
 
     def with_resources(self, **resources: Any) -> Executor:
         """A copy with some resources changed; it shares this executor's connection and poller."""
-        changed = resources_from(self.resources, resources, self._backend.site)
+        changed = _resources(self.resources, resources, self._backend.site)
         self._backend.site.check_resources(changed)
         other = copy.copy(self)  # shares the backend (connection, poller) and the list of submissions
         other.resources = changed
@@ -127,7 +122,8 @@ class Executor(concurrent.futures.Executor):
             finally:
                 shown.close()
                 if done < len(jobs):
-                    _cancel_jobs(jobs[done:])
+                    with contextlib.suppress(HpcBridgeError):  # never hide why the map stopped
+                        cancel_jobs(jobs[done:])
 
         return results()
 
@@ -186,14 +182,14 @@ class Executor(concurrent.futures.Executor):
     # -- inspection ---------------------------------------------------------------------------------------
     def render(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
         """The exact batch script ``submit(fn, *args, **kwargs)`` would submit; nothing is submitted."""
-        _pickle_task([(fn, args, kwargs)])
+        pickle_task([(fn, args, kwargs)])
         tag = _new_tag()
         return self._render_script(f"{self._backend.root}/{tag}", tag, None, fn, 1)
 
     # -- internals ----------------------------------------------------------------------------------------
     def _batch_add(self, call: Call) -> Job:
         assert self._batch is not None
-        _pickle_task([call])
+        pickle_task([call])
         if not self._batch or len(self._batch[-1][1]) >= self._backend.site.max_array_size:
             sub = self._new_submission(chunks=[], is_array=True)
             self._batch.append((sub, []))
@@ -208,7 +204,7 @@ class Executor(concurrent.futures.Executor):
         starts = [0]
         for task in tasks[:-1]:
             starts.append(starts[-1] + len(task))
-        blobs = [_pickle_task(task, first if is_array else None) for task, first in zip(tasks, starts)]
+        blobs = [pickle_task(task, first if is_array else None) for task, first in zip(tasks, starts)]
         size = self._backend.site.max_array_size if is_array else 1
         pieces = [(tasks[i : i + size], blobs[i : i + size]) for i in range(0, len(tasks), size)]
         subs: List[Submission] = []
@@ -244,7 +240,7 @@ class Executor(concurrent.futures.Executor):
     def _send(self, sub: Submission, tasks: List[List[Call]], blobs: Optional[List[bytes]] = None) -> None:
         """Write the submission's files, submit it, record it and start watching it."""
         backend = self._backend
-        blobs = blobs if blobs is not None else [_pickle_task(t) for t in tasks]
+        blobs = blobs if blobs is not None else [pickle_task(t) for t in tasks]
         fn = tasks[0][0][0]
         backend.check_remote_env()
         backend.ensure_root()
@@ -253,7 +249,7 @@ class Executor(concurrent.futures.Executor):
         )
         transport = backend.transport
         meta = {
-            "function": _qualname(fn),
+            "function": qualname(fn),
             "calls": [len(t) for t in tasks],
             "is_array": sub.is_array,
             "ranks": sub.ranks,
@@ -286,7 +282,7 @@ class Executor(concurrent.futures.Executor):
                 log.warning("hpcbridge: interrupted while submitting; the job may have been submitted, so its folder "
                             "%s is kept (the job, if submitted, %s)", sub.folder,
                             backend.scheduler.find_by_tag_hint(sub.tag))
-            elif not (submitting and getattr(exc, "maybe_ran", False)):
+            elif not (submitting and isinstance(exc, TransportError) and exc.maybe_ran):
                 with contextlib.suppress(Exception):
                     transport.remove_tree(sub.folder)
             raise
@@ -301,7 +297,7 @@ class Executor(concurrent.futures.Executor):
                 is_array=sub.is_array,
                 chunks=sub.chunks,
                 ranks=sub.ranks,
-                function=_qualname(fn),
+                function=qualname(fn),
                 submit_time=sub.submit_time,
                 task_ids=[sub.task_id(t) for t in range(len(sub.chunks))],
             )
@@ -310,36 +306,25 @@ class Executor(concurrent.futures.Executor):
                         "it): %s", sub.job_id, backend.registry.path, exc)
 
     def _render_script(
-        self, folder: str, tag: str, ntasks_array: Optional[int], fn: Callable[..., Any], ncalls: int
+        self, folder: str, tag: str, array_size: Optional[int], fn: Callable[..., Any], ncalls: int
     ) -> str:
+        """The batch script of a submission (``array_size``: None for a plain job)."""
         site = self._backend.site
-        scheduler = self._backend.scheduler
-        res = with_site_launcher(site, self.resources)
-        name = res.name or _job_name(fn)
-        # the job starts where the client is (on a login node the folder is shared with the nodes); a directory
-        # whose name cannot stand in a directive is left to the scheduler's default (the submit directory)
+        # the job starts where the client is (on a login node the folder is shared with the nodes)
         cwd = os.getcwd() if site.transport == "local" else None
-        workdir = cwd if cwd is not None and SAFE_PATH.match(cwd) else None
-        req = ScriptRequest(res, folder, name, tag, ntasks_array, workdir=workdir)
-        command, job_env = launch_plan(site, res, folder, tag)  # the worker, or a launcher around it
-        context = {
-            "directives": scheduler.directives(req),
-            "version": __version__,
-            "description": _describe(fn, ncalls),
-            "modules": list(site.modules),
-            "env": {**site.env, **job_env},
-            "setup": list(site.setup),
-            "task_index_expr": scheduler.task_index_expr,
-            "command": command,
-            "site": site.name,
-            "resources": res,
-            "folder": folder,  # the job folder (the pbs template writes each task's log files there)
-            "workdir": workdir,  # the directory the job starts in (None: the scheduler's default)
-        }
+        context = script_context(site, self._backend.scheduler, self.resources, folder=folder, tag=tag,
+                                 array_size=array_size, fn=fn, ncalls=ncalls, cwd=cwd)
         user_dir = os.path.join(
             os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "hpcbridge", "templates"
         )
-        return render(scheduler.template, context, [user_dir, *site.templates])
+        return render_script(self._backend.scheduler, context, [user_dir, *site.templates])
+
+
+def _resources(base: Resources, kwargs: Mapping[str, Any], site: Site) -> Resources:
+    """``base`` with an executor's keywords applied: ``after=`` Jobs become the ids they stand for."""
+    if "after" in kwargs:
+        kwargs = {**kwargs, "after": dependency_ids(kwargs["after"], site, site.scheduler in ("slurm", "pbs"))}
+    return resources_from(base, kwargs, options=True)
 
 
 def _new_tag() -> str:
@@ -351,62 +336,6 @@ def _user() -> str:
         return getpass.getuser()
     except Exception:
         return "?"
-
-
-def _qualname(fn: Any) -> str:
-    mod = getattr(fn, "__module__", None) or ""
-    name = getattr(fn, "__qualname__", None) or type(fn).__name__
-    return f"{mod}.{name}" if mod else name
-
-
-def _job_name(fn: Any) -> str:
-    """A scheduler-safe job name from the function's name: ``hpcb-train_model``."""
-    name = re.sub(r"[^A-Za-z0-9_.+\-]", "_", getattr(fn, "__name__", None) or type(fn).__name__)
-    return f"hpcb-{name}"[:64]
-
-
-def _describe(fn: Any, ncalls: int) -> str:
-    text = f"{_qualname(fn)}, {ncalls} call{'s' if ncalls != 1 else ''}"
-    return re.sub(r"[\r\n]", " ", text)
-
-
-def _pickle_task(task: Sequence[Call], first: Optional[int] = None) -> bytes:
-    """Pickle one task's calls, or explain exactly which part cannot be pickled.
-
-    ``first`` is the index of the task's first call within a map, for the message.
-    """
-    try:
-        return bytes(cloudpickle.dumps(list(task)))
-    except Exception as exc:
-        raise _explain(task, exc, first) from exc
-
-
-def _explain(task: Sequence[Call], exc: Exception, first: Optional[int]) -> SerializationError:
-    hint = (
-        "Pass only picklable values; create locks, open files, sockets and clients inside the function."
-    )
-    for i, (fn, args, kwargs) in enumerate(task):
-        name = _qualname(fn) + ("" if first is None else f" in call {first + i} of the map")
-        parts: List[Tuple[str, Any]] = [(f"the function {name}", fn)]
-        parts += [(f"argument {i} of {name} ({type(a).__name__})", a) for i, a in enumerate(args)]
-        parts += [(f"keyword argument {k!r} of {name} ({type(v).__name__})", v) for k, v in kwargs.items()]
-        for what, obj in parts:
-            try:
-                cloudpickle.dumps(obj)
-            except Exception as inner:
-                return SerializationError(f"cannot pickle {what}: {type(inner).__name__}: {inner}. {hint}")
-    return SerializationError(f"cannot pickle the call: {type(exc).__name__}: {exc}. {hint}")
-
-
-def _cancel_jobs(jobs: Sequence[Job]) -> None:
-    by_sub: dict[int, Tuple[Submission, List[int]]] = {}
-    for job in jobs:
-        if not job.done():
-            sub = job._submission
-            by_sub.setdefault(id(sub), (sub, []))[1].append(job.task)
-    for sub, tasks in by_sub.values():
-        with contextlib.suppress(HpcBridgeError):
-            sub.cancel_tasks(sorted(set(tasks)))
 
 
 def attach(job_id: Union[str, int], site: Union[str, Site] = "local", position: int = 0) -> Job:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import concurrent.futures
-from typing import Any, Dict, Iterable, List, Optional, SupportsIndex, Union, overload
+from typing import Any, Dict, Iterable, List, Optional, Sequence, SupportsIndex, Tuple, Union, overload
 
-from .job import Job
+from .display import jobs_html, state_counts
+from .errors import HpcBridgeError
+from .job import Job, TaskOwner
 
 
 class JobGroup(List[Job]):
@@ -41,29 +43,36 @@ class JobGroup(List[Job]):
 
     def cancel(self) -> int:
         """Cancel every unfinished job on the cluster (one cancel command per array job); how many were live."""
-        by_sub: Dict[int, Any] = {}
-        live = 0
-        for job in self:
-            if not job.done():
-                live += 1
-                sub = job._submission
-                by_sub.setdefault(id(sub), (sub, set()))[1].add(job.task)
-        for sub, tasks in by_sub.values():
-            sub.cancel_tasks(sorted(tasks))
-        return live
+        return cancel_jobs(self)
 
     def states(self) -> Dict[str, int]:
         """How many jobs are in each state, e.g. ``{'COMPLETED': 8, 'RUNNING': 2}``."""
-        counts: Dict[str, int] = {}
-        for job in self:
-            counts[job.state.value] = counts.get(job.state.value, 0) + 1
-        return counts
+        return state_counts(self)
 
     def __repr__(self) -> str:
         states = ", ".join(f"{n} {s}" for s, n in self.states().items())
         return f"<JobGroup of {len(self)} job{'s' if len(self) != 1 else ''}{': ' + states if states else ''}>"
 
     def _repr_html_(self) -> str:
-        from .display import jobs_html
-
         return jobs_html(self)
+
+
+def cancel_jobs(jobs: Sequence[Job]) -> int:
+    """Cancel the unfinished ``jobs`` on the cluster, one cancel command per submission; how many were live.
+
+    Every submission is tried; the first error is raised after the others were cancelled."""
+    by_sub: Dict[int, Tuple[TaskOwner, List[int]]] = {}
+    live = 0
+    for job in jobs:
+        if not job.done():
+            live += 1
+            by_sub.setdefault(id(job.submission), (job.submission, []))[1].append(job.task)
+    first: Optional[HpcBridgeError] = None
+    for sub, tasks in by_sub.values():
+        try:
+            sub.cancel_tasks(sorted(set(tasks)))
+        except HpcBridgeError as exc:
+            first = first or exc
+    if first is not None:
+        raise first
+    return live

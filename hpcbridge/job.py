@@ -5,12 +5,27 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
-from typing import TYPE_CHECKING, Any, Generator, List, Optional
+from typing import Any, Generator, List, Optional, Protocol
 
 from .state import JobState
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .poll import Submission
+
+class TaskOwner(Protocol):
+    """What a :class:`Job` needs of the submission that carries it (``hpcbridge.submission.Submission``)."""
+
+    site: str
+    folder: str
+    script: str
+    job_id: str
+    is_array: bool
+    chunks: List[int]
+    submit_time: float
+
+    def task_id(self, task: int) -> str: ...
+
+    def read_log(self, task: int, kind: str, max_bytes: int) -> str: ...
+
+    def cancel_tasks(self, tasks: List[int]) -> bool: ...
 
 
 class Job(concurrent.futures.Future):  # type: ignore[type-arg]
@@ -20,7 +35,7 @@ class Job(concurrent.futures.Future):  # type: ignore[type-arg]
     ``await job`` works in asyncio code. ``cancel()`` cancels the job on the cluster.
     """
 
-    def __init__(self, submission: Submission, task: int, position: int) -> None:
+    def __init__(self, submission: TaskOwner, task: int, position: int) -> None:
         super().__init__()
         self._submission = submission
         self.task = task
@@ -37,6 +52,11 @@ class Job(concurrent.futures.Future):  # type: ignore[type-arg]
         self.add_done_callback(_note_finished)
 
     # -- identity -----------------------------------------------------------------------------------------
+    @property
+    def submission(self) -> TaskOwner:
+        """The scheduler job (plain or array) that carries this call."""
+        return self._submission
+
     @property
     def job_id(self) -> str:
         return self._submission.task_id(self.task)
@@ -74,7 +94,7 @@ class Job(concurrent.futures.Future):  # type: ignore[type-arg]
             return False
         if not self._submission.job_id:  # gathered by executor.batch() and not submitted yet: never will be
             return mark_cancelled(self)
-        return self._submission.cancel_task(self.task)
+        return self._submission.cancel_tasks([self.task])
 
     def running(self) -> bool:
         return self.state == JobState.RUNNING and not self.done()

@@ -12,324 +12,32 @@ import logging
 import os
 import threading
 import time
-import traceback
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple
 
-import cloudpickle
-
-from . import errors
-from .job import Job, mark_cancelled
-from .schedulers.base import NativeStatus, Scheduler
-from .state import JobState
-from .store import JobFolder, parse_result_name
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .backend import Backend
+from . import errors, outcome
+from .schedulers.base import NativeStatus
+from .store import parse_result_name
+from .submission import Submission, SubmissionHost
 
 log = logging.getLogger("hpcbridge")
 
-_KILLED = {
-    JobState.TIMEOUT: (errors.JobTimeoutError, "hit its walltime"),
-    JobState.OUT_OF_MEMORY: (errors.JobOutOfMemoryError, "ran out of memory"),
-    JobState.NODE_FAIL: (errors.JobNodeFailError, "lost a node"),
-    JobState.PREEMPTED: (errors.JobPreemptedError, "was preempted"),
-    JobState.CANCELLED: (errors.JobCancelledError, "was cancelled"),
-}
+
+class StatusSource(SubmissionHost, Protocol):
+    """What the poller needs of its site at run time (:class:`hpcbridge.backend.Backend` is one)."""
+
+    def query_status(self, job_ids: Sequence[str], since: float) -> Optional[Dict[str, NativeStatus]]: ...
+
+    def show_job(self, task_id: str) -> Optional[NativeStatus]: ...
 
 
-class Submission:
-    """One scheduler job (plain or array) and the calls it carries."""
-
-    def __init__(
-        self,
-        backend: Backend,
-        *,
-        tag: str,
-        folder: str,
-        script: str,
-        chunks: List[int],
-        is_array: bool,
-        ranks: int,
-        submit_time: float,
-        job_id: str = "",
-    ) -> None:
-        self.backend = backend
-        self.site = backend.site.name
-        self.tag = tag
-        self.folder = folder
-        self.script = script
-        self.chunks = chunks
-        self.is_array = is_array
-        self.ranks = ranks
-        self.submit_time = submit_time
-        self.job_id = job_id
-        self.jobs: List[List[Job]] = [[Job(self, t, p) for p in range(n)] for t, n in enumerate(chunks)]
-        self.payloads: Dict[int, Dict[int, Any]] = {}
-        self.seen: Set[str] = set()
-        self.resolved: Set[int] = set()
-        self.final_at: Dict[int, Tuple[NativeStatus, float]] = {}
-        #: the job ids it waits for (``after=``): a cancellation before it started is blamed on them
-        self.after: Tuple[str, ...] = ()
-
-    @property
-    def all_jobs(self) -> List[Job]:
-        return [j for task in self.jobs for j in task]
-
-    def task_id(self, task: int) -> str:
-        if not self.job_id:
-            return "(not submitted)"
-        return self.backend.scheduler.task_id(self.job_id, task, self.is_array)
-
-    def live_tasks(self) -> List[int]:
-        return [t for t in range(len(self.chunks)) if t not in self.resolved]
-
-    def read_log(self, task: int, kind: str, max_bytes: int) -> str:
-        data = self.backend.transport.read_tail(JobFolder(self.folder).log(task, kind), max_bytes)
-        return "" if data is None else data.decode("utf-8", "replace")
-
-    # -- cancel -------------------------------------------------------------------------------------------
-    def cancel_task(self, task: int) -> bool:
-        return self.cancel_tasks([task])
-
-    def cancel_tasks(self, tasks: List[int]) -> bool:
-        """Cancel tasks on the cluster; True if any was still live."""
-        with self.backend.poller.lock:
-            live = [t for t in tasks if t not in self.resolved]
-            # every unfinished task: cancel by the submission's id (the Slurm-backed PBS qdel knows no others)
-            all_left = set(live) == set(self.live_tasks())
-        if not live or not self.job_id:
-            return False
-        if len(live) == len(self.chunks) or all_left:
-            ids = [self.job_id]
-        else:
-            ids = [self.task_id(t) for t in live]
-        self.backend.run_checked(self.backend.scheduler.cancel_argv(ids), "cancel the job")
-        marked = False
-        with self.backend.poller.lock:
-            for t in live:
-                if t in self.resolved:  # the poller delivered it while scancel ran: not cancelled after all
-                    continue
-                self.resolved.add(t)
-                self.payloads.pop(t, None)
-                for job in self.jobs[t]:
-                    if mark_cancelled(job):
-                        job.state = JobState.CANCELLED
-                        job.native_state = "CANCELLED"
-                        self.backend.note_final(job)
-                        marked = True
-        self.backend.flush_states()
-        return marked
-
-    # -- resolution ---------------------------------------------------------------------------------------
-    def add_payload(self, task: int, rank: int, payload: Any) -> None:
-        self.payloads.setdefault(task, {})[rank] = payload
-
-    def try_resolve(self, task: int, now: float) -> bool:
-        """Resolve a task's jobs when its results are complete, or when the scheduler says it is over.
-
-        Runs under the poller's lock. A task is marked resolved before any of its futures is set, so a failure
-        half-way (a log that cannot be read) never sets a future twice.
-        """
-        if task in self.resolved:
-            return False
-        got = self.payloads.get(task, {})
-        final = self.final_at.get(task)
-        status: Optional[NativeStatus] = None
-        tail: Optional[str] = None
-        if len(got) < self.ranks and not _any_error(got):
-            # a failed rank fails the task at once: the launchers end the other ranks (srun
-            # --kill-on-bad-exit, mpirun's abort, torchrun's group teardown), which may never write a result
-            if final is None:
-                return False
-            status, since = final
-            if status.state not in _KILLED and now - since < self.backend.site.result_grace_s:
-                return False  # give every rank's result file time to show on the shared FS
-            got = self._read_missing_results(task)
-            if len(got) < self.ranks and not _any_error(got):
-                tail = self._stderr_tail(task)
-                # a kill the scheduler reports under another state (Slurm without cgroups: a memory kill is FAILED)
-                status = self.backend.scheduler.explain_end(status, tail)
-                if status.state in _KILLED:
-                    got = {}  # the scheduler's kill is the story, not the ranks that happened to finish first
-        self.resolved.add(task)
-        if tail is None:
-            tail = self._stderr_tail(task)
-        if got:
-            self._resolve_from_payloads(task, got, tail)  # ranks that wrote nothing fail there
-        else:
-            assert status is not None
-            self._resolve_killed(task, status, tail)
-        hosts = sorted({str(p.get("host", "")) for p in got.values() if isinstance(p, dict)} - {"", "?"})
-        for job in self.jobs[task]:
-            job.result_hosts = hosts
-        self.payloads.pop(task, None)  # the futures hold the values now
-        return True
-
-    def _read_missing_results(self, task: int) -> Dict[int, Any]:
-        """Before declaring results lost, open them by name: a directory listing on NFS can lag the files."""
-        got = self.payloads.setdefault(task, {})
-        paths = JobFolder(self.folder)
-        wanted = {paths.result(task, r): r for r in range(self.ranks) if r not in got}
-        try:
-            found = self.backend.transport.read_files(list(wanted))
-        except Exception as exc:
-            log.warning("hpcbridge: could not re-read the results of %s: %s", self.task_id(task), exc)
-            found = {}
-        for path, blob in found.items():
-            self.seen.add(os.path.basename(path))
-            got[wanted[path]] = _load_payload(blob, len(self.jobs[task]), wanted[path])
-        return got
-
-    def _stderr_tail(self, task: int) -> str:
-        got = self.payloads.get(task, {})
-        if len(got) >= self.ranks and not _any_error(got):
-            return ""  # every rank succeeded: no error will show it (one round trip per task saved, over SSH)
-        try:
-            return _tail(self.read_log(task, "err", 64 * 1024), 30)
-        except Exception as exc:  # the tail is a courtesy: never let it stop a result from being delivered
-            return f"(the job's stderr could not be read: {exc})"
-
-    def _resolve_from_payloads(self, task: int, got: Dict[int, Any], tail: str) -> None:
-        missing = [r for r in range(self.ranks) if r not in got]
-        for pos, job in enumerate(self.jobs[task]):
-            values: List[Any] = []
-            failure: Optional[Tuple[int, Any, Tuple[Any, ...]]] = None
-            # the first rank to fail (by finish time, then rank) is the cause; the others' errors are
-            # usually its echo (a collective whose peer went away)
-            for rank in sorted(got, key=lambda r: (got[r].get("finished", 0.0), r)):
-                outcomes = got[rank]["outcomes"]
-                outcome = outcomes[pos] if pos < len(outcomes) else outcomes[0]
-                if outcome[0] == "ok":
-                    values.append((rank, outcome[1]))
-                elif failure is None:
-                    failure = (rank, got[rank], outcome)
-            values = [v for _, v in sorted(values, key=lambda rv: rv[0])]
-            if job.done():
-                continue
-            if failure is None and missing:
-                job.state = JobState.FAILED
-                job.set_exception(self._missing_ranks(job, missing, tail))
-            elif failure is None:
-                job.state = JobState.COMPLETED
-                job._rank_values = values
-                job.set_result(values[0] if values else None)
-            else:
-                job.state = JobState.FAILED
-                rank, payload, outcome = failure
-                job.set_exception(self._remote_exception(job, rank, payload, outcome, tail))
-            self.backend.note_final(job)
-
-    def _missing_ranks(self, job: Job, missing: List[int], tail: str) -> BaseException:
-        shown = ", ".join(str(r) for r in missing[:20]) + (" ..." if len(missing) > 20 else "")
-        return errors.JobLostError(
-            f"job {job.job_id}: rank(s) {shown} of {self.ranks} wrote no result "
-            f"({job.native_state or job.state.value}); their stderr is in the job's log",
-            job_id=job.job_id,
-            state=job.native_state,
-            stderr_tail=tail,
-        )
-
-    def _remote_exception(
-        self, job: Job, rank: int, payload: Any, outcome: Tuple[Any, ...], stderr_tail: str
-    ) -> BaseException:
-        _, blob, type_name, message, tb_text = outcome
-        where = f"job {job.job_id}" + (f", rank {rank}" if self.ranks > 1 else "") + f", host {payload['host']}"
-        remote_tb = f"Remote traceback ({where}):\n{tb_text}"
-        if stderr_tail:
-            remote_tb += f"\n--- stderr of {job.job_id} (last lines) ---\n{stderr_tail}\n"
-        exc: Optional[BaseException] = None
-        if blob is not None:
-            try:
-                exc = cloudpickle.loads(blob)
-            except Exception:
-                exc = None
-        if isinstance(exc, BaseException):
-            exc.__cause__ = errors.RemoteTraceback(remote_tb)
-            try:
-                exc.remote_traceback = tb_text  # type: ignore[attr-defined]
-                exc.rank = rank  # type: ignore[attr-defined]
-            except Exception:  # exceptions with __slots__
-                pass
-            return exc
-        return errors.RemoteError(
-            f"{type_name}: {message} ({where})",
-            type_name=type_name,
-            remote_traceback=tb_text,
-            rank=rank if self.ranks > 1 else None,
-            job_id=job.job_id,
-            state="FAILED",
-            stderr_tail=stderr_tail,
-        )
-
-    def _resolve_killed(self, task: int, status: NativeStatus, tail: str) -> None:
-        after = " and ".join(self.after)
-        for job in self.jobs[task]:
-            if job.done():
-                continue
-            job.state = status.state
-            job.native_state = status.native
-            if _dependency_cancel(self.backend.scheduler, status, self.after):
-                exc: BaseException = errors.JobDependencyError(
-                    f"job {job.job_id} never ran: it was to start after {after} completed successfully, and "
-                    f"the scheduler cancelled it ({status.native}) because that can no longer happen (a job it "
-                    "waited for failed, was cancelled or timed out)",
-                    after=self.after,
-                    job_id=job.job_id,
-                    state=status.native,
-                    stderr_tail=tail,
-                )
-            elif status.state in _KILLED:
-                cls, what = _KILLED[status.state]
-                exc = cls(
-                    f"job {job.job_id} {what} (state {status.native})",
-                    job_id=job.job_id,
-                    state=status.native,
-                    stderr_tail=tail,
-                )
-            else:
-                code = "" if status.exit_code is None else f", exit code {status.exit_code}"
-                # a scheduler that does not say why (the Slurm-backed PBS wrappers) may have removed it for
-                # its dependency
-                why = f"; it was to start after {after}: if one of those failed, it never ran" if after else ""
-                exc = errors.JobLostError(
-                    f"job {job.job_id} ended ({status.native}{code}) without writing a result; "
-                    "the job's stderr below usually says why (python or hpcbridge missing on the node, "
-                    f"a crash, a module load failure){why}",
-                    job_id=job.job_id,
-                    state=status.native,
-                    stderr_tail=tail,
-                )
-            job.set_exception(exc)
-            self.backend.note_final(job)
+def next_query_delay(current_s: float, max_s: float) -> float:
+    """The back-off between scheduler queries: doubled after each, up to the site's ``poll_interval_max_s``."""
+    return min(current_s * 2, max_s)
 
 
-def _dependency_cancel(scheduler: Scheduler, status: NativeStatus, after: Tuple[str, ...]) -> bool:
-    """Whether a job that waited for ``after`` was cancelled for it, before it started (no nodes); the adapter
-    tells a cancel for a dependency from a user's."""
-    if status.state != JobState.CANCELLED or not after or status.nodes not in ("", "None assigned"):
-        return False
-    return scheduler.cancelled_for_dependency(status)
-
-
-def _load_payload(blob: bytes, ncalls: int, rank: int) -> Any:
-    """A result file's payload; one that cannot be unpickled here becomes an error for each of its calls."""
-    try:
-        return cloudpickle.loads(blob)
-    except Exception as exc:
-        message = (
-            f"the job's result could not be unpickled on this side ({type(exc).__name__}: {exc}); "
-            "the value's type must be importable here too"
-        )
-        outcome = ("err", None, "hpcbridge.errors.SerializationError", message, traceback.format_exc())
-        return {"outcomes": [outcome] * ncalls, "rank": rank, "host": "?", "started": 0.0, "finished": 0.0}
-
-
-def _any_error(got: Dict[int, Any]) -> bool:
-    return any(o[0] == "err" for p in got.values() for o in p["outcomes"])
-
-
-def _tail(text: str, lines: int) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
+def next_tick(current_s: float, progressed: bool, min_s: float) -> float:
+    """How long the poller sleeps: the site's minimum after progress, else 1.5x longer up to 2 s (or the minimum)."""
+    return min_s if progressed else min(current_s * 1.5, max(2.0, min_s))
 
 
 class Poller:
@@ -337,9 +45,9 @@ class Poller:
 
     FIRST_QUERY_S = 2.0
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: StatusSource) -> None:
         self.backend = backend
-        self.lock = threading.RLock()
+        self.lock = backend.lock
         self._subs: Dict[str, Submission] = {}
         self._thread: Optional[threading.Thread] = None
         self._wake = threading.Event()
@@ -383,14 +91,14 @@ class Poller:
                 progressed = self._check_files(live)
                 if time.monotonic() >= self._next_query:
                     self._query(live)
-                    self._query_every = min(self._query_every * 2, site.poll_interval_max_s)
+                    self._query_every = next_query_delay(self._query_every, site.poll_interval_max_s)
                     self._next_query = time.monotonic() + self._query_every
                 progressed |= self._resolve_finished(live)
             except Exception as exc:  # a poll must never kill the poller
                 log.warning("hpcbridge: status check failed, will retry: %s", exc)
                 progressed = False
             self.backend.flush_states()
-            tick = site.poll_interval_min_s if progressed else min(tick * 1.5, max(2.0, site.poll_interval_min_s))
+            tick = next_tick(tick, progressed, site.poll_interval_min_s)
             self._wake.wait(tick)
             self._wake.clear()
 
@@ -400,7 +108,7 @@ class Poller:
         for sub in live:
             live_tasks = set(sub.live_tasks())
             try:
-                names = transport.listdir(JobFolder(sub.folder).results_dir)
+                names = transport.listdir(sub.paths.results_dir)
             except Exception as exc:  # one unreadable folder must not hold up the others
                 log.warning("hpcbridge: cannot list %s/res, will retry: %s", sub.folder, exc)
                 continue
@@ -409,7 +117,7 @@ class Poller:
                     continue
                 parsed = parse_result_name(name)
                 if parsed is not None and parsed[0] in live_tasks:
-                    wanted[JobFolder(sub.folder).result(*parsed)] = (sub, *parsed)
+                    wanted[sub.paths.result(*parsed)] = (sub, *parsed)
         if not wanted:
             return False
         data = transport.read_files(list(wanted))
@@ -419,7 +127,7 @@ class Poller:
             for path, blob in data.items():
                 sub, task, rank = wanted[path]
                 sub.seen.add(os.path.basename(path))
-                sub.add_payload(task, rank, _load_payload(blob, len(sub.jobs[task]), rank))
+                sub.add_payload(task, rank, outcome.load_payload(blob, len(sub.jobs[task]), rank))
                 progressed |= sub.try_resolve(task, now)
         return progressed
 

@@ -7,7 +7,7 @@ import difflib
 import math
 import operator
 import re
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .errors import ResourceError
 
@@ -15,7 +15,7 @@ LAUNCHERS = ("srun", "mpirun", "torchrun")
 _TOKEN = re.compile(r"^[A-Za-z0-9_.+\-]+$")
 _NAME = re.compile(r"^[A-Za-z0-9_.+\-]{1,100}$")
 #: a scheduler's job id as ``after=`` takes it: Slurm ``123``/``123_4``, PBS ``123.srv``/``123[].srv``
-_JOB_ID = re.compile(r"^[0-9][A-Za-z0-9_.\[\]\-]{0,200}$")
+JOB_ID = re.compile(r"^[0-9][A-Za-z0-9_.\[\]\-]{0,200}$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,13 +101,13 @@ def check_names(kwargs: Mapping[str, Any], valid: Any = RESOURCE_NAMES, what: st
             )
 
 
-def resources_from(base: Resources, kwargs: Mapping[str, Any], site: Any = None) -> Resources:
+def resources_from(base: Resources, kwargs: Mapping[str, Any], *, options: bool = False) -> Resources:
     """Return ``base`` updated with user keywords, validated and normalised.
 
-    ``site`` (the :class:`~hpcbridge.sites.Site` the jobs go to) is needed for ``after=``, which it checks;
-    without it ``after`` is not accepted (a site-config's ``[defaults]`` cannot name jobs).
+    ``options``: also accept ``after`` (an executor's keyword; a site-config's ``[defaults]`` cannot name jobs),
+    given here as the job ids it resolves to (:func:`hpcbridge.after.dependency_ids` turns Jobs into ids).
     """
-    check_names(kwargs, OPTION_NAMES if site is not None else RESOURCE_NAMES)
+    check_names(kwargs, OPTION_NAMES if options else RESOURCE_NAMES)
     fields: Dict[str, Any] = {}
     for key, value in kwargs.items():
         if key == "walltime":
@@ -135,74 +135,15 @@ def resources_from(base: Resources, kwargs: Mapping[str, Any], site: Any = None)
             fields[key] = value
             fields["launcher_chosen"] = True
         elif key == "after":
-            fields[key] = dependency_ids(value, site)
+            fields[key] = _job_ids(value)
     return dataclasses.replace(base, **fields)
 
 
-def dependency_ids(value: Any, site: Any) -> Tuple[str, ...]:
-    """``after=``: hpcbridge Jobs and scheduler job ids -> the ids the job waits for (checked, in order).
-
-    A set of Jobs that is every task of one array job becomes that array's id (the scheduler waits for all
-    of it); other Jobs their own (task) ids. A Job that already completed is left out (it is satisfied, and
-    the scheduler may have forgotten it); one that failed or was cancelled is an error: the job would never run.
-    """
-    from .job import Job  # here: job.py is the futures side, spec.py the pure side
-
-    if value is None:
-        return ()
-    items = [value] if isinstance(value, (Job, str, int)) else value
-    if not isinstance(items, (list, tuple, set, frozenset)):
-        raise ResourceError(
-            f"after={value!r} must be a Job, a job id ('12345') or a list of them (e.g. after=jobs from map_jobs)"
-        )
-    scheduler = getattr(site, "scheduler", "")
-    if items and scheduler not in ("slurm", "pbs"):
-        raise ResourceError(
-            f"after= needs a Slurm or PBS site; site {getattr(site, 'name', '?')!r} ({scheduler}) has no job "
-            "dependencies: wait for the jobs' results (job.result()) before submitting"
-        )
-    ids: List[str] = []
-    arrays: Dict[int, Tuple[Any, List[Job]]] = {}  # submission id -> (submission, its jobs named here)
-    for item in items:
-        if isinstance(item, Job):
-            _check_parent(item, site)
-            sub = item._submission
-            arrays.setdefault(id(sub), (sub, []))[1].append(item)
-        elif isinstance(item, int) and not isinstance(item, bool) and item >= 0:
-            ids.append(str(item))
-        elif isinstance(item, str) and _JOB_ID.match(item):
-            ids.append(item)
-        else:
-            raise ResourceError(
-                f"after: {item!r} ({type(item).__name__}) is neither an hpcbridge Job nor a job id such as "
-                "'12345', '12345_3' (Slurm) or '12345.server', '12345[].server' (PBS)"
-            )
-    for sub, jobs in arrays.values():
-        waiting = sorted({job.task for job in jobs if not job.done()})  # done ones completed (_check_parent)
-        if not waiting:
-            continue  # nothing left to wait for
-        if sub.is_array and {job.task for job in jobs} == set(range(len(sub.chunks))):
-            ids.append(sub.job_id)  # every task of the array: its own id
-        else:
-            ids.extend(sub.task_id(t) for t in waiting)
-    return tuple(dict.fromkeys(ids))
-
-
-def _check_parent(job: Any, site: Any) -> None:
-    """A Job ``after=`` can wait for: submitted, on the same site, not failed or cancelled."""
-    if not job._submission.job_id:
-        raise ResourceError(
-            f"after: {job!r} is not submitted yet (executor.batch() submits its jobs when the block ends); "
-            "give after= outside the batch() block"
-        )
-    if job.site != getattr(site, "name", job.site):
-        raise ResourceError(
-            f"after: job {job.job_id} runs on site {job.site!r}, not {site.name!r}: a scheduler waits only for its "
-            "own jobs"
-        )
-    if job.done() and (job.cancelled() or job.exception() is not None):
-        why = "was cancelled" if job.cancelled() else f"failed ({job.state.value})"
-        raise ResourceError(f"after: job {job.job_id} {why}: a job to run after it would never start")
+def _job_ids(value: Any) -> Tuple[str, ...]:
+    """``after``'s ids, checked: each a scheduler job id such as ``123``, ``123_4``, ``123.srv``, ``123[].srv``."""
+    if not isinstance(value, tuple) or not all(isinstance(v, str) and JOB_ID.match(v) for v in value):
+        raise ResourceError(f"after={value!r} must be a tuple of job ids (hpcbridge.after.dependency_ids makes one)")
+    return value
 
 
 def _positive_int(key: str, value: Any, minimum: int = 1) -> int:

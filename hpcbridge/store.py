@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import struct
 import tempfile
 from typing import List, NamedTuple, Optional, Tuple, Union
+
+#: a job folder as it can stand in scheduler directives unquoted: absolute, no spaces, quotes, % or #
+SAFE_PATH = re.compile(r"^/[A-Za-z0-9_.+,@=:/~-]*$")
 
 MAGIC = b"HPCB1\n"
 _HEAD = struct.Struct("<Q")

@@ -16,8 +16,9 @@ program name, ``argv[0]``: the same kind of value, or a callable given the argv 
 a command that neither covers fails the test with an :class:`AssertionError` that names it.
 
 Files live in ``files`` (path -> bytes); ``file_steps`` are merged into it one per :meth:`read_files` call, to script
-files that appear over time (a result, a submit record). Nothing here touches the real filesystem or a scheduler:
-it proves the decisions of the code around a transport, never that a feature works on a cluster.
+files that appear over time (a result, a submit record), or raised (a connection that drops while reading).
+Nothing here touches the real filesystem or a scheduler: it proves the decisions of the code around a transport,
+never that a feature works on a cluster.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from .transport.base import Completed
 #: one scripted answer: an exception to raise, or (exit code, stdout, stderr)
 Step = Union[BaseException, Tuple[int, str, str]]
 Answer = Union[Step, Callable[[List[str]], Step]]
+#: files that appear before one read_files call (merged into ``files``), or an exception that call raises
+FileStep = Union[Mapping[str, bytes], BaseException]
 
 
 class ScriptedTransport:
@@ -46,16 +49,18 @@ class ScriptedTransport:
         *,
         answers: Optional[Mapping[str, Answer]] = None,
         files: Optional[Mapping[str, bytes]] = None,
-        file_steps: Sequence[Mapping[str, bytes]] = (),
+        file_steps: Sequence[FileStep] = (),
         home: str = "/home/user",
     ) -> None:
         self.steps: List[Step] = list(steps)
         self.answers: Dict[str, Answer] = dict(answers or {})
         self.files: Dict[str, bytes] = dict(files or {})
-        self.file_steps: List[Mapping[str, bytes]] = list(file_steps)
+        self.file_steps: List[FileStep] = list(file_steps)
         self.dirs: Set[str] = set()
         self.home = home
         self.calls: List[List[str]] = []
+        #: the timeout each command was run with (None: none), in the order of the commands
+        self.timeouts: List[Optional[float]] = []
         self.closed = False
 
     # -- what happened ------------------------------------------------------------------------------------
@@ -75,6 +80,7 @@ class ScriptedTransport:
     ) -> Completed:
         argv = list(argv)
         self.calls.append(argv)
+        self.timeouts.append(timeout)
         step: Step
         if self.steps:
             step = self.steps.pop(0)
@@ -103,7 +109,10 @@ class ScriptedTransport:
     def read_files(self, paths: Iterable[str]) -> Dict[str, bytes]:
         self.calls.append(["read_files"])
         if self.file_steps:
-            self.files.update(self.file_steps.pop(0))
+            step = self.file_steps.pop(0)
+            if isinstance(step, BaseException):
+                raise step
+            self.files.update(step)
         return {p: self.files[p] for p in paths if p in self.files}
 
     def listdir(self, path: str) -> List[str]:

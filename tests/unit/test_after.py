@@ -4,16 +4,15 @@ anything is submitted, and the error a dependent of a failed job raises (pure; n
 from __future__ import annotations
 
 import pytest
-from fakebackend import FakeBackend
 
 from hpcbridge import Executor, errors
+from hpcbridge.backend import Backend
 from hpcbridge.job import mark_cancelled
-from hpcbridge.poll import Submission
 from hpcbridge.schedulers.base import NativeStatus
-from hpcbridge.schedulers.pbs import PBSScheduler
-from hpcbridge.schedulers.slurm import SlurmScheduler
 from hpcbridge.sites import site_from_mapping
 from hpcbridge.state import JobState
+from hpcbridge.submission import Submission
+from hpcbridge.testing import ScriptedTransport
 
 TAG = "0123456789abcdef"
 FOLDER = f"/scratch/alice/hpcb/{TAG}"
@@ -29,11 +28,10 @@ def _site(scheduler="slurm", **over):
     return site_from_mapping(name, data)
 
 
-def _submitted(site, job_id, chunks=(1,), is_array=False, scheduler=None):
-    """A submission as the executor leaves it after qsub/sbatch (a fake backend: nothing runs)."""
-    scheduler = scheduler or (SlurmScheduler() if site.scheduler == "slurm" else PBSScheduler(site.flavour))
-    return Submission(FakeBackend(site, scheduler), tag=TAG, folder=FOLDER, script="", chunks=list(chunks),
-                      is_array=is_array, ranks=1, submit_time=1.0, job_id=job_id)
+def _submitted(site, job_id, chunks=(1,), is_array=False):
+    """A submission as the executor leaves it after qsub/sbatch (a scripted transport: nothing runs)."""
+    return Submission(Backend(site, transport=ScriptedTransport()), tag=TAG, folder=FOLDER, script="",
+                      chunks=list(chunks), is_array=is_array, ranks=1, submit_time=1.0, job_id=job_id)
 
 
 def square(x):

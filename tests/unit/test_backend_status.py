@@ -5,31 +5,12 @@ import pytest
 from hpcbridge.backend import Backend
 from hpcbridge.sites import site_from_mapping
 from hpcbridge.state import JobState
-from hpcbridge.transport.base import Completed
+from hpcbridge.testing import ScriptedTransport
 
 
-class Replay:
-    """Answers each command with the recorded output for its program."""
-
-    name = "replay"
-
-    def __init__(self, answers):
-        self.answers = answers
-        self.calls = []
-
-    def run(self, argv, **kw):
-        self.calls.append(list(argv))
-        code, out, err = self.answers[argv[0]]
-        return Completed(list(argv), code, out, err)
-
-    def expanduser(self, path):
-        return path
-
-
-def backend(answers):
-    b = Backend(site_from_mapping("rec", {"scheduler": "slurm", "workdir": "/w", "accounting": True}))
-    b.transport = Replay(answers)
-    return b
+def backend(answers, steps=()):
+    t = ScriptedTransport(steps, answers=answers)
+    return Backend(site_from_mapping("rec", {"scheduler": "slurm", "workdir": "/w", "accounting": True}), transport=t)
 
 
 def test_accounting_found_disabled_switches_to_squeue():
@@ -52,15 +33,13 @@ def test_a_failed_query_is_reported_as_unknown_not_as_failed_jobs():
 
 
 def test_a_submission_the_controller_never_received_is_tried_again(monkeypatch):
-    import hpcbridge.backend as backend_mod
+    import hpcbridge.submit_once as submit_once
 
-    monkeypatch.setattr(backend_mod, "SUBMIT_RETRY_WAITS_S", (0.0, 0.0))
-    answers = iter([
+    monkeypatch.setattr(submit_once, "SUBMIT_RETRY_WAITS_S", (0.0, 0.0))
+    b = backend({}, steps=[
         (1, "", "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)\n"),
         (0, "77\n", ""),
     ])
-    b = backend({})
-    b.transport.run = lambda argv, **kw: Completed(list(argv), *next(answers))
     assert b.run_checked(["sbatch", "--parsable", "x.sh"], "submit the job").stdout == "77\n"
 
 
@@ -96,25 +75,16 @@ def _env_answer(python=None, cloudpickle_version=None, hpcbridge_version="0.1.0"
 @pytest.fixture
 def fresh_env_checks(monkeypatch):
     """No verdicts from other tests of this process."""
-    import hpcbridge.backend as backend_mod
+    import hpcbridge.remote_env as remote_env
 
-    monkeypatch.setattr(backend_mod, "_ENV_PASSED", set())
+    monkeypatch.setattr(remote_env, "_ENV_PASSED", set())
 
 
 def env_backend(answer, name="rec", python="/opt/py/bin/python3", ssh=None):
     data = {"scheduler": "slurm", "workdir": "/w", "python": python}
     if ssh is not None:
         data.update(transport="ssh", ssh=ssh)
-    b = Backend(site_from_mapping(name, data)) if ssh is None else _ssh_backend(name, data)
-    b.transport = Replay({python: answer})
-    return b
-
-
-def _ssh_backend(name, data):
-    # a Backend without connecting: only its site (the key of the verdict) and the replayed transport matter
-    b = Backend.__new__(Backend)
-    b.site = site_from_mapping(name, data)
-    return b
+    return Backend(site_from_mapping(name, data), transport=ScriptedTransport(answers={python: answer}))
 
 
 def test_a_second_executor_for_the_same_site_does_not_check_again(fresh_env_checks):
@@ -199,18 +169,11 @@ def test_without_accounting_a_lost_connection_stops_the_per_task_looks_until_the
     its 30 s timeout), the other tasks wait for the next query instead of 19 more failures in a row; nothing is
     marked failed."""
     from hpcbridge.errors import ConnectionLostError
-    from hpcbridge.poll import Submission
+    from hpcbridge.submission import Submission
 
-    class Down(Replay):
-        def run(self, argv, **kw):
-            if argv[0] == "scontrol":
-                self.calls.append(list(argv))
-                raise ConnectionLostError("the SSH connection to hpc dropped while trying to run scontrol")
-            return super().run(argv, **kw)
-
-    b = backend({"squeue": (0, "", "")})
+    down = ConnectionLostError("the SSH connection to hpc dropped while trying to run scontrol")
+    b = backend({"squeue": (0, "", ""), "scontrol": lambda argv: down})
     b.scheduler.accounting = False
-    b.transport = Down(b.transport.answers)
     sub = Submission(b, tag="t" * 16, folder="/w/tttttttttttttttt", script="", chunks=[1] * 5, is_array=True,
                      ranks=1, submit_time=1.0, job_id="40")
     b.poller._query([sub])

@@ -1,24 +1,23 @@
-"""How a multi-rank task resolves from its ranks' result files (poll.Submission; a fake backend, no cluster)."""
-
-import types
+"""How a multi-rank task resolves from its ranks' result files (submission.Submission; a scripted transport, no
+cluster: nothing runs, no log or result file can be read)."""
 
 import cloudpickle
 import pytest
-from fakebackend import FakeBackend
 
 from hpcbridge import errors
-from hpcbridge.poll import Submission
+from hpcbridge.backend import Backend
 from hpcbridge.schedulers.base import NativeStatus
+from hpcbridge.sites import site_from_mapping
 from hpcbridge.state import JobState
+from hpcbridge.submission import Submission
+from hpcbridge.testing import ScriptedTransport
 
 GRACE_S = 3.0  # the site's result_grace_s
 
 
 def _sub(ranks=6, chunks=(1,)):
-    backend = FakeBackend(
-        types.SimpleNamespace(name="fake", result_grace_s=GRACE_S),
-        types.SimpleNamespace(task_id=lambda job_id, task, is_array: job_id, explain_end=lambda status, tail: status),
-    )
+    site = site_from_mapping("fake", {"scheduler": "slurm", "workdir": "/w", "result_grace_s": GRACE_S})
+    backend = Backend(site, transport=ScriptedTransport())
     return Submission(backend, tag="t", folder="/f", script="", chunks=list(chunks), is_array=False,
                       ranks=ranks, submit_time=1.0, job_id="42")
 

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from hpcbridge import backend as backend_mod
+from hpcbridge import submit_once
 from hpcbridge.backend import Backend, make_scheduler
 from hpcbridge.errors import ConnectionLostError, ResourceError, SchedulerError, TransportError
 from hpcbridge.schedulers.base import ScriptRequest
@@ -23,7 +23,7 @@ from hpcbridge.schedulers.pbs import (
 from hpcbridge.sites import site_from_mapping
 from hpcbridge.spec import Resources, resources_from
 from hpcbridge.state import JobState
-from hpcbridge.transport.base import Completed
+from hpcbridge.testing import ScriptedTransport
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "pbs")
 
@@ -388,26 +388,10 @@ def test_a_qstat_without_output_paths_cannot_tell_so_nothing_is_submitted_twice(
     assert info.value.maybe_ran is True
 
 
-class _Scripted:
-    """Each run() returns the next (exit code, stdout) or raises the next exception; the argvs are kept."""
-
-    def __init__(self, steps):
-        self.steps = list(steps)
-        self.calls = []
-
-    def run(self, argv, **kw):
-        self.calls.append(list(argv))
-        step = self.steps.pop(0)
-        if isinstance(step, BaseException):
-            raise step
-        return Completed(list(argv), step[0], step[1], "")
-
-
 def _pbs_backend(flavour, steps, monkeypatch):
-    monkeypatch.setattr(backend_mod, "FIND_BY_TAG_WAITS_S", (0.0, 0.0))
-    b = Backend(site_from_mapping("p", {"scheduler": "pbs", "flavour": flavour, "workdir": "/w"}))
-    t = _Scripted(steps)
-    b.transport = t
+    monkeypatch.setattr(submit_once, "FIND_BY_TAG_WAITS_S", (0.0, 0.0))
+    t = ScriptedTransport([s if isinstance(s, BaseException) else (s[0], s[1], "") for s in steps])
+    b = Backend(site_from_mapping("p", {"scheduler": "pbs", "flavour": flavour, "workdir": "/w"}), transport=t)
     return b, t
 
 

@@ -13,12 +13,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
-from hpcbridge import backend as backend_mod
-from hpcbridge.backend import ALREADY_STARTED, Backend, submit_once_argv
+from hpcbridge import submit_once
+from hpcbridge.backend import Backend
 from hpcbridge.errors import (
     CommandTimeoutError,
     ConnectionLostError,
@@ -28,49 +28,19 @@ from hpcbridge.errors import (
 )
 from hpcbridge.schedulers.slurm import SlurmScheduler
 from hpcbridge.sites import site_from_mapping
+from hpcbridge.submit_once import ALREADY_STARTED, SubmitOnce, submit_once_argv
+from hpcbridge.testing import FileStep, ScriptedTransport, Step
 from hpcbridge.transport.base import Completed
 
 SQUEUE = "3338|(null)\n3340_[0-49]|hpcbridge:aaaa\n3341_7|hpcbridge:bbbb\n3341_8|hpcbridge:bbbb\n3342|hpcbridge:cc\n"
-Step = Union[BaseException, Tuple[int, str, str]]
 MARKER = "/w/bbbb/submitted"
 
 
-class Scripted:
-    """Each run() takes the next step: an exception to raise, or (exit code, stdout, stderr). read_files() answers
-    from ``files``, after applying the next entry of ``file_steps`` (a dict merged in) when there is one."""
-
-    name = "scripted"
-
-    def __init__(self, steps: Sequence[Step], file_steps: Sequence[Dict[str, bytes]] = ()) -> None:
-        self.steps = list(steps)
-        self.file_steps = list(file_steps)
-        self.files: Dict[str, bytes] = {}
-        self.calls: List[List[str]] = []
-
-    def run(self, argv: Sequence[str], **kw: Any) -> Completed:
-        self.calls.append(list(argv))
-        step = self.steps.pop(0)
-        if isinstance(step, BaseException):
-            raise step
-        code, out, err = step
-        return Completed(list(argv), code, out, err)
-
-    def read_files(self, paths: Iterable[str]) -> Dict[str, bytes]:
-        self.calls.append(["read_files"])
-        if self.file_steps:
-            self.files.update(self.file_steps.pop(0))
-        return {p: self.files[p] for p in paths if p in self.files}
-
-    def expanduser(self, path: str) -> str:
-        return path
-
-
-def make(steps: Sequence[Step], monkeypatch: pytest.MonkeyPatch, file_steps: Sequence[Dict[str, bytes]] = (),
-         scheduler: Optional[Dict[str, Any]] = None) -> Tuple[Backend, Scripted]:
-    monkeypatch.setattr(backend_mod, "FIND_BY_TAG_WAITS_S", (0.0,) * 6)
-    b = Backend(site_from_mapping("rec", {"scheduler": "slurm", "workdir": "/w", **(scheduler or {})}))
-    t = Scripted(steps, file_steps)
-    b.transport = t  # type: ignore[assignment]
+def make(steps: Sequence[Step], monkeypatch: pytest.MonkeyPatch, file_steps: Sequence[FileStep] = (),
+         scheduler: Optional[Dict[str, Any]] = None) -> Tuple[Backend, ScriptedTransport]:
+    monkeypatch.setattr(submit_once, "FIND_BY_TAG_WAITS_S", (0.0,) * 6)
+    t = ScriptedTransport(steps, file_steps=file_steps)
+    b = Backend(site_from_mapping("rec", {"scheduler": "slurm", "workdir": "/w", **(scheduler or {})}), transport=t)
     return b, t
 
 
@@ -78,7 +48,7 @@ def lost(maybe_ran: bool = True) -> ConnectionLostError:
     return ConnectionLostError("the SSH connection to hpc dropped while trying to run sbatch", maybe_ran=maybe_ran)
 
 
-def names(t: Scripted) -> List[str]:
+def names(t: ScriptedTransport) -> List[str]:
     """What the backend did, in order: the submit command (/bin/sh: under its marker), lookups, record reads."""
     return [c[0] for c in t.calls]
 
@@ -181,8 +151,7 @@ def test_a_timed_out_submission_with_a_marker_is_found_or_never_sent_again(monke
 
 
 def test_when_the_record_cannot_be_read_the_error_says_where_to_look(monkeypatch: pytest.MonkeyPatch) -> None:
-    b, t = make([lost()], monkeypatch)
-    t.read_files = lambda paths: (_ for _ in ()).throw(ConnectionLostError("still down"))  # type: ignore[method-assign]
+    b, t = make([lost()], monkeypatch, [ConnectionLostError("still down")])
     with pytest.raises(ConnectionLostError) as err:
         b.run_checked(["sbatch", "x"], "submit the job", tag="ffff", marker=MARKER)
     assert err.value.maybe_ran is True
@@ -248,26 +217,22 @@ def test_the_lookup_ends_at_its_deadline_however_long_each_look_takes(monkeypatc
     on a stalled filesystem), which used to make the lookup last 39 x 120 s."""
     clock = Clock()
     b, t = make([lost()], monkeypatch)
-    monkeypatch.setattr(backend_mod, "FIND_BY_TAG_WAITS_S", (0.0, 1.0, 2.0, 3.0, 4.0) + (5.0,) * 34)
-    monkeypatch.setattr(backend_mod, "time", clock)
+    monkeypatch.setattr(submit_once, "FIND_BY_TAG_WAITS_S", (0.0, 1.0, 2.0, 3.0, 4.0) + (5.0,) * 34)
     timeouts: List[float] = []
-    first = t.run
 
-    def run(argv: Sequence[str], **kw: Any) -> Completed:
-        if t.steps:
-            return first(argv, **kw)
-        t.calls.append(list(argv))
-        timeouts.append(kw.get("timeout") or backend_mod.COMMAND_TIMEOUT_S)
+    def hang(argv: List[str]) -> Step:
+        timeouts.append(t.timeouts[-1] or submit_once.COMMAND_TIMEOUT_S)
         clock.now += timeouts[-1]
-        raise CommandTimeoutError(f"command on hpc timed out after {timeouts[-1]} s while trying to run /bin/sh")
+        return CommandTimeoutError(f"command on hpc timed out after {timeouts[-1]} s while trying to run /bin/sh")
 
-    t.run = run  # type: ignore[method-assign]
+    t.answers["/bin/sh"] = hang
+    once = SubmitOnce(b.run, t.read_files, b.scheduler, "rec", clock=clock.monotonic, sleep=clock.sleep)
     started = clock.now
     with pytest.raises(CommandTimeoutError, match=r"it is not submitted again") as err:
-        b.run_checked(["sbatch", "x"], "submit the job", tag="bbbb", marker=MARKER)
+        once.run_checked(["sbatch", "x"], "submit the job", tag="bbbb", marker=MARKER)
     assert err.value.maybe_ran is True
     assert clock.now - started <= 180 + 10 + 5  # the deadline, and at most the shortest timeout past it
-    assert timeouts[0] == backend_mod.COMMAND_TIMEOUT_S and timeouts[-1] < timeouts[0]  # the last got what was left
+    assert timeouts[0] == submit_once.COMMAND_TIMEOUT_S and timeouts[-1] < timeouts[0]  # the last got what was left
     assert names(t).count("/bin/sh") == 1 + len(timeouts) <= 4
 
 
@@ -280,7 +245,7 @@ def test_a_refused_submission_is_still_a_scheduler_error(monkeypatch: pytest.Mon
 def test_a_submission_the_controller_never_received_is_tried_again_under_a_new_marker(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(backend_mod, "SUBMIT_RETRY_WAITS_S", (0.0, 0.0))
+    monkeypatch.setattr(submit_once, "SUBMIT_RETRY_WAITS_S", (0.0, 0.0))
     refused = (1, "", "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect "
                       "failure)\n")
     b, t = make([refused, (0, "77\n", "")], monkeypatch)
@@ -370,8 +335,8 @@ def test_on_the_local_transport_a_hung_submission_is_killed_and_its_outcome_told
     """On the login node (or the local site) a submit command that times out is killed with everything it started
     (SUBMIT_ONCE's /bin/sh, the submit command, its children): nothing goes on untracked, and no record can come
     any more, so there is no waiting for one. The local site cannot look jobs up by tag: the error stands at once."""
-    monkeypatch.setattr(backend_mod, "COMMAND_TIMEOUT_S", 1.0)
-    monkeypatch.setattr(backend_mod, "FIND_BY_TAG_WAITS_S", (0.5,) * 10)
+    monkeypatch.setattr(submit_once, "COMMAND_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(submit_once, "FIND_BY_TAG_WAITS_S", (0.5,) * 10)
     late = tmp_path / "late"
     cmd = fake_sbatch(tmp_path, f"(sleep 2; touch {late}) & sleep 60")
     b = Backend(site_from_mapping("loc", {"scheduler": "local", "workdir": str(tmp_path)}))

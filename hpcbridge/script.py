@@ -1,0 +1,60 @@
+"""The batch script of a submission (pure): the template's context from the site, the resources, the scheduler's
+directives and the launch plan, then the template rendered.
+
+Nothing here reads the environment or the current directory: the caller passes the directory the job starts in
+and the user's template folder, so the same inputs always give the same script.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Sequence
+
+from ._version import __version__
+from .launchers import plan as launch_plan
+from .launchers import with_site_launcher
+from .pickling import describe, job_name
+from .render import render
+from .schedulers.base import Scheduler, ScriptRequest
+from .sites import Site
+from .spec import Resources
+from .store import SAFE_PATH
+
+
+def script_context(
+    site: Site,
+    scheduler: Scheduler,
+    resources: Resources,
+    *,
+    folder: str,
+    tag: str,
+    array_size: Optional[int],
+    fn: Callable[..., Any],
+    ncalls: int,
+    cwd: Optional[str],
+) -> Dict[str, Any]:
+    """The template's variables. ``cwd``: the client's directory when the job may start there (a login node shares
+    it with the nodes), else None; a directory whose name cannot stand in a directive is left to the scheduler's
+    default (the submit directory)."""
+    res = with_site_launcher(site, resources)
+    workdir = cwd if cwd is not None and SAFE_PATH.match(cwd) else None
+    req = ScriptRequest(res, folder, res.name or job_name(fn), tag, array_size, workdir=workdir)
+    command, job_env = launch_plan(site, res, folder, tag)  # the worker, or a launcher around it
+    return {
+        "directives": scheduler.directives(req),
+        "version": __version__,
+        "description": describe(fn, ncalls),
+        "modules": list(site.modules),
+        "env": {**site.env, **job_env},
+        "setup": list(site.setup),
+        "task_index_expr": scheduler.task_index_expr,
+        "command": command,
+        "site": site.name,
+        "resources": res,
+        "folder": folder,  # the job folder (the pbs template writes each task's log files there)
+        "workdir": workdir,  # the directory the job starts in (None: the scheduler's default)
+    }
+
+
+def render_script(scheduler: Scheduler, context: Dict[str, Any], template_dirs: Sequence[str]) -> str:
+    """The batch script: the scheduler's template, looked up in ``template_dirs`` first (user, then site)."""
+    return render(scheduler.template, context, list(template_dirs))

@@ -1,0 +1,224 @@
+"""Submission: one scheduler job (plain or array), the calls it carries, and how its tasks resolve.
+
+The poller feeds it result payloads and scheduler statuses (under the backend's lock); it decides when a task is
+over and sets the futures, with the values and errors that :mod:`hpcbridge.outcome` makes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Set, Tuple
+
+from . import outcome
+from .job import Job, mark_cancelled
+from .schedulers.base import NativeStatus, Scheduler
+from .sites import Site
+from .state import JobState
+from .store import JobFolder
+from .transport.base import Completed, Transport
+
+log = logging.getLogger("hpcbridge")
+
+
+class SubmissionHost(Protocol):
+    """What a submission needs of its site at run time (:class:`hpcbridge.backend.Backend` is one)."""
+
+    site: Site
+    scheduler: Scheduler
+    transport: Transport
+    #: guards every submission's resolution state (shared with the poller)
+    lock: threading.RLock
+
+    def run_checked(self, argv: Sequence[str], what: str) -> Completed: ...
+
+    def note_final(self, job: Job) -> None: ...
+
+    def flush_states(self) -> None: ...
+
+
+class Submission:
+    """One scheduler job (plain or array) and the calls it carries."""
+
+    def __init__(
+        self,
+        backend: SubmissionHost,
+        *,
+        tag: str,
+        folder: str,
+        script: str,
+        chunks: List[int],
+        is_array: bool,
+        ranks: int,
+        submit_time: float,
+        job_id: str = "",
+    ) -> None:
+        self.backend = backend
+        self.site = backend.site.name
+        self.tag = tag
+        self.folder = folder
+        self.paths = JobFolder(folder)
+        self.script = script
+        self.chunks = chunks
+        self.is_array = is_array
+        self.ranks = ranks
+        self.submit_time = submit_time
+        self.job_id = job_id
+        self.jobs: List[List[Job]] = [[Job(self, t, p) for p in range(n)] for t, n in enumerate(chunks)]
+        self.payloads: Dict[int, outcome.Payloads] = {}
+        self.seen: Set[str] = set()
+        self.resolved: Set[int] = set()
+        self.final_at: Dict[int, Tuple[NativeStatus, float]] = {}
+        #: the job ids it waits for (``after=``): a cancellation before it started is blamed on them
+        self.after: Tuple[str, ...] = ()
+
+    @property
+    def all_jobs(self) -> List[Job]:
+        return [j for task in self.jobs for j in task]
+
+    def task_id(self, task: int) -> str:
+        if not self.job_id:
+            return "(not submitted)"
+        return self.backend.scheduler.task_id(self.job_id, task, self.is_array)
+
+    def live_tasks(self) -> List[int]:
+        return [t for t in range(len(self.chunks)) if t not in self.resolved]
+
+    def read_log(self, task: int, kind: str, max_bytes: int) -> str:
+        data = self.backend.transport.read_tail(self.paths.log(task, kind), max_bytes)
+        return "" if data is None else data.decode("utf-8", "replace")
+
+    # -- cancel -------------------------------------------------------------------------------------------
+    def cancel_tasks(self, tasks: List[int]) -> bool:
+        """Cancel tasks on the cluster; True if any was still live."""
+        with self.backend.lock:
+            live = [t for t in tasks if t not in self.resolved]
+            # every unfinished task: cancel by the submission's id (the Slurm-backed PBS qdel knows no others)
+            all_left = set(live) == set(self.live_tasks())
+        if not live or not self.job_id:
+            return False
+        if len(live) == len(self.chunks) or all_left:
+            ids = [self.job_id]
+        else:
+            ids = [self.task_id(t) for t in live]
+        self.backend.run_checked(self.backend.scheduler.cancel_argv(ids), "cancel the job")
+        marked = False
+        with self.backend.lock:
+            for t in live:
+                if t in self.resolved:  # the poller delivered it while scancel ran: not cancelled after all
+                    continue
+                self.resolved.add(t)
+                self.payloads.pop(t, None)
+                for job in self.jobs[t]:
+                    if mark_cancelled(job):
+                        job.state = JobState.CANCELLED
+                        job.native_state = "CANCELLED"
+                        self.backend.note_final(job)
+                        marked = True
+        self.backend.flush_states()
+        return marked
+
+    # -- resolution ---------------------------------------------------------------------------------------
+    def add_payload(self, task: int, rank: int, payload: Any) -> None:
+        self.payloads.setdefault(task, {})[rank] = payload
+
+    def try_resolve(self, task: int, now: float) -> bool:
+        """Resolve a task's jobs when its results are complete, or when the scheduler says it is over.
+
+        Runs under the backend's lock. A task is marked resolved before any of its futures is set, so a failure
+        half-way (a log that cannot be read) never sets a future twice.
+        """
+        if task in self.resolved:
+            return False
+        got = self.payloads.get(task, {})
+        final = self.final_at.get(task)
+        status: Optional[NativeStatus] = None
+        tail: Optional[str] = None
+        if len(got) < self.ranks and not outcome.any_error(got):
+            # a failed rank fails the task at once: the launchers end the other ranks (srun
+            # --kill-on-bad-exit, mpirun's abort, torchrun's group teardown), which may never write a result
+            if final is None:
+                return False
+            status, since = final
+            if status.state not in outcome.KILLED and now - since < self.backend.site.result_grace_s:
+                return False  # give every rank's result file time to show on the shared FS
+            got = self._read_missing_results(task)
+            if len(got) < self.ranks and not outcome.any_error(got):
+                tail = self._stderr_tail(task)
+                # a kill the scheduler reports under another state (Slurm without cgroups: a memory kill is FAILED)
+                status = self.backend.scheduler.explain_end(status, tail)
+                if status.state in outcome.KILLED:
+                    got = {}  # the scheduler's kill is the story, not the ranks that happened to finish first
+        self.resolved.add(task)
+        if tail is None:
+            tail = self._stderr_tail(task)
+        if got:
+            self._resolve_from_payloads(task, got, tail)  # ranks that wrote nothing fail there
+        else:
+            assert status is not None
+            self._resolve_ended(task, status, tail)
+        hosts = sorted({str(p.get("host", "")) for p in got.values() if isinstance(p, dict)} - {"", "?"})
+        for job in self.jobs[task]:
+            job.result_hosts = hosts
+        self.payloads.pop(task, None)  # the futures hold the values now
+        return True
+
+    def _read_missing_results(self, task: int) -> outcome.Payloads:
+        """Before declaring results lost, open them by name: a directory listing on NFS can lag the files."""
+        got = self.payloads.setdefault(task, {})
+        wanted = {self.paths.result(task, r): r for r in range(self.ranks) if r not in got}
+        try:
+            found = self.backend.transport.read_files(list(wanted))
+        except Exception as exc:
+            log.warning("hpcbridge: could not re-read the results of %s: %s", self.task_id(task), exc)
+            found = {}
+        for path, blob in found.items():
+            self.seen.add(os.path.basename(path))
+            got[wanted[path]] = outcome.load_payload(blob, len(self.jobs[task]), wanted[path])
+        return got
+
+    def _stderr_tail(self, task: int) -> str:
+        got = self.payloads.get(task, {})
+        if len(got) >= self.ranks and not outcome.any_error(got):
+            return ""  # every rank succeeded: no error will show it (one round trip per task saved, over SSH)
+        try:
+            return outcome.stderr_tail(self.read_log(task, "err", 64 * 1024))
+        except Exception as exc:  # the tail is a courtesy: never let it stop a result from being delivered
+            return f"(the job's stderr could not be read: {exc})"
+
+    def _resolve_from_payloads(self, task: int, got: outcome.Payloads, tail: str) -> None:
+        missing = [r for r in range(self.ranks) if r not in got]
+        for pos, job in enumerate(self.jobs[task]):
+            values, failure = outcome.split_outcomes(got, pos)
+            if job.done():
+                continue
+            if failure is None and missing:
+                job.state = JobState.FAILED
+                job.set_exception(
+                    outcome.missing_ranks_error(job.job_id, job.native_state, job.state, missing, self.ranks, tail)
+                )
+            elif failure is None:
+                job.state = JobState.COMPLETED
+                job._rank_values = values
+                job.set_result(values[0] if values else None)
+            else:
+                job.state = JobState.FAILED
+                rank, payload, failed = failure
+                job.set_exception(outcome.remote_exception(job.job_id, rank, self.ranks, payload, failed, tail))
+            self.backend.note_final(job)
+
+    def _resolve_ended(self, task: int, status: NativeStatus, tail: str) -> None:
+        for_dependency = (
+            status.state == JobState.CANCELLED
+            and bool(self.after)
+            and outcome.never_started(status)
+            and self.backend.scheduler.cancelled_for_dependency(status)
+        )
+        for job in self.jobs[task]:
+            if job.done():
+                continue
+            job.state = status.state
+            job.native_state = status.native
+            job.set_exception(outcome.end_error(job.job_id, status, tail, self.after, for_dependency))
+            self.backend.note_final(job)
