@@ -69,7 +69,7 @@ def cmd_list(args: argparse.Namespace, out: Any) -> int:
 # -- show -------------------------------------------------------------------------------------------------------
 def flatten(site: Any) -> List[Tuple[str, Any]]:
     """``(dotted key, value)`` in schema order, skipping empty tables; partitions as their TOML keys."""
-    from .siteschema import SCHEMA
+    from .sites.schema import SCHEMA
 
     items: List[Tuple[str, Any]] = []
     for key, spec in SCHEMA.items():
@@ -91,7 +91,7 @@ def flatten(site: Any) -> List[Tuple[str, Any]]:
 
 
 def _partition_data(part: Any) -> Dict[str, Any]:
-    from .siteschema import PARTITION
+    from .sites.schema import PARTITION
 
     out: Dict[str, Any] = {}
     for key in PARTITION:
@@ -153,7 +153,8 @@ def cmd_show(args: argparse.Namespace, out: Any) -> int:
 # -- check ------------------------------------------------------------------------------------------------------
 def cmd_check(args: argparse.Namespace, out: Any) -> int:
     from .sites import PROJECT_FILE, load_site, load_site_file, read_project, site_names
-    from .siteschema import Source, validate
+    from .sites.schema import validate
+    from .sites.source import Source
 
     results: List[Dict[str, str]] = []
     if args.files:

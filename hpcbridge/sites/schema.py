@@ -1,9 +1,9 @@
-"""The site-config schema: every key, its type and meaning; validation that names the file and line.
+"""The site-config schema: every key, its type and meaning; validation that names the file and line (pure).
 
-This table is the one source of truth for what a site-config may hold: ``sites.py`` validates against it,
+This table is the one source of truth for what a site-config may hold: every layer is validated against it,
 ``hpcbridge sites show`` prints in its order, and docs/site-configs.md documents it (a unit test checks that every
 key here is documented there and that every :class:`~hpcbridge.sites.Site` field has a key here).
-Adding a key: one line here, one field on ``Site``, one row in docs/site-configs.md.
+Adding a key: one line here, one field on ``Site`` (model.py), one row in docs/site-configs.md.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import dataclasses
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .errors import ConfigError, ResourceError
-from .spec import RESOURCE_NAMES, Resources, did_you_mean, parse_mem_gb, parse_walltime, resources_from
+from ..errors import ConfigError, ResourceError
+from ..spec import RESOURCE_NAMES, Resources, did_you_mean, parse_mem_gb, parse_walltime, resources_from
+from .source import Source
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PARTITION_NAME = re.compile(r"^[A-Za-z0-9_.+\-]+$")
@@ -122,59 +123,6 @@ SCHEMA: Dict[str, Key] = {
 PROJECT_KEYS = ("default_site", "sites")
 
 
-# -- locating keys in files -------------------------------------------------------------------------------------
-class Source:
-    """A parsed file, for error messages and ``--origin``: ``where(("partitions", "gpu"))`` -> ``file:line``."""
-
-    def __init__(self, path: str, text: str, prefix: Tuple[str, ...] = (), label: str = "") -> None:
-        self.path = path
-        self.text = text
-        self.prefix = prefix
-        self.label = label
-
-    def where(self, keypath: Sequence[str]) -> str:
-        line = find_line(self.text, tuple(self.prefix) + tuple(keypath))
-        where = f"{self.path}:{line}" if line else self.path
-        return f"{where} ({self.label})" if self.label else where
-
-
-_HEADER = re.compile(r"^\s*\[\[?([^\[\]]+)\]\]?\s*(?:#.*)?$")
-_BARE = r"""(?:[A-Za-z0-9_\-]+|"[^"]*"|'[^']*')"""
-_KEYLINE = re.compile(rf"^\s*({_BARE}(?:\s*\.\s*{_BARE})*)\s*=")
-_PART = re.compile(r"""\s*([A-Za-z0-9_\-]+|"[^"]*"|'[^']*')\s*(?:\.|$)""")
-
-
-def _dotted(text: str) -> Tuple[str, ...]:
-    return tuple(m.group(1).strip("\"'") for m in _PART.finditer(text))
-
-
-def find_line(text: str, keypath: Tuple[str, ...]) -> Optional[int]:
-    """The line (1-based) that sets ``keypath``, or the closest table header; None if not found.
-
-    A best-effort scan of table headers and ``key = value`` lines, enough to point an admin at the right line.
-    """
-    current: Tuple[str, ...] = ()
-    best: Tuple[int, int] = (0, 0)
-    for number, raw in enumerate(text.splitlines(), 1):
-        header = _HEADER.match(raw)
-        if header:
-            current = _dotted(header.group(1))
-            full = current
-        else:
-            keyline = _KEYLINE.match(raw)
-            if not keyline:
-                continue
-            full = current + _dotted(keyline.group(1))
-        if full == keypath:
-            return number
-        n = 0
-        while n < min(len(full), len(keypath)) and full[n] == keypath[n]:
-            n += 1
-        if n and (n == len(full) or n == len(keypath)) and n > best[0]:
-            best = (n, number)
-    return best[1] or None
-
-
 # -- validation -------------------------------------------------------------------------------------------------
 def dotted(keypath: Sequence[str]) -> str:
     return ".".join(keypath)
@@ -195,6 +143,21 @@ def _unknown(src: Optional[Source], keypath: Tuple[str, ...], key: str, valid: S
 def validate(data: Mapping[str, Any], src: Optional[Source] = None) -> None:
     """Check one layer's keys and value types against :data:`SCHEMA`; raise :class:`ConfigError` with file:line."""
     _check_table(data, SCHEMA, (), src)
+
+
+def check_project(data: Mapping[str, Any], src: Source) -> None:
+    """Check a project file's shape: ``default_site = "NAME"`` and ``[sites.NAME]`` tables only."""
+    for key in data:
+        if key not in PROJECT_KEYS:
+            raise ConfigError(
+                f"{src.where((key,))}: unknown key {key!r} in the project file{did_you_mean(key, PROJECT_KEYS)}; "
+                f"a project file holds default_site = \"NAME\" and [sites.NAME] tables"
+            )
+    if "default_site" in data and not isinstance(data["default_site"], str):
+        raise ConfigError(f"{src.where(('default_site',))}: default_site must be a site name (a string)")
+    sites = data.get("sites", {})
+    if not isinstance(sites, dict) or not all(isinstance(v, dict) for v in sites.values()):
+        raise ConfigError(f"{src.where(('sites',))}: sites must hold one table per site: [sites.NAME]")
 
 
 def _check_table(

@@ -1,9 +1,8 @@
-"""Site-configs: the layers and who wins, --origin, and every validation message as a user reads it."""
+"""Site-configs from files: the layers and who wins, --origin, and every validation message as a user reads it."""
 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
 import json
 import os
@@ -14,14 +13,11 @@ import zipfile
 
 import pytest
 
-import hpcbridge.sites as sites
-from hpcbridge import Executor
-from hpcbridge.errors import ConfigError, ResourceError, UnknownSiteError
-from hpcbridge.sites import Site, load_site, load_site_file, site_from_mapping
-from hpcbridge.siteschema import SCHEMA, find_line, walk
+import hpcbridge.sites.loading as loading
+from hpcbridge.errors import ConfigError, UnknownSiteError
+from hpcbridge.sites.loading import load_site
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def write(path, text):
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -36,11 +32,11 @@ def layers(tmp_path, monkeypatch):
     d = {k: tmp_path / k for k in ("system", "envpath", "package", "xdg", "project")}
     for p in d.values():
         p.mkdir()
-    monkeypatch.setattr(sites, "SYSTEM_DIR", str(d["system"]))
+    monkeypatch.setattr(loading, "SYSTEM_DIR", str(d["system"]))
     monkeypatch.setenv("HPCBRIDGE_SITES_PATH", str(d["envpath"]))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(d["xdg"]))
     monkeypatch.delenv("HPCBRIDGE_SITE", raising=False)
-    monkeypatch.setattr(sites, "package_dirs", lambda: [("package mycentre-hpcbridge 1.0", str(d["package"]))])
+    monkeypatch.setattr(loading, "package_dirs", lambda: [("package mycentre-hpcbridge 1.0", str(d["package"]))])
     (d["project"] / "src" / "deep").mkdir(parents=True)
     monkeypatch.chdir(d["project"] / "src" / "deep")
     d["user"] = d["xdg"] / "hpcbridge" / "sites"
@@ -104,13 +100,13 @@ def test_each_layer_overrides_the_one_below_and_origin_says_where(layers):
     assert site.origins["max_array_size"] == "keyword argument"
     assert site.origins["accounting"] == "built-in default"
     assert site.origin == (sysf, envf, f"{pkgf} (package mycentre-hpcbridge 1.0)", userf, projf)
-    assert sites.default_site() == "hpc"
+    assert loading.default_site() == "hpc"
 
 
 def test_the_env_variable_names_the_default_site_before_the_project_file(layers, monkeypatch):
     write(layers["project"] / "hpcbridge.toml", 'default_site = "hpc"\n')
     monkeypatch.setenv("HPCBRIDGE_SITE", "other")
-    assert sites.default_site() == "other"
+    assert loading.default_site() == "other"
 
 
 def test_a_project_file_alone_can_define_a_site_and_the_nearest_one_wins(layers):
@@ -119,7 +115,7 @@ def test_a_project_file_alone_can_define_a_site_and_the_nearest_one_wins(layers)
     assert load_site("near").python == "/near"
     with pytest.raises(UnknownSiteError):
         load_site("far")  # only the nearest project file counts
-    assert "near" in sites.known_sites()
+    assert "near" in loading.known_sites()
 
 
 def test_local_is_built_in_and_can_be_tuned_by_a_user_file(layers):
@@ -144,7 +140,7 @@ def test_sites_list_says_which_layers_define_each_site(layers):
     write(layers["system"] / "hpc.toml", 'python = "/p"\n')
     write(layers["user"] / "hpc.toml", 'python = "/q"\n')
     write(layers["package"] / "pkgsite.toml", 'python = "/r"\n')
-    assert sites.site_names() == {"hpc": ["system", "user"], "local": ["built-in"], "pkgsite": ["package"]}
+    assert loading.site_names() == {"hpc": ["system", "user"], "local": ["built-in"], "pkgsite": ["package"]}
 
 
 # -- validation messages ----------------------------------------------------------------------------------------
@@ -227,7 +223,7 @@ def test_a_bad_key_in_the_project_file_points_into_the_project_file(layers):
     write(layers["project"] / "hpcbridge.toml", 'default-site = "hpc"\n')
     with pytest.raises(ConfigError, match=r"hpcbridge.toml:1: unknown key 'default-site' in the project file "
                                           r"\(did you mean 'default_site'\?\)"):
-        sites.default_site()
+        loading.default_site()
 
 
 def test_keyword_overrides_are_validated_too(layers):
@@ -267,103 +263,6 @@ def test_other_whole_site_checks(layers):
     write(layers["system"] / "c.toml", 'transport = "ssh"\n')
     with pytest.raises(ConfigError, match=r"c.toml:1: transport = 'ssh' needs \[ssh\] host"):
         load_site("c")
-
-
-# -- partition limits, checked by the Executor before anything is submitted -------------------------------------
-def gpu_site(**over):
-    data = {
-        "scheduler": "slurm",
-        "python": sys.executable,
-        "workdir": "/nonexistent/hpcb",
-        "defaults": {"partition": "gpu"},
-        "partitions": {
-            "cpu": {"max_nodes": 64, "cpus_per_node": 128, "mem_gb_per_node": 512, "gpus_per_node": 0,
-                    "max_walltime": "2-00:00:00", "default": True},
-            "gpu": {"max_nodes": 16, "cpus_per_node": 64, "mem_gb_per_node": 480, "gpus_per_node": 4,
-                    "max_walltime": "1-00:00:00"},
-            "gpu-large": {"max_nodes": 8, "cpus_per_node": 112, "mem_gb_per_node": "1900GB", "gpus_per_node": 8,
-                          "max_walltime": "12:00:00"},
-        },
-    }
-    data.update(over)
-    return site_from_mapping("gpucluster", data)
-
-
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({"gpus_per_node": 8}, "gpus_per_node=8 exceeds partition 'gpu' (max 4); partitions with 8: 'gpu-large'"),
-        ({"gpus_per_node": 9}, "gpus_per_node=9 exceeds partition 'gpu' (max 4); "
-                               "no partition of site 'gpucluster' allows more than 8"),
-        ({"nodes": 32}, "nodes=32 exceeds partition 'gpu' (max 16); partitions with 32: 'cpu'"),
-        ({"cpus_per_task": 100}, "cpus_per_task=100 exceeds partition 'gpu' (max 64 CPUs per node); "
-                                 "partitions with 100 CPUs per node: 'cpu', 'gpu-large'"),
-        ({"tasks_per_node": 4, "cpus_per_task": 32},
-         "tasks_per_node x cpus_per_task = 4 x 32 = 128 CPUs per node exceeds partition 'gpu' (max 64 CPUs per node); "
-         "partitions with 128 CPUs per node: 'cpu'"),
-        ({"mem_gb": "1TB"}, "mem_gb=1024 exceeds partition 'gpu' (max 480 GB per node); "
-                            "partitions with 1024 GB: 'gpu-large'"),
-        ({"walltime": "3-00:00:00"}, "walltime=72:00:00 exceeds partition 'gpu' (max 24:00:00); "
-                                     "no partition of site 'gpucluster' allows more than 48:00:00"),
-        ({"partition": "gpu-large", "walltime": "1-00:00:00"},
-         "walltime=24:00:00 exceeds partition 'gpu-large' (max 12:00:00); partitions with 24:00:00: 'cpu', 'gpu'"),
-        ({"partition": "gpu_large"}, "partition='gpu_large' is not a partition of site 'gpucluster' "
-                                     "(did you mean 'gpu-large'?); partitions: cpu, gpu, gpu-large"),
-        ({"partition": None, "gpus_per_node": 1},
-         "gpus_per_node=1 exceeds partition 'cpu' (max 0); partitions with 1: 'gpu', 'gpu-large'"),
-    ],
-)
-def test_a_request_beyond_a_partition_limit_names_the_limit_and_partitions_that_fit(kwargs, message, tmp_path):
-    with pytest.raises(ResourceError) as info:
-        Executor(site=gpu_site(), folder=str(tmp_path), **kwargs)
-    assert str(info.value) == message
-    assert not os.listdir(tmp_path)  # nothing was written, let alone submitted
-
-
-def test_requests_within_the_limits_pass_and_with_resources_checks_too(tmp_path):
-    ex = Executor(site=gpu_site(), folder=str(tmp_path), gpus_per_node=4, nodes=16, walltime="1-00:00:00")
-    assert ex.resources.gpus_per_node == 4
-    ex = Executor(site=gpu_site(), folder=str(tmp_path), gpus_per_node=4, nodes=8)
-    assert ex.with_resources(partition="gpu-large", gpus_per_node=8, walltime="12:00:00").resources.gpus_per_node == 8
-    with pytest.raises(ResourceError, match=r"^gpus_per_node=8 exceeds partition 'gpu' \(max 4\); partitions with 8"):
-        ex.with_resources(gpus_per_node=8)
-
-
-def test_a_site_without_partitions_checks_no_limits(tmp_path):
-    site = site_from_mapping("plain", {"scheduler": "slurm", "python": sys.executable, "workdir": str(tmp_path)})
-    assert Executor(site=site, folder=str(tmp_path), nodes=1000, gpus_per_node=64).resources.nodes == 1000
-
-
-# -- the schema is documented, and matches Site ----------------------------------------------------------------
-def test_every_site_field_has_a_schema_entry_and_every_key_is_documented():
-    fields = {f.name for f in dataclasses.fields(Site)} - {"name", "origin", "origins"}
-    assert fields == set(SCHEMA)
-    with open(os.path.join(REPO, "docs", "site-configs.md")) as fh:
-        doc = fh.read()
-    missing = [".".join(p) for p, _ in walk(SCHEMA) if f"`{'.'.join(p)}`" not in doc]
-    assert not missing, f"docs/site-configs.md does not document: {missing}"
-
-
-def test_shipped_site_configs_are_valid():
-    folder = os.path.join(REPO, "site-configs")
-    names = sorted(f for f in os.listdir(folder) if f.endswith(".toml"))
-    assert {"example-slurm-gpu.toml", "example-pbspro.toml", "testcluster.toml"} <= set(names)
-    for name in names:
-        load_site_file(os.path.join(folder, name))
-    example = load_site_file(os.path.join(folder, "example-slurm-gpu.toml"))
-    with pytest.raises(ResourceError, match=r"^gpus_per_node=8 exceeds partition 'gpu' \(max 4\); "
-                                            r"partitions with 8: 'gpu-large'$"):
-        example.check_resources(dataclasses.replace(example.default_resources(), gpus_per_node=8))
-
-
-def test_find_line_handles_headers_dotted_keys_and_inline_tables():
-    text = 'a = 1\n[partitions.gpu]\nmax_nodes = 3\n[ "x" . y ]\nz.w = 2\n[env]\nB = { c = 1 }\n'
-    assert find_line(text, ("a",)) == 1
-    assert find_line(text, ("partitions", "gpu", "max_nodes")) == 3
-    assert find_line(text, ("partitions", "gpu", "other")) == 2
-    assert find_line(text, ("x", "y", "z", "w")) == 5
-    assert find_line(text, ("env", "B", "c")) == 7
-    assert find_line(text, ("nothing",)) is None
 
 
 # -- a real package shipping a site-config through the entry point ----------------------------------------------

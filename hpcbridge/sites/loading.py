@@ -1,0 +1,197 @@
+"""Finding a site's layers on this machine: /etc, ``$HPCBRIDGE_SITES_PATH``, packages, XDG, the project file.
+
+The only module of the site-configs that reads files or the environment (client-side state); it hands text to the
+pure parsing, validation and merging of ``layers.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from ..errors import ConfigError, UnknownSiteError
+from ..spec import did_you_mean
+from .layers import Layer, builtin_layer, file_layer, keyword_layer, merge_layers, parse_project, project_layer
+from .model import Site
+
+SYSTEM_DIR = "/etc/hpcbridge/sites"
+ENV_PATH = "HPCBRIDGE_SITES_PATH"
+ENV_SITE = "HPCBRIDGE_SITE"
+ENTRY_POINT_GROUP = "hpcbridge.sites"
+PROJECT_FILE = "hpcbridge.toml"
+_SITE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def user_dir() -> str:
+    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    return os.path.join(xdg, "hpcbridge", "sites")
+
+
+def system_dirs() -> List[str]:
+    return [SYSTEM_DIR] + [d for d in os.environ.get(ENV_PATH, "").split(os.pathsep) if d]
+
+
+def search_dirs() -> List[str]:
+    """Directories searched for ``NAME.toml`` (system, then user), lowest precedence first."""
+    return system_dirs() + [user_dir()]
+
+
+def package_dirs() -> List[Tuple[str, str]]:
+    """``(label, directory)`` for every installed package with a ``hpcbridge.sites`` entry point.
+
+    The entry point names a package (its folder's ``*.toml`` files are site-configs) or a callable returning a
+    folder path. Packages are taken in entry-point name order.
+    """
+    from importlib import metadata
+
+    try:
+        eps = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+    except TypeError:  # pragma: no cover - Python 3.9
+        eps = list(metadata.entry_points().get(ENTRY_POINT_GROUP, []))  # type: ignore[attr-defined,unused-ignore]
+    out: List[Tuple[str, str]] = []
+    seen = set()
+    for ep in sorted(eps, key=lambda e: (e.name, e.value)):
+        if (ep.name, ep.value) in seen:
+            continue
+        seen.add((ep.name, ep.value))
+        dist = getattr(ep, "dist", None)
+        label = f"package {dist.name} {dist.version}" if dist is not None else f"entry point {ep.name}"
+        try:
+            obj = ep.load()
+            target: Any = obj() if callable(obj) else obj
+            if hasattr(target, "__path__"):
+                folder = list(target.__path__)[0]
+            elif hasattr(target, "__file__") and target.__file__:
+                folder = os.path.dirname(target.__file__)
+            else:
+                folder = os.fspath(target)
+        except Exception as exc:
+            raise ConfigError(
+                f"{label}: its {ENTRY_POINT_GROUP} entry point {ep.name} = {ep.value!r} could not be loaded "
+                f"({type(exc).__name__}: {exc}); fix or uninstall that package"
+            ) from exc
+        out.append((label, folder))
+    return out
+
+
+def find_project_file(start: Optional[str] = None) -> Optional[str]:
+    """The nearest ``hpcbridge.toml`` in ``start`` (default: the current directory) or its parents."""
+    here = os.path.abspath(start or os.getcwd())
+    while True:
+        path = os.path.join(here, PROJECT_FILE)
+        if os.path.isfile(path):
+            return path
+        parent = os.path.dirname(here)
+        if parent == here:
+            return None
+        here = parent
+
+
+def read_text(path: str) -> str:
+    """A site-config file's text (undecodable bytes replaced); an unreadable file is a :class:`ConfigError`."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    return raw.decode("utf-8", "replace")
+
+
+def read_project(path: str) -> Tuple[Dict[str, Any], str]:
+    """A project file, checked, and its text: ``default_site`` and ``[sites.NAME]`` tables only."""
+    text = read_text(path)
+    return parse_project(path, text), text
+
+
+def site_layers(name: str, overrides: Optional[Mapping[str, Any]] = None) -> List[Layer]:
+    """Every layer that defines ``name``, lowest precedence first (the built-in layer only for ``local``)."""
+    layers: List[Layer] = []
+    if name == "local":
+        layers.append(builtin_layer())
+    for d in system_dirs():
+        path = os.path.join(d, f"{name}.toml")
+        if os.path.isfile(path):
+            layers.append(file_layer("system", path, read_text(path)))
+    for label, folder in package_dirs():
+        path = os.path.join(folder, f"{name}.toml")
+        if os.path.isfile(path):
+            layers.append(file_layer("package", path, read_text(path), label))
+    path = os.path.join(user_dir(), f"{name}.toml")
+    if os.path.isfile(path):
+        layers.append(file_layer("user", path, read_text(path)))
+    project = find_project_file()
+    if project is not None:
+        pdata, text = read_project(project)
+        layer = project_layer(name, project, text, pdata)
+        if layer is not None:
+            layers.append(layer)
+    if overrides:
+        layers.append(keyword_layer(overrides))
+    return layers
+
+
+def site_names() -> Dict[str, List[str]]:
+    """Every site name that some layer defines -> the kinds of layer that define it."""
+    found: Dict[str, List[str]] = {"local": ["built-in"]}
+
+    def scan(folder: str, kind: str) -> None:
+        try:
+            names = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".toml"))
+        except OSError:
+            return
+        for n in names:
+            if _SITE_NAME.match(n):
+                found.setdefault(n, []).append(kind)
+
+    for d in system_dirs():
+        scan(d, "system")
+    for _, folder in package_dirs():
+        scan(folder, "package")
+    scan(user_dir(), "user")
+    project = find_project_file()
+    if project is not None:
+        for n in read_project(project)[0].get("sites", {}):
+            found.setdefault(n, []).append("project")
+    return dict(sorted(found.items()))
+
+
+def known_sites() -> List[str]:
+    return list(site_names())
+
+
+def default_site() -> str:
+    """The site the CLI uses without ``--site``: ``$HPCBRIDGE_SITE``, the project file's ``default_site``, ``local``."""
+    env = os.environ.get(ENV_SITE)
+    if env:
+        return env
+    project = find_project_file()
+    if project is not None:
+        value = read_project(project)[0].get("default_site")
+        if isinstance(value, str) and value:
+            return value
+    return "local"
+
+
+def load_site(name: str, **overrides: Any) -> Site:
+    """The site called ``name``, merged over every layer that defines it, validated.
+
+    ``overrides`` are the top layer: any site-config key, e.g. ``load_site("hpc", python="/opt/py/bin/python")``.
+    """
+    if not isinstance(name, str) or not _SITE_NAME.match(name):
+        raise UnknownSiteError(f"site name {name!r} may hold letters, digits and . _ - only")
+    layers = site_layers(name, overrides)
+    if not any(layer.kind != "keyword" for layer in layers):
+        known = known_sites()
+        raise UnknownSiteError(
+            f"unknown site {name!r}{did_you_mean(name, known)}; known sites: {', '.join(known)}. "
+            f"Add {name}.toml to one of: {', '.join(search_dirs())}, or a [sites.{name}] table to {PROJECT_FILE}"
+        )
+    return merge_layers(name, layers)
+
+
+def load_site_file(path: str, name: Optional[str] = None) -> Site:
+    """One TOML file as a whole site (``hpcbridge sites check FILE``); the name defaults to the file's stem."""
+    layer = file_layer("file", path, read_text(path))
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return merge_layers(name or stem, [layer])

@@ -1,0 +1,152 @@
+"""The :class:`Site` record and how one is built from merged TOML data, with the checks of the whole (pure).
+
+Layers are validated one by one against the schema; what needs the merged site (defaults against partition limits,
+interval order, ssh needing a host) is checked here, once, naming the layer that set the offending key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from ..errors import ConfigError, ResourceError
+from ..spec import Resources, parse_mem_gb, parse_walltime, resources_from
+from .limits import Partition, check_limits, default_partition
+from .schema import SCHEMA, validate
+
+#: the origin of a key no layer set
+BUILTIN = "built-in default"
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+    """A cluster as hpcbridge sees it."""
+
+    name: str
+    scheduler: str = "slurm"
+    flavour: str = ""
+    transport: str = "local"
+    ssh: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    python: str = "python3"
+    workdir: str = "~/.hpcbridge/jobs"
+    accounting: bool = True
+    max_array_size: int = 1000
+    poll_interval_min_s: float = 0.5
+    poll_interval_max_s: float = 60.0
+    result_grace_s: float = 5.0
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    partitions: Mapping[str, Partition] = dataclasses.field(default_factory=dict)
+    env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    modules: Tuple[str, ...] = ()
+    setup: Tuple[str, ...] = ()
+    templates: Tuple[str, ...] = ()
+    slurm: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    container: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    mpi: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    nccl: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    distributed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    local_parallel: int = 0
+    description: str = ""
+    #: the files (layers) that define this site, lowest precedence first
+    origin: Tuple[str, ...] = ()
+    #: dotted key -> where its value came from (``file:line``, ``built-in default``, ``keyword argument``)
+    origins: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def default_resources(self) -> Resources:
+        return resources_from(Resources(), dict(self.defaults))
+
+    def default_partition(self) -> Optional[str]:
+        """The partition a job that names none lands in, when the site-config says."""
+        return default_partition(self.partitions)
+
+    def check_resources(self, res: Resources) -> None:
+        """Raise :class:`ResourceError` when ``res`` exceeds its partition's limits, naming partitions that fit."""
+        check_limits(self.name, self.partitions, res)
+
+    def where(self, key: str) -> str:
+        """Where ``key`` (dotted) was set; for messages."""
+        return self.origins.get(key) or (self.origin[-1] if self.origin else f"site {self.name!r}")
+
+
+#: The built-in ``local`` site's settings: jobs run as processes on this machine, no scheduler needed.
+LOCAL_DATA: Mapping[str, Any] = {
+    "scheduler": "local",
+    "python": sys.executable,
+    "workdir": "~/.hpcbridge/local",
+    "poll_interval_min_s": 0.1,
+    "poll_interval_max_s": 2.0,
+    "description": "this machine, no scheduler",
+}
+
+
+def builtin_local() -> Site:
+    """The built-in ``local`` site alone, without the layers that may tune it."""
+    return Site(name="local", origin=("built-in",), **LOCAL_DATA)
+
+
+def site_from_mapping(
+    name: str,
+    data: Mapping[str, Any],
+    origin: Tuple[str, ...] = (),
+    origins: Optional[Mapping[str, str]] = None,
+) -> Site:
+    """Build and validate a :class:`Site` from parsed (and merged) TOML."""
+    if origins is None:  # not through load_site: validate here, locations unknown
+        validate(data, None)
+    fields: Dict[str, Any] = dict(data)
+    fields["partitions"] = {
+        pname: Partition(name=pname, **_partition_fields(pdata))
+        for pname, pdata in dict(data.get("partitions", {})).items()
+    }
+    for key in ("modules", "setup", "templates"):
+        if key in fields:
+            fields[key] = tuple(fields[key])
+    for key in ("env", "nccl"):
+        fields[key] = {k: str(v) for k, v in dict(fields.get(key, {})).items()}
+    for key in ("ssh", "slurm", "container", "mpi", "distributed", "defaults"):
+        if key in fields:
+            fields[key] = dict(fields[key])
+    if "env" in fields.get("mpi", {}):
+        fields["mpi"]["env"] = {k: str(v) for k, v in dict(fields["mpi"]["env"]).items()}
+    full_origins = {f"{p}": BUILTIN for p in SCHEMA if p not in data}
+    full_origins.update(origins or {})
+    site = Site(name=name, origin=origin, origins=full_origins, **fields)
+    _check_whole(site)
+    return site
+
+
+def _partition_fields(pdata: Mapping[str, Any]) -> Dict[str, Any]:
+    out = dict(pdata)
+    if "mem_gb_per_node" in out:
+        out["mem_gb_per_node"] = parse_mem_gb(out["mem_gb_per_node"])
+    if "max_walltime" in out and not isinstance(out["max_walltime"], str):
+        seconds = parse_walltime(out["max_walltime"])
+        out["max_walltime"] = Resources(walltime_s=seconds).walltime_hms
+    return out
+
+
+def _check_whole(site: Site) -> None:
+    """Checks that need the merged site: the defaults against the partitions, intervals in order."""
+    if site.poll_interval_min_s > site.poll_interval_max_s:
+        raise ConfigError(
+            f"{site.where('poll_interval_min_s')}: poll_interval_min_s={site.poll_interval_min_s:g} is more than "
+            f"poll_interval_max_s={site.poll_interval_max_s:g}"
+        )
+    marked = [p.name for p in site.partitions.values() if p.default]
+    if len(marked) > 1:
+        raise ConfigError(
+            f"{site.where(f'partitions.{marked[1]}.default')}: partitions {', '.join(repr(m) for m in marked)} are "
+            "all marked default = true; mark one"
+        )
+    if site.transport == "ssh" and not site.ssh.get("host"):
+        raise ConfigError(f"{site.where('transport')}: transport = 'ssh' needs [ssh] host = \"login.example.org\"")
+    try:
+        res = site.default_resources()
+    except ResourceError as exc:  # pragma: no cover - each layer's defaults were checked already
+        raise ConfigError(f"{site.where('defaults')}: defaults: {exc}") from None
+    try:
+        site.check_resources(res)
+    except ResourceError as exc:
+        key = "defaults.partition" if "defaults.partition" in site.origins else "defaults"
+        raise ConfigError(f"{site.where(key)}: the defaults do not fit: {exc}") from None
