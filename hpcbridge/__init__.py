@@ -30,7 +30,7 @@ __all__ = [
 
 _LAZY = {
     "Executor": ("hpcbridge.executor", "Executor"),
-    "attach": ("hpcbridge.executor", "attach"),
+    "attach": ("hpcbridge.attaching", "attach"),
     "Job": ("hpcbridge.job", "Job"),
     "JobState": ("hpcbridge.state", "JobState"),
     "Resources": ("hpcbridge.spec", "Resources"),
@@ -43,8 +43,9 @@ _LAZY = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import errors
+    from .attaching import attach
     from .distributed import init_torch_distributed
-    from .executor import Executor, attach
+    from .executor import Executor
     from .job import Job
     from .jobenv import environment
     from .sites import Site, load_site

@@ -40,7 +40,7 @@ Tree::
 from __future__ import annotations
 
 import concurrent.futures
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
 
 class HpcBridgeError(Exception):
@@ -86,6 +86,10 @@ class UserCommandError(HpcBridgeError):
         self.argv = list(argv)
         self.returncode = returncode
         super().__init__(f"{' '.join(self.argv)} exited with status {returncode}")
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        # raised in the job and unpickled here: rebuilt from its fields (the default would pass only the message)
+        return (type(self), (self.argv, self.returncode))
 
 
 class TransportError(HpcBridgeError):

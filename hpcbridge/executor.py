@@ -10,7 +10,6 @@ import getpass
 import json
 import logging
 import os
-import posixpath
 import socket
 import time
 import uuid
@@ -18,6 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, List, Mapping, Optional, T
 
 from ._version import __version__
 from .after import dependency_ids
+from .attaching import attach as attach  # re-exported: hpcbridge.executor.attach keeps working
 from .backend import Backend
 from .display import describe, progress_for
 from .errors import HpcBridgeError, TransportError
@@ -25,11 +25,9 @@ from .group import JobGroup, cancel_jobs
 from .job import Job, mark_cancelled
 from .launchers import with_site_launcher
 from .pickling import Call, pickle_task, qualname
-from .registry import Registry
 from .script import render_script, script_context
 from .sites import Site, load_site
 from .spec import Resources, resources_from
-from .state import JobState
 from .store import JobFolder, pack_inputs
 from .submission import Submission
 
@@ -338,50 +336,3 @@ def _user() -> str:
         return "?"
 
 
-def attach(job_id: Union[str, int], site: Union[str, Site] = "local", position: int = 0) -> Job:
-    """The :class:`Job` of an earlier submission, from any process on this machine (via the job registry).
-
-    ``position`` picks one call when several were bundled into one array task (``map_jobs(chunksize=k)``).
-    """
-    site_obj = load_site(site) if isinstance(site, str) else site
-    registry = Registry()
-    rows = registry.find(site_obj.name, str(job_id))
-    if not rows:
-        tasks = sorted({r["job_id"] for r in registry.lookup(str(job_id), site_obj.name)})
-        if tasks:
-            raise HpcBridgeError(
-                f"job {job_id} is an array of {len(tasks)} task(s); attach one of them: "
-                + ", ".join(tasks[:3]) + (f" ... {tasks[-1]}" if len(tasks) > 3 else "")
-            )
-        raise HpcBridgeError(
-            f"no job {job_id} of site {site_obj.name!r} in the registry {registry.path}; "
-            "attach works for jobs submitted by hpcbridge from this machine and user "
-            "(see `hpcbridge status`)"
-        )
-    matching = [r for r in rows if r["position"] == position]
-    if not matching:
-        raise HpcBridgeError(f"job {job_id} holds {len(rows)} bundled call(s); position={position} is not one")
-    row = matching[0]
-    chunks = json.loads(row["chunks"])
-    # the job's own folder root (it may have been submitted with Executor(folder=...)): the local batch
-    # system finds its jobs there
-    backend = Backend(site_obj, folder=posixpath.dirname(row["folder"]))
-    sub = Submission(
-        backend,
-        tag=row["tag"],
-        folder=row["folder"],
-        script="",
-        chunks=chunks,
-        is_array=bool(row["is_array"]),
-        ranks=row["ranks"],
-        submit_time=row["submit_time"],
-        job_id=row["job_id"],
-    )
-    script = backend.transport.read_files([JobFolder(row["folder"]).script])
-    sub.script = next(iter(script.values()), b"").decode("utf-8", "replace")
-    sub.resolved = set(range(len(chunks))) - {row["task"]}
-    job: Job = sub.jobs[row["task"]][position]
-    with contextlib.suppress(ValueError):
-        job.state = JobState(row["last_state"])  # what was last seen, until the poller knows better
-    backend.poller.add(sub)
-    return job

@@ -272,7 +272,7 @@ def test_dry_run_and_render_print_the_slurm_script_and_submit_nothing(hb, cluste
                         r"/opt/hpcbridge-test/venv/bin/python -u -m hpcbridge\.worker \1", launch), launch
     rendered = hb("render", "--site", "testcluster", "-p", "short", "-t", "4", "train.py").stdout.splitlines()
     assert "#SBATCH --partition=short" in rendered and "#SBATCH --time=00:04:00" in rendered
-    assert [x for x in rendered if re.fullmatch(r"# hpcbridge \S+: hpcbridge\._tasks\.run_script, 1 call", x)]
+    assert [x for x in rendered if re.fullmatch(r"# hpcbridge \S+: hpcbridge\.commands\.run_script, 1 call", x)]
     assert re.fullmatch(r"exec /opt/hpcbridge-test/venv/bin/python -u -m hpcbridge\.worker \S+", rendered[-1])
     p = hb("render", "--site", "testcluster", "-p", "short", "train.py", rc=2)  # the limits are checked as well
     assert p.stderr.splitlines()[0] == ("hpcbridge: error: walltime=00:10:00 exceeds partition 'short' (max "

@@ -94,7 +94,7 @@ def test_cancel_stops_the_job_and_status_shows_it(cli):
 
 def test_dry_run_and_render_print_the_script_and_submit_nothing(cli):
     p = cli("submit", "--dry-run", "-J", "hello", "--", "echo", "hi", check_rc=0)
-    assert p.stdout.startswith("#!/bin/bash\n") and "hpcbridge._tasks.run_command" in p.stdout
+    assert p.stdout.startswith("#!/bin/bash\n") and "hpcbridge.commands.run_command" in p.stdout
     assert cli("render", "--", "echo", "hi", check_rc=0).stdout.startswith("#!/bin/bash\n")
     assert json.loads(cli("status", "--json", check_rc=0).stdout) == []
 
@@ -139,6 +139,23 @@ def test_user_errors_are_one_line_and_a_hint_with_a_meaningful_exit_code(cli, ar
     assert len(lines) == 2 and lines[0].startswith(first) and lines[1] == hint, p.stderr
     assert "Traceback" not in p.stderr
     assert json.loads(cli("status", "--json").stdout) == []  # nothing was submitted
+
+
+def test_result_and_cancel_of_an_unknown_job_exit_4(cli):
+    for args in (["result", "4242"], ["cancel", "4242"], ["logs", "4242", "--site", "local"]):
+        p = cli(*args, check_rc=4)
+        where = " of site 'local'" if "--site" in args else ""
+        assert p.stderr.splitlines() == [f"hpcbridge: error: no job 4242{where} in this machine's registry",
+                                         "hint: `hpcbridge status` lists the jobs submitted from here"]
+
+
+def test_the_resource_flags_are_the_executors_resource_names():
+    from hpcbridge.cli import build_parser
+    from hpcbridge.spec import RESOURCE_NAMES
+
+    args = vars(build_parser().parse_args(["submit", "x.py"]))
+    other = {"command", "debug", "func", "target", "args", "site", "dry_run", "wait", "timeout", "json"}
+    assert set(args) - other == set(RESOURCE_NAMES) - {"array_parallelism"}
 
 
 def test_a_bad_flag_is_a_usage_error():

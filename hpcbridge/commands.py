@@ -1,36 +1,31 @@
-"""Callables the CLI submits: a command (argv, no shell) or a Python file. The job imports them by name."""
+"""What ``hpcbridge submit`` runs in the job: a command (argv, no shell) or a Python file.
+
+The job imports these by name (``hpcbridge.commands.run_command``), so they stay light: the standard library only,
+and :class:`~hpcbridge.errors.UserCommandError` imported when a command fails, not on every job start.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-
-class CommandFailed(Exception):
-    """The command (or script) of a ``hpcbridge submit`` job exited non-zero."""
-
-    def __init__(self, argv: List[str], returncode: int) -> None:
-        super().__init__(argv, returncode)
-        self.argv = list(argv)
-        self.returncode = returncode
-
-    def __str__(self) -> str:
-        return f"{' '.join(self.argv)} exited with status {self.returncode}"
+if TYPE_CHECKING:
+    from .errors import UserCommandError
 
 
 def run_command(argv: List[str]) -> int:
-    """Run ``argv`` in the job; its output goes to the job's log. Returns 0; a non-zero exit raises CommandFailed."""
+    """Run ``argv`` in the job (its output goes to the job's log): 0, or UserCommandError for a non-zero exit."""
     sys.stdout.flush()
     sys.stderr.flush()
     try:
         code = subprocess.call(list(argv))  # noqa: S603 - an argv list the user gave, no shell
     except OSError as exc:
         print(f"hpcbridge: cannot run {argv[0]!r}: {exc.strerror or exc}", file=sys.stderr)
-        raise CommandFailed(argv, 127) from None
+        raise _failed(argv, 127) from None
     if code != 0:
-        raise CommandFailed(argv, code)
+        raise _failed(argv, code)
     return 0
 
 
@@ -38,7 +33,7 @@ def run_script(path: str, source: str, args: List[str]) -> Any:
     """Run a Python file's ``source`` as ``__main__`` with ``sys.argv = [path, *args]``.
 
     The source travels with the job, so the file need not be visible on the cluster; its folder is put first on
-    ``sys.path`` for sibling imports where it is. ``sys.exit(n)`` with n != 0 fails the job (CommandFailed).
+    ``sys.path`` for sibling imports where it is. ``sys.exit(n)`` with n != 0 fails the job (UserCommandError).
     """
     code = compile(source, path, "exec")
     namespace: Dict[str, Any] = {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__}
@@ -55,8 +50,15 @@ def run_script(path: str, source: str, args: List[str]) -> Any:
             if not isinstance(status, int):
                 print(status, file=sys.stderr)
                 status = 1
-            raise CommandFailed([path, *args], status) from None
+            raise _failed([path, *args], status) from None
     finally:
         sys.argv = old_argv
         sys.stdout.flush()
     return None
+
+
+def _failed(argv: List[str], status: int) -> UserCommandError:
+    """The job's error for a non-zero exit; errors.py is imported here, not on every job start."""
+    from .errors import UserCommandError
+
+    return UserCommandError(argv, status)

@@ -6,11 +6,13 @@ import json
 import sys
 from typing import Any, List, Optional, Sequence
 
+from ..errors import HpcBridgeError
+
 OK, JOB_FAILED, USAGE, SCHEDULER, NOT_FOUND, STILL_RUNNING, INTERNAL, INTERRUPTED = 0, 1, 2, 3, 4, 5, 70, 130
 
 
-class CliError(Exception):
-    """A user-facing error: one line, a hint, an exit code."""
+class CliError(HpcBridgeError):
+    """A user-facing error of the command line: one line, a hint, an exit code."""
 
     def __init__(self, message: str, hint: str = "", code: int = USAGE) -> None:
         super().__init__(message)
@@ -80,14 +82,12 @@ STATE_STYLES = {
 
 
 def state_style(state: str) -> str:
+    """The rich style of a job state: green done, blue running, yellow queued, red ended badly."""
     return STATE_STYLES.get(state, "red")
 
 
-RESOURCE_DESTS = ("nodes", "tasks_per_node", "cpus_per_task", "gpus_per_node", "mem_gb", "walltime", "partition",
-                  "account", "qos", "name", "launcher", "extra_directives")
-
-
-def _report(message: str, hint: str) -> None:
+def report(message: str, hint: str) -> None:
+    """An error as the command prints it: one line on stderr, and a hint line if there is one."""
     print(f"hpcbridge: error: {message}", file=sys.stderr)
     if hint:
         print(f"hint: {hint}", file=sys.stderr)

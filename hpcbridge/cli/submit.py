@@ -1,31 +1,21 @@
-"""``hpcbridge submit`` and ``render``: what to run (file, module:function, command), waiting, outcomes."""
+"""``hpcbridge submit`` and ``render``: what to run (file, module:function, command), and a command's outcome."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Tuple
 
-from ._cli_base import (
-    INTERRUPTED,
-    JOB_FAILED,
-    OK,
-    RESOURCE_DESTS,
-    STILL_RUNNING,
-    CliError,
-    Out,
-    _report,
-    state_style,
-)
+from ..errors import UserCommandError
+from .jobs import print_outcome, still_running, wait_for
+from .output import JOB_FAILED, OK, CliError, Out, report
 
 
 # -- targets ----------------------------------------------------------------------------------------------------
 def resolve_target(args: argparse.Namespace) -> Tuple[Callable[..., Any], List[Any], str]:
     """``(callable, arguments, kind)`` for ``submit``/``render``: kind is command, file or function."""
-    from . import _tasks
+    from .. import commands
 
     after = args.after
     if args.target is None:
@@ -34,7 +24,7 @@ def resolve_target(args: argparse.Namespace) -> Tuple[Callable[..., Any], List[A
                 "nothing to run: give a Python file, module:function, or a command after --",
                 "e.g. hpcbridge submit train.py, hpcbridge submit mypkg.jobs:main, hpcbridge submit -- hostname",
             )
-        return _tasks.run_command, [list(after)], "command"
+        return commands.run_command, [list(after)], "command"
     extra = list(args.args) + list(after or [])
     target: str = args.target
     if target.endswith(".py") or (os.path.isfile(target) and ":" not in target):
@@ -47,7 +37,7 @@ def resolve_target(args: argparse.Namespace) -> Tuple[Callable[..., Any], List[A
             compile(source, target, "exec")
         except SyntaxError as exc:
             raise CliError(f"{target}:{exc.lineno}: {exc.msg}", "the file must be valid Python") from None
-        return _tasks.run_script, [os.path.abspath(target), source, extra], "file"
+        return commands.run_script, [os.path.abspath(target), source, extra], "file"
     if ":" in target:
         return _load_function(target), extra, "function"
     raise CliError(
@@ -73,7 +63,7 @@ def _load_function(target: str) -> Callable[..., Any]:
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            from .spec import did_you_mean
+            from ..spec import did_you_mean
 
             names = [n for n in dir(obj) if not n.startswith("_")]
             raise CliError(f"{module_name} has no {attr!r}{did_you_mean(part, names)}",
@@ -90,10 +80,12 @@ def _load_function(target: str) -> Callable[..., Any]:
 
 
 def _executor(args: argparse.Namespace) -> Any:
-    from .executor import Executor
-    from .sites import default_site
+    from ..executor import Executor
+    from ..sites import default_site
+    from ..spec import RESOURCE_NAMES
 
-    resources = {k: getattr(args, k) for k in RESOURCE_DESTS if getattr(args, k, None) is not None}
+    # the resource flags' dests are resource names (those without a flag, e.g. array_parallelism, are absent)
+    resources = {k: getattr(args, k) for k in RESOURCE_NAMES if getattr(args, k, None) is not None}
     args.site = args.site or default_site()
     return Executor(site=args.site, **resources)
 
@@ -127,104 +119,38 @@ def cmd_submit(args: argparse.Namespace, out: Out) -> int:
     try:
         finished = wait_for(job, args.timeout, out)
     except KeyboardInterrupt:  # Ctrl-C stops the waiting, not the job (as a timeout does)
-        return _still_running(job, out, interrupted=True)
+        return still_running(job, out, interrupted=True)
     if not finished:
-        return _still_running(job, out)
+        return still_running(job, out)
     if kind in ("command", "file"):
         return _relay(job, out)
-    return _print_outcome(job, out)
-
-
-def wait_for(job: Any, timeout: Optional[float], out: Out) -> bool:
-    """Wait for ``job`` with a live line on a terminal; True if it finished."""
-    import concurrent.futures
-
-    from .display import format_elapsed
-
-    end = None if timeout is None else time.monotonic() + timeout
-    status = None
-    if out.err_tty and not out.json_mode:
-        from rich.console import Console
-
-        status = Console(stderr=True).status("")
-        status.start()
-    try:
-        while not job.done():
-            left = 0.5 if end is None else min(0.5, end - time.monotonic())
-            if left <= 0:
-                break
-            concurrent.futures.wait([job], left)
-            if status is not None:
-                where = f" on {job.nodes}" if job.nodes else ""
-                status.update(f"job {job.job_id} [{state_style(job.state.value)}]{job.state.value}[/]{where} "
-                              f"{format_elapsed(job.elapsed)}")
-    finally:
-        if status is not None:
-            status.stop()
-    return bool(job.done())
-
-
-def _still_running(job: Any, out: Out, interrupted: bool = False) -> int:
-    """The job is not done (``--timeout`` passed, or Ctrl-C: ``interrupted``): say so, and how to go on."""
-    if out.json_mode and not interrupted:
-        out.json({"job_id": job.job_id, "site": job.site, "state": job.state.value, "done": False})
-    _report(f"{'interrupted; ' if interrupted else ''}job {job.job_id} is still {job.state.value} (it stays on the "
-            f"cluster)", f"hpcbridge result {job.job_id} waits for it; hpcbridge cancel {job.job_id} stops it")
-    return INTERRUPTED if interrupted else STILL_RUNNING
+    return print_outcome(job, out)
 
 
 def _relay(job: Any, out: Out) -> int:
     """A command's or script's job is done: its output here, its exit status as ours."""
-    from ._tasks import CommandFailed
-
     sys.stdout.write(job.stdout())
     sys.stdout.flush()
     sys.stderr.write(_without_worker_report(job.stderr()))
     exc = job.exception() if not job.cancelled() else None
     if job.cancelled():
-        _report(f"job {job.job_id} was cancelled", "")
+        report(f"job {job.job_id} was cancelled", "")
         return JOB_FAILED
     if exc is None:
         return OK
-    if isinstance(exc, CommandFailed):
+    if isinstance(exc, UserCommandError):
         return exc.returncode if 0 < exc.returncode < 256 else JOB_FAILED
-    _report(f"job {job.job_id} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-            f"hpcbridge logs {job.job_id} shows its output")
+    report(f"job {job.job_id} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+           f"hpcbridge logs {job.job_id} shows its output")
     return JOB_FAILED
 
 
 def _without_worker_report(text: str) -> str:
-    """A command's stderr without the worker's own traceback of CommandFailed (its exit status says it)."""
+    """A command's stderr without the worker's own traceback of UserCommandError (its exit status says it)."""
     marker = "Traceback (most recent call last):"
     cut = text.rfind(marker)
     tail = text[cut:] if cut >= 0 else ""
-    if "hpcbridge._tasks.CommandFailed: " in tail and tail.rstrip().endswith("call(s) raised (rank 0)"):
+    raised = f"{UserCommandError.__module__}.{UserCommandError.__qualname__}: "
+    if raised in tail and tail.rstrip().endswith("call(s) raised (rank 0)"):
         return text[:cut]
     return text
-
-
-def _print_outcome(job: Any, out: Out) -> int:
-    import concurrent.futures
-
-    try:
-        value = job.result(0)
-    except concurrent.futures.CancelledError:
-        _report(f"job {job.job_id} was cancelled", "")
-        return JOB_FAILED
-    except BaseException as exc:  # noqa: B036 - the job's exception, shown to the user
-        cause = exc.__cause__
-        if cause is not None and type(cause).__name__ == "RemoteTraceback":
-            print(str(cause).rstrip(), file=sys.stderr)
-        text = str(exc).splitlines()[0] if str(exc) else ""
-        _report(f"job {job.job_id} failed: {type(exc).__name__}: {text}",
-                f"hpcbridge logs {job.job_id} shows its output")
-        return JOB_FAILED
-    if out.json_mode:
-        try:
-            print(json.dumps(value))
-        except (TypeError, ValueError):
-            raise CliError(f"the result of job {job.job_id} ({type(value).__name__}) is not JSON-serialisable",
-                           "leave out --json to print its repr()") from None
-    else:
-        print(repr(value))
-    return OK

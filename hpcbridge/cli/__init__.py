@@ -4,6 +4,10 @@ Exit codes (docs/cli.md): 0 ok; 1 the job failed; 2 bad input or site-config (no
 scheduler, the connection or the cluster-side python failed; 4 no such job; 5 still running when the wait timed
 out; 130 interrupted. A user error prints one line and a hint on stderr, not a traceback (``--debug`` shows it).
 On a terminal output is a rich table; piped, it is tab-separated without a header (``--json`` for programs).
+
+This module holds the parser, ``main`` and the one mapping of errors to exit codes; the commands live in ``jobs``
+(status, logs, cancel, result), ``submit`` (submit, render) and ``sites`` (sites ...), and what they share in
+``output`` (exit codes, ``CliError``, printing).
 """
 
 from __future__ import annotations
@@ -12,29 +16,23 @@ import argparse
 import sys
 from typing import List, Optional, Sequence, Tuple
 
-from ._cli_base import (
-    INTERNAL,
-    INTERRUPTED,
-    JOB_FAILED,
-    OK,
-    SCHEDULER,
-    USAGE,
-    CliError,
-    Out,
-    _report,
-)
-from ._version import __version__
-from .errors import (
+from .._version import __version__
+from ..errors import (
     CommandError,
     ConfigError,
     HpcBridgeError,
     JobError,
+    JobNotFoundError,
     RemoteEnvironmentError,
     ResourceError,
     SerializationError,
     TransportError,
     UnknownSiteError,
 )
+from . import sites
+from .jobs import cmd_cancel, cmd_logs, cmd_result, cmd_status
+from .output import INTERNAL, INTERRUPTED, JOB_FAILED, NOT_FOUND, OK, SCHEDULER, USAGE, CliError, Out, report
+from .submit import cmd_render, cmd_submit
 
 
 # -- parser -----------------------------------------------------------------------------------------------------
@@ -56,10 +54,7 @@ def _resource_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import _cli_sites
-    from ._cli_jobs import cmd_cancel, cmd_logs, cmd_result, cmd_status
-    from ._cli_submit import cmd_render, cmd_submit
-
+    """The ``hpcbridge`` parser: each subcommand's ``func`` is the ``cmd_*`` of the module that owns it."""
     parser = argparse.ArgumentParser(
         prog="hpcbridge",
         description="Run Python functions, Python files and commands as batch jobs (Slurm, PBS, local).",
@@ -117,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the value as JSON")
     p.set_defaults(func=cmd_result)
 
-    _cli_sites.add_parser(sub)
+    sites.add_parser(sub)
     return parser
 
 
@@ -142,16 +137,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return INTERRUPTED
     except BrokenPipeError:
         return OK
-    except (CliError, HpcBridgeError) as exc:
+    except HpcBridgeError as exc:  # CliError too
         if args.debug:
             raise
         message, hint, code = explain(exc, args)
-        _report(message, hint)
+        report(message, hint)
         return code
     except Exception as exc:
         if args.debug:
             raise
-        _report(f"internal error: {type(exc).__name__}: {exc}", "rerun with --debug for the traceback, and report it")
+        report(f"internal error: {type(exc).__name__}: {exc}", "rerun with --debug for the traceback, and report it")
         return INTERNAL
 
 
@@ -161,6 +156,8 @@ def explain(exc: BaseException, args: argparse.Namespace) -> Tuple[str, str, int
     if isinstance(exc, CliError):
         return str(exc), exc.hint, exc.code
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, JobNotFoundError):
+        return first, "`hpcbridge status` lists the jobs submitted from here", NOT_FOUND
     if isinstance(exc, UnknownSiteError):
         return first, "`hpcbridge sites list` shows the sites this machine knows", USAGE
     if isinstance(exc, ConfigError):
@@ -179,7 +176,3 @@ def explain(exc: BaseException, args: argparse.Namespace) -> Tuple[str, str, int
     if isinstance(exc, JobError):
         return first, "`hpcbridge logs JOB` shows its output", JOB_FAILED
     return first, "", JOB_FAILED
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

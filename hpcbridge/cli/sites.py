@@ -7,10 +7,12 @@ import os
 import sys
 from typing import Any, Dict, List, Tuple
 
-from .errors import ConfigError, HpcBridgeError
+from ..errors import ConfigError, HpcBridgeError
+from .output import OK, USAGE, CliError, Out, report
 
 
 def add_parser(sub: Any) -> None:
+    """Add ``sites`` and its subcommands to the ``hpcbridge`` parser's subparsers ``sub``."""
     sites = sub.add_parser("sites", help="site-configs: list, show, check, discover")
     ssub = sites.add_subparsers(dest="sites_command", metavar="SUBCOMMAND")
     ssub.required = True
@@ -40,8 +42,8 @@ def add_parser(sub: Any) -> None:
 
 
 # -- list -------------------------------------------------------------------------------------------------------
-def cmd_list(args: argparse.Namespace, out: Any) -> int:
-    from .sites import load_site, site_names
+def cmd_list(args: argparse.Namespace, out: Out) -> int:
+    from ..sites import load_site, site_names
 
     rows: List[Dict[str, Any]] = []
     for name, kinds in site_names().items():
@@ -55,7 +57,7 @@ def cmd_list(args: argparse.Namespace, out: Any) -> int:
         rows.append(entry)
     if out.json_mode:
         out.json(rows)
-        return 0
+        return OK
     table = [
         [r["name"], r["scheduler"], r["transport"], "+".join(r["layers"]),
          r["description"] if not r["error"] else f"INVALID: {r['error']}"]
@@ -63,13 +65,13 @@ def cmd_list(args: argparse.Namespace, out: Any) -> int:
     ]
     out.table(["SITE", "SCHEDULER", "TRANSPORT", "LAYERS", "DESCRIPTION"], table,
               ["red" if r["error"] else "" for r in rows])
-    return 0
+    return OK
 
 
 # -- show -------------------------------------------------------------------------------------------------------
 def flatten(site: Any) -> List[Tuple[str, Any]]:
     """``(dotted key, value)`` in schema order, skipping empty tables; partitions as their TOML keys."""
-    from .sites.schema import SCHEMA
+    from ..sites.schema import SCHEMA
 
     items: List[Tuple[str, Any]] = []
     for key, spec in SCHEMA.items():
@@ -91,7 +93,7 @@ def flatten(site: Any) -> List[Tuple[str, Any]]:
 
 
 def _partition_data(part: Any) -> Dict[str, Any]:
-    from .sites.schema import PARTITION
+    from ..sites.schema import PARTITION
 
     out: Dict[str, Any] = {}
     for key in PARTITION:
@@ -104,7 +106,7 @@ def _partition_data(part: Any) -> Dict[str, Any]:
 
 def render_toml(site: Any, origins: bool) -> str:
     """The merged site as TOML; with ``origins``, each value ends with ``# file:line``."""
-    from .discover import toml_value
+    from ..discover import toml_value
 
     lines: List[Tuple[str, str]] = []
     current = ""
@@ -131,8 +133,8 @@ def _is_bare(key: str) -> bool:
     return bool(key) and all(c.isalnum() or c in "_-" for c in key)
 
 
-def cmd_show(args: argparse.Namespace, out: Any) -> int:
-    from .sites import load_site
+def cmd_show(args: argparse.Namespace, out: Out) -> int:
+    from ..sites import load_site
 
     site = load_site(args.name)
     if out.json_mode:
@@ -141,20 +143,20 @@ def cmd_show(args: argparse.Namespace, out: Any) -> int:
             "layers": list(site.origin),
             "values": {k: {"value": v, "origin": site.origins.get(k, "")} for k, v in flatten(site)},
         })
-        return 0
+        return OK
     text = render_toml(site, args.origin)
     if args.origin:
         layers = "\n".join(f"#   {i + 1}. {layer}" for i, layer in enumerate(site.origin))
         text = text.replace("\n", f"\n# layers, lowest first:\n{layers}\n", 1) if layers else text
     sys.stdout.write(text)
-    return 0
+    return OK
 
 
 # -- check ------------------------------------------------------------------------------------------------------
-def cmd_check(args: argparse.Namespace, out: Any) -> int:
-    from .sites import PROJECT_FILE, load_site, load_site_file, read_project, site_names
-    from .sites.schema import validate
-    from .sites.source import Source
+def cmd_check(args: argparse.Namespace, out: Out) -> int:
+    from ..sites import PROJECT_FILE, load_site, load_site_file, read_project, site_names
+    from ..sites.schema import validate
+    from ..sites.source import Source
 
     results: List[Dict[str, str]] = []
     if args.files:
@@ -193,10 +195,10 @@ def cmd_check(args: argparse.Namespace, out: Any) -> int:
                 else:
                     out.line(f"ok\t{r['what']}\t{r['detail']}")
             else:
-                print(f"hpcbridge: error: {r['detail']}", file=sys.stderr)
+                report(r["detail"], "")
         if bad:
             print("hint: docs/site-configs.md lists every key and its type", file=sys.stderr)
-    return 2 if bad else 0
+    return USAGE if bad else OK
 
 
 def _summary(site: Any) -> str:
@@ -208,11 +210,10 @@ def _summary(site: Any) -> str:
 
 
 # -- discover ---------------------------------------------------------------------------------------------------
-def cmd_discover(args: argparse.Namespace, out: Any) -> int:
-    from ._cli_base import CliError
-    from .backend import make_transport
-    from .discover import discover
-    from .sites import builtin_local, load_site, load_site_file
+def cmd_discover(args: argparse.Namespace, out: Out) -> int:
+    from ..backend import make_transport
+    from ..discover import discover
+    from ..sites import builtin_local, load_site, load_site_file
 
     if args.output and os.path.exists(args.output) and not args.force:
         raise CliError(f"{args.output} exists", "pass --force to overwrite it, or pick another -o FILE")
@@ -229,7 +230,7 @@ def cmd_discover(args: argparse.Namespace, out: Any) -> int:
     text = discover(transport, name, python, source)
     if not args.output:
         sys.stdout.write(text)
-        return 0
+        return OK
     folder = os.path.dirname(os.path.abspath(args.output))
     os.makedirs(folder, exist_ok=True)
     tmp = args.output + ".tmp"
@@ -239,4 +240,4 @@ def cmd_discover(args: argparse.Namespace, out: Any) -> int:
     site = load_site_file(args.output)
     print(f"wrote {args.output} (site {site.name!r}: {_summary(site)}); review it, then "
           f"`hpcbridge sites check {args.output}`", file=sys.stderr)
-    return 0
+    return OK

@@ -1,32 +1,27 @@
-"""``hpcbridge status | logs | cancel | result``: jobs found through the registry, states from the scheduler."""
+"""``hpcbridge status | logs | cancel | result``: jobs found through the registry, states from the scheduler.
+
+Also what ``submit --wait`` shares with ``result``: waiting for a job with a live line, and printing its outcome.
+"""
 
 from __future__ import annotations
 
 import argparse
 import codecs
+import json
 import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from ._cli_base import (
-    NOT_FOUND,
-    OK,
-    CliError,
-    Out,
-    state_style,
-)
-from .errors import HpcBridgeError
+from ..errors import HpcBridgeError
+from .output import INTERRUPTED, JOB_FAILED, OK, STILL_RUNNING, CliError, Out, report, state_style
 
 
 # -- registry-based commands ------------------------------------------------------------------------------------
-def _lookup(job_id: str, site: Optional[str]) -> Tuple[str, List[Dict[str, Any]]]:
-    from .registry import Registry
+def _find(job_id: str, site: Optional[str]) -> Tuple[str, List[Dict[str, Any]]]:
+    """The site and registry rows of ``job_id``; JobNotFoundError (exit 4) when the registry has none."""
+    from ..attaching import find_job
 
-    rows = Registry().lookup(job_id, site)
-    if not rows:
-        where = f" of site {site!r}" if site else ""
-        raise CliError(f"no job {job_id}{where} in this machine's registry",
-                       "`hpcbridge status` lists the jobs submitted from here", NOT_FOUND)
+    rows = find_job(job_id, site)
     sites = sorted({r["site"] for r in rows})
     if len(sites) > 1:
         raise CliError(f"job id {job_id} exists on several sites: {', '.join(sites)}", "pick one with --site")
@@ -34,6 +29,7 @@ def _lookup(job_id: str, site: Optional[str]) -> Tuple[str, List[Dict[str, Any]]
 
 
 def _one_task(job_id: str, rows: List[Dict[str, Any]], position: int = 0) -> Dict[str, Any]:
+    """The row of one call: ``logs`` and ``result`` need a task (not an array's id) and a bundled call's position."""
     tasks = sorted({r["job_id"] for r in rows})
     if len(tasks) > 1:
         raise CliError(f"job {job_id} is an array of {len(tasks)} tasks", f"give one task, e.g. {tasks[0]}")
@@ -45,8 +41,8 @@ def _one_task(job_id: str, rows: List[Dict[str, Any]], position: int = 0) -> Dic
 
 
 def _backend(site_name: str) -> Any:
-    from .backend import Backend
-    from .sites import load_site
+    from ..backend import Backend
+    from ..sites import load_site
 
     return Backend(load_site(site_name))
 
@@ -56,8 +52,8 @@ def refresh(rows: List[Dict[str, Any]]) -> Dict[Tuple[str, str], Any]:
 
     Returns ``(site, task id) -> NativeStatus`` for what the schedulers reported.
     """
-    from .registry import Registry
-    from .state import JobState
+    from ..registry import Registry
+    from ..state import JobState
 
     live: Dict[str, List[Dict[str, Any]]] = {}
     for row in rows:
@@ -88,8 +84,8 @@ def refresh(rows: List[Dict[str, Any]]) -> Dict[Tuple[str, str], Any]:
 
 
 def cmd_status(args: argparse.Namespace, out: Out) -> int:
-    from .display import format_elapsed
-    from .registry import Registry
+    from ..display import format_elapsed
+    from ..registry import Registry
 
     rows = Registry().jobs(args.site, limit=1_000_000 if args.all else max(1, args.limit))
     statuses = {} if args.no_refresh else refresh(rows)
@@ -120,9 +116,10 @@ def cmd_status(args: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_logs(args: argparse.Namespace, out: Out) -> int:
-    from .state import JobState
+    from ..state import JobState
+    from ..store import JobFolder
 
-    site_name, rows = _lookup(args.job, args.site)
+    site_name, rows = _find(args.job, args.site)
     row = _one_task(args.job, rows)
     backend = _backend(site_name)
     streams = [("out", sys.stdout), ("err", sys.stderr)]
@@ -130,7 +127,7 @@ def cmd_logs(args: argparse.Namespace, out: Out) -> int:
         streams = streams[:1]
     elif args.stderr:
         streams = streams[1:]
-    paths = {kind: f"{row['folder']}/log/{row['task']}.{kind}" for kind, _ in streams}
+    paths = {kind: JobFolder(row["folder"]).log(row["task"], kind) for kind, _ in streams}
     if not args.follow:
         for kind, stream in streams:
             data = backend.transport.read_tail(paths[kind], 1 << 22)
@@ -166,8 +163,8 @@ def cmd_logs(args: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace, out: Out) -> int:
-    from .registry import Registry
-    from .state import JobState
+    from ..registry import Registry
+    from ..state import JobState
 
     if bool(args.jobs) == bool(args.all):
         raise CliError("give job ids or --all (not both)", "hpcbridge cancel 123 456, or hpcbridge cancel --all")
@@ -184,7 +181,7 @@ def cmd_cancel(args: argparse.Namespace, out: Out) -> int:
             targets.append((site_name, sub_rows, sub_id))
     else:
         for job_id in args.jobs:
-            site_name, rows = _lookup(job_id, args.site)
+            site_name, rows = _find(job_id, args.site)
             refresh(rows)
             live = [r for r in rows if not JobState(r["last_state"]).is_final]
             if not live:
@@ -217,12 +214,78 @@ def cmd_cancel(args: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_result(args: argparse.Namespace, out: Out) -> int:
-    from ._cli_submit import _print_outcome, _still_running, wait_for
-    from .executor import attach
+    from ..attaching import attach
 
-    site_name, rows = _lookup(args.job, args.site)
+    site_name, rows = _find(args.job, args.site)
     row = _one_task(args.job, rows, args.position)
     job = attach(row["job_id"], site=site_name, position=args.position)
     if not wait_for(job, args.timeout, out):
-        return _still_running(job, out)
-    return _print_outcome(job, out)
+        return still_running(job, out)
+    return print_outcome(job, out)
+
+
+# -- waiting and outcomes (also submit --wait) ------------------------------------------------------------------
+def wait_for(job: Any, timeout: Optional[float], out: Out) -> bool:
+    """Wait for ``job`` with a live line on a terminal; True if it finished."""
+    import concurrent.futures
+
+    from ..display import format_elapsed
+
+    end = None if timeout is None else time.monotonic() + timeout
+    status = None
+    if out.err_tty and not out.json_mode:
+        from rich.console import Console
+
+        status = Console(stderr=True).status("")
+        status.start()
+    try:
+        while not job.done():
+            left = 0.5 if end is None else min(0.5, end - time.monotonic())
+            if left <= 0:
+                break
+            concurrent.futures.wait([job], left)
+            if status is not None:
+                where = f" on {job.nodes}" if job.nodes else ""
+                status.update(f"job {job.job_id} [{state_style(job.state.value)}]{job.state.value}[/]{where} "
+                              f"{format_elapsed(job.elapsed)}")
+    finally:
+        if status is not None:
+            status.stop()
+    return bool(job.done())
+
+
+def still_running(job: Any, out: Out, interrupted: bool = False) -> int:
+    """The job is not done (``--timeout`` passed, or Ctrl-C: ``interrupted``): say so, and how to go on."""
+    if out.json_mode and not interrupted:
+        out.json({"job_id": job.job_id, "site": job.site, "state": job.state.value, "done": False})
+    report(f"{'interrupted; ' if interrupted else ''}job {job.job_id} is still {job.state.value} (it stays on the "
+           f"cluster)", f"hpcbridge result {job.job_id} waits for it; hpcbridge cancel {job.job_id} stops it")
+    return INTERRUPTED if interrupted else STILL_RUNNING
+
+
+def print_outcome(job: Any, out: Out) -> int:
+    """A finished job's return value on stdout (repr, or JSON), or its failure as an error; the exit code."""
+    import concurrent.futures
+
+    try:
+        value = job.result(0)
+    except concurrent.futures.CancelledError:
+        report(f"job {job.job_id} was cancelled", "")
+        return JOB_FAILED
+    except BaseException as exc:  # noqa: B036 - the job's exception, shown to the user
+        cause = exc.__cause__
+        if cause is not None and type(cause).__name__ == "RemoteTraceback":
+            print(str(cause).rstrip(), file=sys.stderr)
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        report(f"job {job.job_id} failed: {type(exc).__name__}: {text}",
+               f"hpcbridge logs {job.job_id} shows its output")
+        return JOB_FAILED
+    if out.json_mode:
+        try:
+            print(json.dumps(value))
+        except (TypeError, ValueError):
+            raise CliError(f"the result of job {job.job_id} ({type(value).__name__}) is not JSON-serialisable",
+                           "leave out --json to print its repr()") from None
+    else:
+        print(repr(value))
+    return OK
