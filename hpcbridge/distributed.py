@@ -20,9 +20,20 @@ import json
 import os
 from typing import Any, Dict, Mapping, MutableMapping, Optional
 
-from .jobenv import JobEnvironment, RendezvousError, environment
-
-NCCL_ENV_VAR = "HPCBRIDGE_NCCL_ENV"
+from .errors import RendezvousError
+from .jobenv import (
+    MASTER_PORT_VAR,
+    NCCL_ENV_VAR,
+    TORCH_GROUP_RANK_VAR,
+    TORCH_LOCAL_RANK_VAR,
+    TORCH_LOCAL_WORLD_SIZE_VAR,
+    TORCH_MASTER_ADDR_VAR,
+    TORCH_MASTER_PORT_VAR,
+    TORCH_RANK_VAR,
+    TORCH_WORLD_SIZE_VAR,
+    JobEnvironment,
+    environment,
+)
 
 
 def site_nccl_env(environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
@@ -51,20 +62,19 @@ def torch_env(
     if env.master_port <= 0:
         raise RendezvousError(
             f"no master port for this job (rank {env.rank} of {env.world_size} on {env.hostname}): run it with "
-            "launcher='srun', 'mpirun' or 'torchrun' so the launch step publishes one, or set "
-            "HPCBRIDGE_MASTER_PORT"
+            f"launcher='srun', 'mpirun' or 'torchrun' so the launch step publishes one, or set {MASTER_PORT_VAR}"
         )
     out = {k: v for k, v in site_nccl_env(environ).items() if k not in environ}
     out.update({str(k): str(v) for k, v in (nccl_env or {}).items()})
     out.update(
         {
-            "MASTER_ADDR": env.master_addr,
-            "MASTER_PORT": str(env.master_port),
-            "RANK": str(env.rank),
-            "WORLD_SIZE": str(env.world_size),
-            "LOCAL_RANK": str(env.local_rank),
-            "LOCAL_WORLD_SIZE": str(env.local_world_size),
-            "GROUP_RANK": str(env.node_rank),
+            TORCH_MASTER_ADDR_VAR: env.master_addr,
+            TORCH_MASTER_PORT_VAR: str(env.master_port),
+            TORCH_RANK_VAR: str(env.rank),
+            TORCH_WORLD_SIZE_VAR: str(env.world_size),
+            TORCH_LOCAL_RANK_VAR: str(env.local_rank),
+            TORCH_LOCAL_WORLD_SIZE_VAR: str(env.local_world_size),
+            TORCH_GROUP_RANK_VAR: str(env.node_rank),
         }
     )
     return out

@@ -1,4 +1,4 @@
-"""Slurm hostlist expressions, expanded in full (pure; imported inside jobs, so standard library only).
+"""Slurm hostlist expressions, expanded in full (pure; imported inside jobs: standard library and hpcbridge.errors).
 
     >>> expand("node[1-3,10]")
     ['node1', 'node2', 'node3', 'node10']
@@ -21,12 +21,10 @@ from __future__ import annotations
 import itertools
 from typing import Iterable, List
 
+from .errors import HostlistError as HostlistError  # re-exported: it lived here
+
 #: refuse expressions that would expand to more names than this (a typo such as ``n[1-99999999]``)
 MAX_HOSTS = 1_000_000
-
-
-class HostlistError(ValueError):
-    """A hostlist expression that is not valid."""
 
 
 def expand(hostlist: str) -> List[str]:

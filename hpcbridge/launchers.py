@@ -23,7 +23,7 @@ import json
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import ConfigError, ResourceError
-from .jobenv import DEFAULT_PORT_RANGE
+from .ports import DEFAULT_PORT_RANGE
 from .spec import Resources
 
 if TYPE_CHECKING:  # pragma: no cover

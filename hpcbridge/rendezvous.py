@@ -7,10 +7,11 @@ superior), which is where rank 0 and the torchrun rendezvous live. It
 
 1. takes the master address from the expanded node list (its first node);
 2. chooses a free port there by a real bind test, claimed against other jobs on the node
-   (:func:`hpcbridge.jobenv.choose_port`);
+   (:func:`hpcbridge.ports.choose_port`);
 3. writes both to ``FOLDER/rdv/TASK.json`` (atomically) and exports ``HPCBRIDGE_MASTER_ADDR`` and
    ``HPCBRIDGE_MASTER_PORT``, which srun, mpirun and torchrun pass on to every rank;
-4. replaces ``{master_addr}``, ``{master_port}`` and ``{nodefile}`` in the launcher's argv and execs it.
+4. replaces ``{master_addr}``, ``{master_port}`` and ``{nodefile}`` (the allocation's node file) in the
+   launcher's argv and execs it.
 
 Standard library only (plus hpcbridge's in-job modules): it adds one interpreter start to the job.
 """
@@ -25,6 +26,8 @@ import time
 from typing import List, Optional, Tuple
 
 from . import jobenv
+from .errors import RendezvousError
+from .ports import DEFAULT_PORT_RANGE, choose_port
 from .store import write_atomic
 
 USAGE = "usage: python -m hpcbridge.rendezvous FOLDER [--port-range LO-HI] -- LAUNCHER ARGV..."
@@ -38,7 +41,7 @@ def parse_args(argv: List[str]) -> Tuple[str, Tuple[int, int], List[str]]:
     if not head or not command:
         raise ValueError(USAGE)
     folder, options = head[0], head[1:]
-    port_range = jobenv.DEFAULT_PORT_RANGE
+    port_range = DEFAULT_PORT_RANGE
     while options:
         opt = options.pop(0)
         if opt == "--port-range" and options:
@@ -78,8 +81,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             file=sys.stderr,
         )
     try:
-        port = jobenv.choose_port(port_range, job_id=env.job_id)
-    except jobenv.RendezvousError as exc:
+        port = choose_port(port_range, job_id=env.job_id, claim_dir=os.environ.get(jobenv.CLAIM_DIR_VAR))
+    except RendezvousError as exc:
         print(f"hpcbridge.rendezvous: {exc}", file=sys.stderr)
         return 1
     record = {
@@ -101,7 +104,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     os.environ[jobenv.MASTER_ADDR_VAR] = addr
     os.environ[jobenv.MASTER_PORT_VAR] = str(port)
     os.environ[jobenv.FOLDER_VAR] = folder
-    final = substitute(command, addr, port, os.environ.get("PBS_NODEFILE", ""))
+    final = substitute(command, addr, port, jobenv.node_file(os.environ))
     sys.stdout.flush()
     sys.stderr.flush()
     try:

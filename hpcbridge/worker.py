@@ -1,7 +1,8 @@
 """Runs inside the job: load this task's calls, run them, write the outcomes atomically.
 
 Started as ``python -u -m hpcbridge.worker FOLDER`` with ``HPCBRIDGE_TASK`` naming the task. Imports only the
-standard library, cloudpickle and hpcbridge.store: every job start pays for them.
+standard library, cloudpickle and hpcbridge's in-job modules (store, jobenv), and those only once it runs: every
+job start pays for them.
 """
 
 from __future__ import annotations
@@ -13,15 +14,11 @@ import time
 import traceback
 from typing import Any, Dict, List, Optional, Tuple
 
-#: where ranks come from, launcher by launcher: hpcbridge.jobenv (under mpirun, SLURM_PROCID is the rank of
-#: OpenMPI's per-node daemon, not of the process, so a fixed order of variables is wrong)
-RANK_VARS = ("HPCBRIDGE_RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "RANK")
-
 Outcome = Tuple[Any, ...]
 
 
 def current_rank() -> int:
-    """This process's rank from the launcher's variables (0 outside a multi-task launch)."""
+    """This process's rank from the launcher's variables (0 outside a multi-task launch; see hpcbridge.jobenv)."""
     from hpcbridge.jobenv import process_rank
 
     return process_rank(os.environ)
@@ -83,14 +80,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     import cloudpickle
 
-    from hpcbridge import store
+    from hpcbridge import jobenv, store
 
     folder = argv[0]
-    task = int(os.environ.get("HPCBRIDGE_TASK", "0") or 0)
+    task = int(os.environ.get(jobenv.TASK_VAR, "0") or 0)
     rank = current_rank()
-    os.environ["HPCBRIDGE_FOLDER"] = folder  # for hpcbridge.environment() in the callable
-    if os.environ.get("HPCBRIDGE_BIND_GPUS"):  # the launcher does not bind GPUs: each rank takes its share
-        from hpcbridge.jobenv import bind_gpus
+    os.environ[jobenv.FOLDER_VAR] = folder  # for hpcbridge.environment() in the callable
+    if os.environ.get(jobenv.BIND_GPUS_VAR):  # the launcher does not bind GPUs: each rank takes its share
+        from hpcbridge.gpus import bind_gpus
 
         bind_gpus()
     started = time.time()
@@ -120,7 +117,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stderr.write(o[4] if o[4] else f"{o[2]}: {o[3]}\n")
     if failed:
         print(f"hpcbridge: {len(failed)} of {len(outcomes)} call(s) raised (rank {rank})", file=sys.stderr)
-        if os.environ.get("HPCBRIDGE_LAUNCHER"):
+        if os.environ.get(jobenv.LAUNCHER_VAR):
             # one of several ranks: leave now, skipping atexit handlers. mpi4py's MPI_Finalize (and other
             # collective shutdowns) would wait for ranks that are blocked waiting for this one, so the
             # launcher would never see the failure and end them; the job would hang until its walltime.

@@ -5,7 +5,8 @@ import subprocess
 
 import pytest
 
-from hpcbridge.hostlist import HostlistError, expand, expand_unique, tasks_per_node
+from hpcbridge.errors import HostlistError
+from hpcbridge.hostlist import expand, expand_unique, tasks_per_node
 
 CASES = [
     ("node[1-3,10]", ["node1", "node2", "node3", "node10"]),
@@ -49,7 +50,7 @@ def test_matches_scontrol_show_hostnames(spec, names):
     if shutil.which("scontrol") is None:
         pytest.skip("scontrol is not installed")
     if not spec:
-        return
+        pytest.skip("Slurm has no answer for an empty hostlist (\"host list is empty\"); test_expand covers it")
     out = subprocess.run(["scontrol", "show", "hostnames", spec], capture_output=True, text=True, timeout=30)
     if out.returncode != 0 or "Invalid hostlist" in out.stdout + out.stderr:
         pytest.skip(f"Slurm does not accept {spec!r}: {out.stdout.strip()} {out.stderr.strip()}")
