@@ -40,7 +40,8 @@ def make_folder(tree: str) -> str:
         "import cloudpickle, sys\n"
         "try:\n    from hpcbridge.store import pack_inputs\n"
         "except ImportError:\n    from hpcbridge._format import pack_inputs\n"
-        f"open({os.path.join(folder, 'inputs.bin')!r}, 'wb').write(pack_inputs([cloudpickle.dumps([(pow, (2, 10), {{}})])]))\n"
+        f"blob = cloudpickle.dumps([(pow, (2, 10), {{}})])\n"
+        f"open({os.path.join(folder, 'inputs.bin')!r}, 'wb').write(pack_inputs([blob]))\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": tree})
     return folder

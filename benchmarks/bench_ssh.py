@@ -40,8 +40,8 @@ from typing import Callable, Dict
 import paramiko
 
 from hpcbridge import Executor, load_site
-from hpcbridge.transport import ssh as ssh_transport
-from hpcbridge.transport.ssh import SSHTransport
+from hpcbridge.transport.ssh import SSHTransport, host_spec
+from hpcbridge.transport.ssh import connection as ssh_transport
 
 HOST = "testcluster-login"
 
@@ -222,7 +222,7 @@ def main() -> int:
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     site = load_site(args.site)
-    t = SSHTransport(site)
+    t = SSHTransport(host_spec(site.ssh, site_name=site.name))
     folder = t.expanduser("~/.hpcbridge/bench-ssh")
     t.remove_tree(folder)
     t.makedirs(folder)

@@ -20,6 +20,7 @@ from .registry import Registry
 from .schedulers.base import NativeStatus, Scheduler, StatusFailure
 from .sites import Site
 from .store import SAFE_PATH
+from .transport import make_transport
 from .transport.base import Completed, Transport
 
 log = logging.getLogger("hpcbridge")
@@ -34,23 +35,6 @@ def clean_env(environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
     """``environ`` without the scheduler variables of an enclosing job."""
     environ = os.environ if environ is None else environ
     return {k: v for k, v in environ.items() if not k.startswith(SCRUB_PREFIXES) and k not in SCRUB_NAMES}
-
-
-def make_transport(site: Site) -> Transport:
-    if site.transport == "local":
-        from .transport.local import LocalTransport
-
-        return LocalTransport()
-    if site.transport == "ssh":
-        try:
-            from .transport.ssh import SSHTransport  # type: ignore[import-not-found,unused-ignore]
-        except ImportError as exc:
-            raise ConfigError(
-                f"site {site.name!r}: the ssh transport is not available ({exc}); install it with: "
-                "pip install 'hpcbridge[ssh]' (or pip install paramiko)"
-            ) from exc
-        return SSHTransport(site)  # type: ignore[no-any-return,unused-ignore]
-    raise ConfigError(f"site {site.name!r}: unknown transport {site.transport!r}")
 
 
 def make_scheduler(site: Site, root: str) -> Scheduler:

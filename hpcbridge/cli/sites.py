@@ -211,9 +211,9 @@ def _summary(site: Any) -> str:
 
 # -- discover ---------------------------------------------------------------------------------------------------
 def cmd_discover(args: argparse.Namespace, out: Out) -> int:
-    from ..backend import make_transport
     from ..discover import discover
     from ..sites import builtin_local, load_site, load_site_file
+    from ..transport import make_transport
 
     if args.output and os.path.exists(args.output) and not args.force:
         raise CliError(f"{args.output} exists", "pass --force to overwrite it, or pick another -o FILE")

@@ -34,7 +34,8 @@ import json, logging, os, socket, subprocess, sys, threading, time
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", stream=sys.stderr)
 from hpcbridge import Executor, attach, errors
 from hpcbridge.sites import load_site
-from hpcbridge.transport import ssh
+from hpcbridge.transport import make_transport, ssh
+from hpcbridge.transport.ssh import pool as ssh_pool, transport as ssh_files
 CTL = "/opt/hpcbridge-test/src/tests/cluster/ctl"
 
 def site(host="testcluster-login", ssh_keys=None, **kw):
@@ -352,7 +353,7 @@ def test_an_upload_whose_local_file_cannot_be_read_fails_as_such_and_leaves_noth
     nothing on the cluster (cat exits 0 at its end; the byte count decides), and the connection goes on working."""
     r = laptop(cluster, r'''
 import errno, shutil, tempfile
-t = ssh.SSHTransport(site())
+t = make_transport(site())
 folder = t.expanduser("~/.hpcbridge-upload-" + os.urandom(4).hex())
 t.makedirs(folder)
 local = tempfile.mkdtemp(prefix="upload-src-")
@@ -366,16 +367,16 @@ with open(denied, "wb") as fh:
 os.chmod(denied, 0)
 failed = {"denied": error(lambda: t.upload(denied, folder + "/denied")),
           "folder": error(lambda: t.upload(local, folder + "/folder"))}
-real = ssh._file_chunks
+real = ssh_files._file_chunks
 def failing_disk(name, size, total):  # the first MiB reads, then the disk fails (as _file_chunks reports it)
     chunks = real(name, size, total)
     yield next(chunks)
     raise OSError(errno.EIO, "Input/output error", name)
-ssh._file_chunks = failing_disk
+ssh_files._file_chunks = failing_disk
 started = time.monotonic()
 failed["eio"] = error(lambda: t.upload(path, folder + "/eio"))
 eio_s = time.monotonic() - started
-ssh._file_chunks = real
+ssh_files._file_chunks = real
 # the cluster side ends the cut-short upload by itself: wait until its script (its argv names the temporary
 # file; the pattern does not match pgrep's own command line) has exited
 deadline = time.monotonic() + 30
@@ -409,14 +410,14 @@ def prompt(text, echo):
     return "PASSPHRASE"
 ssh.set_prompt(prompt)
 s = site(ssh_keys={"identity_file": "~/.ssh/id_ed25519_enc"})
-t = ssh.SSHTransport(s)
+t = make_transport(s)
 names = [t.run(["hostname"]).stdout.strip() for _ in range(3)]
 cut(t.conn)
 names.append(t.run(["hostname"]).stdout.strip())  # reconnected: the decrypted key is reused, no new question
-secrets = secrets_in({"transport": t, "pool": ssh._POOL}, "PASSPHRASE")
+secrets = secrets_in({"transport": t, "pool": ssh_pool._POOL}, "PASSPHRASE")
 ssh.set_prompt(lambda text, echo: "wrong")
-wrong = error(lambda: ssh.SSHTransport(site(ssh_keys={"identity_file": "~/.ssh/id_ed25519_enc", "port": 22,
-                                                      "connect_timeout_s": 9})).connect())
+wrong = error(lambda: make_transport(site(ssh_keys={"identity_file": "~/.ssh/id_ed25519_enc", "port": 22,
+                                                    "connect_timeout_s": 9})).connect())
 report(asked=asked, names=names, method=t.conn.auth_method, reconnects=t.stats.reconnects, secrets=secrets,
        wrong=wrong)
 '''.replace("PASSPHRASE", PASSPHRASE))
@@ -454,7 +455,7 @@ try:
     job = ex.submit(pow, 2, 5)
     value = job.result(timeout=240)
     sock = os.environ.pop("SSH_AUTH_SOCK")
-    without = error(lambda: ssh.SSHTransport(site("testcluster-agent", ssh_keys={"connect_timeout_s": 9})).connect())
+    without = error(lambda: make_transport(site("testcluster-agent", ssh_keys={"connect_timeout_s": 9})).connect())
     os.environ["SSH_AUTH_SOCK"] = sock
     report(added=added.returncode, listed=listed, identity_files=list(t.spec.identity_files),
            method=t.conn.auth_method, value=value, job_id=job.job_id, without=without,
@@ -498,13 +499,13 @@ same = t.download(folder + "/blob") == blob
 job = ex.submit(pow, 2, 7)
 value = job.result(timeout=240)
 first = list(asked)
-stored_first = secrets_in({"transport": t, "backend": ex._backend, "pool": ssh._POOL}, password)
+stored_first = secrets_in({"transport": t, "backend": ex._backend, "pool": ssh_pool._POOL}, password)
 cut(t.conn)
 names.append(t.run(["hostname"]).stdout.strip())
 t.remove_tree(folder)
-stored = secrets_in({"transport": t, "backend": ex._backend, "pool": ssh._POOL}, password)
+stored = secrets_in({"transport": t, "backend": ex._backend, "pool": ssh_pool._POOL}, password)
 ssh.set_prompt(lambda text, echo: "wrong-" + password)
-wrong = error(lambda: ssh.SSHTransport(site("testcluster-login-mfa", ssh_keys={"connect_timeout_s": 9})).connect())
+wrong = error(lambda: make_transport(site("testcluster-login-mfa", ssh_keys={"connect_timeout_s": 9})).connect())
 report(first=first, asked=asked, names=names, same=same, value=value, job_id=job.job_id,
        method=t.conn.auth_method, connects=t.stats.connects, reconnects=t.stats.reconnects,
        stored_first=stored_first, stored=stored, wrong=wrong)

@@ -1,16 +1,16 @@
-"""Pure parts of the SSH transport: where to connect (site [ssh] table + ~/.ssh/config), remote command lines,
-output framing, and the one-line error messages. No sockets here (tests/unit/test_ssh_config.py).
+"""Where to connect: a site's ``[ssh]`` table over ~/.ssh/config over OpenSSH's defaults, resolved into a HostSpec.
+
+No sockets and no paramiko at import: reading ~/.ssh/config is the only thing it does (tests/unit/test_ssh_config.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import os
-import re
-import shlex
-from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Mapping, Optional, Tuple
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 DEFAULT_PORT = 22
 DEFAULT_CONNECT_TIMEOUT_S = 15.0
@@ -20,9 +20,6 @@ DEFAULT_IDENTITIES = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
 DEFAULT_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
 DEFAULT_GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
 MAX_JUMPS = 8
-
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_USER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,11 +40,6 @@ class HostSpec:
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     keepalive_s: float = DEFAULT_KEEPALIVE_S
     agent: bool = True  # use keys held by ssh-agent (IdentityAgent none turns it off)
-
-    @property
-    def key(self) -> Tuple[Any, ...]:
-        """What identifies one shared connection: the same endpoint through the same bastions as the same user."""
-        return (self.hostname, self.user, self.port, tuple(j.key for j in self.jumps))
 
     @property
     def known_hosts_name(self) -> str:
@@ -257,151 +249,19 @@ def _resolve_one(
     )
 
 
-# -- remote command lines ---------------------------------------------------------------------------------------
-def command_line(script: str, args: Sequence[str], marker: str) -> str:
-    """The one command line sent in an exec request: ``exec /bin/sh -c SCRIPT hpcbridge ARGS...``.
+def host_spec(ssh: Mapping[str, Any], *, site_name: str = "") -> HostSpec:
+    """The endpoint a site's ``[ssh]`` table names, resolved against ~/.ssh/config (or its ``config_file``).
 
-    The login shell (bash, zsh, csh, fish ...) only parses this line; ``/bin/sh`` runs ``script`` with ``args`` as
-    ``"$1" ...``, so every argument is quoted exactly once (``shlex.quote``) and never re-parsed. The script first
-    prints ``marker`` on stdout and stderr: whatever the login shell's startup files printed comes before it and is
-    cut off (:func:`after_marker`).
+    The transport factory calls it, so that :class:`~hpcbridge.transport.ssh.SSHTransport` takes a resolved spec.
     """
-    for a in args:
-        if "\x00" in a:
-            raise ValueError(f"a remote command argument may not contain a NUL byte: {a!r}")
-    prefix = f"printf '%s\\n' {marker}; printf '%s\\n' {marker} >&2; "
-    words = ["exec", "/bin/sh", "-c", prefix + script, "hpcbridge", *args]
-    return " ".join(shlex.quote(w) for w in words)
-
-
-#: run(argv): optional cd, then the command itself (a missing one is reported in a form we recognise)
-RUN_SCRIPT = (
-    'if [ "$1" = -C ]; then cd -- "$2" || exit 126; shift 2; else shift 1; fi; '
-    'command -v -- "$1" >/dev/null 2>&1 || { printf "hpcbridge: command not found: %s\\n" "$1" >&2; exit 127; }; '
-    'exec "$@"'
-)
-NOT_FOUND = "hpcbridge: command not found: "
-
-
-def run_args(argv: Sequence[str], env: Optional[Mapping[str, str]], cwd: Optional[str]) -> List[str]:
-    """Arguments for :data:`RUN_SCRIPT`: ``-C DIR`` or ``-``, then ``env K=V ...`` when there is an environment."""
-    argv = [str(a) for a in argv]
-    if not argv or not argv[0]:
-        raise ValueError("empty command")
-    out = ["-C", cwd] if cwd else ["-"]
-    if env:
-        bad = [k for k in env if not _ENV_NAME.match(k)]
-        if bad:
-            raise ValueError(f"environment variable names must be letters, digits and _: {bad}")
-        if "=" in argv[0]:
-            raise ValueError(f"command name may not contain '=' when an environment is given: {argv[0]!r}")
-        out += ["env", *(f"{k}={v}" for k, v in env.items())]
-    return out + argv
-
-
-def after_marker(data: bytes, marker: str) -> Optional[bytes]:
-    """What follows the first ``marker`` line (None if the marker never came: the command did not start)."""
-    token = marker.encode() + b"\n"
-    at = data.find(token)
-    if at < 0:
-        return None
-    return data[at + len(token) :]
-
-
-def expand_user_arg(path: str) -> Tuple[str, str]:
-    """``~`` / ``~/x`` / ``~name/x`` -> (``name`` or ``""``, rest); raise for a user name that is not plain."""
-    head, sep, rest = path[1:].partition("/")
-    if head and not _USER_NAME.match(head):
-        raise ValueError(f"cannot expand {path!r}: {head!r} is not a user name")
-    return head, (sep + rest)
-
-
-def check_remote_path(path: str, what: str) -> None:
-    if "\n" in path or "\x00" in path:
-        raise ValueError(f"{what}: a path with a newline or NUL byte is not supported: {path!r}")
-    if not path.startswith("/"):
-        raise ValueError(f"{what}: remote paths must be absolute (expand ~ first): {path!r}")
-
-
-def umask_for(mode: int) -> str:
-    return f"{(~mode) & 0o777:03o}"
-
-
-# -- messages ---------------------------------------------------------------------------------------------------
-def keyscan_hint(spec: HostSpec, key_type: str) -> str:
-    """The exact command that trusts a host's key once its fingerprint has been checked."""
-    shown = short(spec.known_hosts[0]) if spec.known_hosts else "~/.ssh/known_hosts"
-    if spec.jumps:
-        jump = ",".join(_hop(j) for j in spec.jumps)
-        opts = f"-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={shown}"
-        port = f" -p {spec.port}" if spec.port != DEFAULT_PORT else ""
-        return f"ssh {opts} -J {jump}{port} {spec.user}@{spec.hostname} true"
-    kt = _keyscan_type(key_type)
-    port = f" -p {spec.port}" if spec.port != DEFAULT_PORT else ""
-    alias = f" # then add {spec.host_key_alias!r} in front" if spec.host_key_alias else ""
-    return f"ssh-keyscan -t {kt}{port} {spec.hostname} >> {shown}{alias}"
-
-
-def _hop(j: HostSpec) -> str:
-    port = f":{j.port}" if j.port != DEFAULT_PORT else ""
-    return f"{j.user}@{j.hostname}{port}"
-
-
-def _keyscan_type(key_type: str) -> str:
-    kt = key_type.lower()
-    if "ed25519" in kt:
-        return "ed25519"
-    if "ecdsa" in kt:
-        return "ecdsa"
-    if "rsa" in kt:
-        return "rsa"
-    return kt
-
-
-def unknown_host_message(spec: HostSpec, key_type: str, fingerprint: str, files: Iterable[str]) -> str:
-    where = ", ".join(files) or "no known_hosts file"
-    return (
-        f"host key of {spec.label} is not known ({key_type} {fingerprint}; looked in {where}); "
-        f"check that fingerprint with the cluster's admins, then trust it with: {keyscan_hint(spec, key_type)}"
-    )
-
-
-def changed_host_message(spec: HostSpec, key_type: str, fingerprint: str, known: str, where: str) -> str:
-    return (
-        f"WARNING: HOST KEY OF {spec.label} HAS CHANGED: it now sends {key_type} {fingerprint}, {where} holds "
-        f"{known}; this can be a man-in-the-middle attack, so nothing was sent. If the cluster's admins confirm a "
-        f"new key, remove the old one with: ssh-keygen -R {shlex.quote(spec.known_hosts_name)}"
-        + (f" -f {spec.known_hosts[0]}" if spec.known_hosts else "")
-        + " and connect again"
-    )
-
-
-def unreachable_message(spec: HostSpec, reason: str, via: str = "") -> str:
-    target = f"{spec.hostname}:{spec.port}"
-    hint = (
-        "check the host name, your network or VPN, and `ssh " + spec.alias + " true`; "
-        "a login node behind a bastion needs [ssh] proxy_jump (or ProxyJump in ~/.ssh/config)"
-    )
-    return f"cannot reach {spec.alias} at {target}{via}: {reason}; {hint}"
-
-
-def auth_message(spec: HostSpec, tried: Sequence[str], allowed: Sequence[str]) -> str:
-    methods = f"; the server allows: {', '.join(allowed)}" if allowed else ""
-    what = ", ".join(tried) if tried else "no key (no ssh-agent keys, no identity file)"
-    key = short(spec.identity_files[0]) if spec.identity_files else "~/.ssh/id_ed25519"
-    return (
-        f"{spec.user}@{spec.hostname}:{spec.port} refused the login (tried {what}{methods}); "
-        f"put your public key in ~/.ssh/authorized_keys there (ssh-copy-id -i {key}.pub "
-        f"{spec.user}@{spec.alias}), load it into ssh-agent (ssh-add {key}), or set [ssh] user / identity_file"
-    )
-
-
-def short(path: str) -> str:
-    """``/home/me/.ssh/id`` -> ``~/.ssh/id`` (for messages)."""
     home = os.path.expanduser("~")
-    return "~" + path[len(home) :] if home not in ("", "/") and path.startswith(home + "/") else path
+    lookup = config_lookup(ssh.get("config_file"), home)
+    return resolve(ssh, lookup, local_user=local_user(), home=home, site_name=site_name)
 
 
-def fmt_bytes(data: bytes, limit: int = 300) -> str:
-    text = data.decode("utf-8", "replace").strip()
-    return text if len(text) <= limit else "..." + text[-limit:]
+def local_user() -> str:
+    """This machine's user name: the SSH user when neither the site nor ~/.ssh/config names one."""
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "root" if os.geteuid() == 0 else str(os.geteuid())
