@@ -310,7 +310,7 @@ class Executor(concurrent.futures.Executor):
                         "it): %s", sub.job_id, backend.registry.path, exc)
 
     def _render_script(
-        self, folder: str, tag: str, ntasks_array: Optional[int], fn: Callable[..., Any], ncalls: int
+        self, folder: str, tag: str, array_size: Optional[int], fn: Callable[..., Any], ncalls: int
     ) -> str:
         site = self._backend.site
         scheduler = self._backend.scheduler
@@ -320,7 +320,7 @@ class Executor(concurrent.futures.Executor):
         # whose name cannot stand in a directive is left to the scheduler's default (the submit directory)
         cwd = os.getcwd() if site.transport == "local" else None
         workdir = cwd if cwd is not None and SAFE_PATH.match(cwd) else None
-        req = ScriptRequest(res, folder, name, tag, ntasks_array, workdir=workdir)
+        req = ScriptRequest(res, folder, name, tag, array_size, workdir=workdir)
         command, job_env = launch_plan(site, res, folder, tag)  # the worker, or a launcher around it
         context = {
             "directives": scheduler.directives(req),

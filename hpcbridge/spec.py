@@ -147,6 +147,7 @@ def dependency_ids(value: Any, site: Any) -> Tuple[str, ...]:
     the scheduler may have forgotten it); one that failed or was cancelled is an error: the job would never run.
     """
     from .job import Job  # here: job.py is the futures side, spec.py the pure side
+    from .schedulers import supports_after  # the adapter's answer (its module is imported only now)
 
     if value is None:
         return ()
@@ -156,7 +157,7 @@ def dependency_ids(value: Any, site: Any) -> Tuple[str, ...]:
             f"after={value!r} must be a Job, a job id ('12345') or a list of them (e.g. after=jobs from map_jobs)"
         )
     scheduler = getattr(site, "scheduler", "")
-    if items and scheduler not in ("slurm", "pbs"):
+    if items and not supports_after(scheduler):
         raise ResourceError(
             f"after= needs a Slurm or PBS site; site {getattr(site, 'name', '?')!r} ({scheduler}) has no job "
             "dependencies: wait for the jobs' results (job.result()) before submitting"

@@ -9,9 +9,8 @@ from fakebackend import FakeBackend
 from hpcbridge import Executor, errors
 from hpcbridge.job import mark_cancelled
 from hpcbridge.poll import Submission
+from hpcbridge.schedulers import scheduler_for
 from hpcbridge.schedulers.base import NativeStatus
-from hpcbridge.schedulers.pbs import PBSScheduler
-from hpcbridge.schedulers.slurm import SlurmScheduler
 from hpcbridge.sites import site_from_mapping
 from hpcbridge.state import JobState
 
@@ -31,7 +30,7 @@ def _site(scheduler="slurm", **over):
 
 def _submitted(site, job_id, chunks=(1,), is_array=False, scheduler=None):
     """A submission as the executor leaves it after qsub/sbatch (a fake backend: nothing runs)."""
-    scheduler = scheduler or (SlurmScheduler() if site.scheduler == "slurm" else PBSScheduler(site.flavour))
+    scheduler = scheduler or scheduler_for(site, site.workdir)
     return Submission(FakeBackend(site, scheduler), tag=TAG, folder=FOLDER, script="", chunks=list(chunks),
                       is_array=is_array, ranks=1, submit_time=1.0, job_id=job_id)
 
