@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import remote_env, submit_once
@@ -17,7 +18,8 @@ from .errors import ConfigError, TransportError
 from .job import Job
 from .poll import Poller
 from .registry import Registry
-from .schedulers.base import NativeStatus, Scheduler, StatusFailure
+from .schedulers import scheduler_for, scrub_prefixes
+from .schedulers.base import NativeStatus, Verdict
 from .sites import Site
 from .store import SAFE_PATH
 from .transport import make_transport
@@ -26,33 +28,18 @@ from .transport.base import Completed, Transport
 log = logging.getLogger("hpcbridge")
 
 #: Variables of an enclosing job that must not leak into a new submission (JupyterHub-on-HPC notebooks run
-#: inside a job; srun/sbatch read SLURM_* as input and would inherit the parent's layout).
-SCRUB_PREFIXES = ("SLURM_", "SRUN_", "SALLOC_", "PBS_", "PMI_", "PMIX_", "OMPI_COMM_WORLD_")
+#: inside a job): its MPI launch's (srun's PMI, OpenMPI's mpirun), with each scheduler's own (its scrub_prefixes).
+SCRUB_PREFIXES = ("PMI_", "PMIX_", "OMPI_COMM_WORLD_")
 SCRUB_NAMES = ("HPCBRIDGE_TASK", "HPCBRIDGE_RANK")
 
 
 def clean_env(environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
     """``environ`` without the scheduler variables of an enclosing job."""
     environ = os.environ if environ is None else environ
-    return {k: v for k, v in environ.items() if not k.startswith(SCRUB_PREFIXES) and k not in SCRUB_NAMES}
+    prefixes = SCRUB_PREFIXES + scrub_prefixes()
+    return {k: v for k, v in environ.items() if not k.startswith(prefixes) and k not in SCRUB_NAMES}
 
 
-def make_scheduler(site: Site, root: str) -> Scheduler:
-    if site.scheduler == "slurm":
-        from .schedulers.slurm import SlurmScheduler
-
-        return SlurmScheduler(
-            accounting=site.accounting, gpu_directive=str(site.slurm.get("gpu_directive", "gpus-per-node"))
-        )
-    if site.scheduler == "local":
-        from .schedulers.local import LocalScheduler
-
-        return LocalScheduler(site.python, root, site.local_parallel or (os.cpu_count() or 1))
-    if site.scheduler == "pbs":
-        from .schedulers.pbs import PBSScheduler
-
-        return PBSScheduler(flavour=site.flavour or "pbspro")
-    raise ConfigError(f"site {site.name!r}: the {site.scheduler!r} scheduler is not supported yet")
 
 
 class Backend:
@@ -71,7 +58,9 @@ class Backend:
                 "'%' or '#' (it is written into the scheduler's directives); set another `workdir` in the "
                 "site-config or pass folder=..."
             )
-        self.scheduler = make_scheduler(site, self.root)
+        self.scheduler = scheduler_for(site, self.root)
+        #: what the scheduler's answers taught about the cluster (the adapter keeps no state)
+        self.facts = self.scheduler.initial_facts()
         #: guards the resolution state of every submission of this backend (the poller's and cancels')
         self.lock = threading.RLock()
         self.submitter = submit_once.SubmitOnce(
@@ -98,32 +87,32 @@ class Backend:
         return self.submitter.run_checked(argv, what, tag=tag, marker=marker)
 
     def query_status(
-        self, job_ids: Sequence[str], since: float, _again: bool = False
+        self, job_ids: Sequence[str], since: float, arrays: Optional[Mapping[str, int]] = None, _again: bool = False
     ) -> Optional[Dict[str, NativeStatus]]:
-        """Statuses of all tasks of ``job_ids``, or None when the query failed (retried later)."""
+        """Statuses of all tasks of ``job_ids`` (``arrays``: the array ones -> their sizes), or None when the query
+        failed (retried later)."""
+        query = self.scheduler.status_query(job_ids, since, time.time(), self.facts, arrays)
         try:
             # a hung controller holds up the poller thread: give up after 30 s, retry on the back-off
-            out = self.run(self.scheduler.status_argv(job_ids, since), timeout=30)
+            out = self.run(query.argv, timeout=30)
         except TransportError as exc:
             log.warning("hpcbridge: status query failed, will retry: %s", exc)
             return None
-        if out.returncode == 0:
-            return self.scheduler.parse_status(out.stdout)
-        verdict, note = self.scheduler.status_failed(out.returncode, out.stderr)
-        if note:
-            log.warning("hpcbridge: site %r: %s", self.site.name, note)
-        if verdict is StatusFailure.ASK_AGAIN and not _again:
-            return self.query_status(job_ids, since, _again=True)
-        if verdict is StatusFailure.NONE_KNOWN:
-            return {}
-        if verdict is StatusFailure.ANSWERED:
-            return self.scheduler.parse_status(out.stdout)
+        answer = self.scheduler.parse_status(query, out)
+        if answer.facts is not None:
+            self.facts = answer.facts
+        if answer.note:
+            log.warning("hpcbridge: site %r: %s", self.site.name, answer.note)
+        if answer.verdict is Verdict.ANSWERED:
+            return dict(answer.statuses)
+        if answer.verdict is Verdict.ASK_AGAIN and not _again:
+            return self.query_status(job_ids, since, arrays, _again=True)
         log.warning("hpcbridge: status query %s failed (%s), will retry: %s",
                     out.argv[0], out.returncode, out.stderr.strip()[-300:])
         return None
 
     def show_job(self, task_id: str) -> Optional[NativeStatus]:
-        argv = self.scheduler.show_job_argv(task_id)
+        argv = self.scheduler.show_job_argv(task_id, self.facts)
         if argv is None:
             return None
         out = self.run(argv, timeout=30)  # a TransportError: the poller stops its per-task looks until next time

@@ -25,6 +25,7 @@ from .group import JobGroup, cancel_jobs
 from .job import Job, mark_cancelled
 from .launchers import with_site_launcher
 from .pickling import Call, pickle_task, qualname
+from .schedulers import supports_after
 from .script import render_script, script_context
 from .sites import Site, load_site
 from .spec import Resources, resources_from
@@ -321,7 +322,7 @@ class Executor(concurrent.futures.Executor):
 def _resources(base: Resources, kwargs: Mapping[str, Any], site: Site) -> Resources:
     """``base`` with an executor's keywords applied: ``after=`` Jobs become the ids they stand for."""
     if "after" in kwargs:
-        kwargs = {**kwargs, "after": dependency_ids(kwargs["after"], site, site.scheduler in ("slurm", "pbs"))}
+        kwargs = {**kwargs, "after": dependency_ids(kwargs["after"], site, supports_after(site.scheduler))}
     return resources_from(base, kwargs, options=True)
 
 

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, 
 
 from .errors import ConfigError, ResourceError
 from .ports import DEFAULT_PORT_RANGE
-from .spec import Resources
+from .schedulers import scheduler_class
+from .spec import LAUNCHERS, Resources
 
 if TYPE_CHECKING:  # pragma: no cover
     from .sites import Site
@@ -66,14 +67,12 @@ def effective_launcher(site: Site, res: Resources) -> Optional[str]:
     """The launcher a job of ``res`` runs with on ``site``.
 
     The one chosen (``launcher=`` or the site-config's ``[defaults] launcher``; an explicit None runs the callable
-    once); else, on PBS, ``mpirun`` for a job of more than one task (nodes x tasks_per_node > 1: PBS has no
-    srun, and its users expect an MPI launch); else none. Slurm and the local site never pick one themselves.
+    once); else the scheduler's default (its adapter's ``default_launcher``: PBS ``mpirun`` for a job of more than
+    one task; Slurm and the local site pick none).
     """
     if res.launcher is not None or res.launcher_chosen:
         return res.launcher
-    if site.scheduler == "pbs" and res.ntasks > 1:
-        return "mpirun"
-    return None
+    return scheduler_class(site.scheduler).default_launcher(res)
 
 
 def with_site_launcher(site: Site, res: Resources) -> Resources:
@@ -134,30 +133,35 @@ def launcher_argv(
     rdzv_id: str = "hpcbridge",
     options: Optional[Mapping[str, Any]] = None,
 ) -> List[str]:
-    """The argv that runs the worker on every rank of ``res`` (``{master_*}`` placeholders left in)."""
+    """The argv that runs the worker on every rank of ``res`` (``{master_*}`` placeholders left in).
+
+    ``scheduler`` names the site's; its adapter says which launchers it can run and how (per-node start, hostfile).
+    """
     options = options or {}
     worker = worker_argv(python, folder)
-    if scheduler == "local" and res.nodes > 1:
+    adapter = scheduler_class(scheduler)
+    if adapter.one_machine and res.nodes > 1:
         raise ResourceError(
-            f"nodes={res.nodes} with launcher={launcher!r}: the local site is one machine; use nodes=1"
+            f"nodes={res.nodes} with launcher={launcher!r}: the {scheduler} site is one machine; use nodes=1"
+        )
+    if launcher in LAUNCHERS and launcher not in adapter.launchers:
+        needs = "needs a Slurm site" if launcher == "srun" else "cannot run on this site"
+        raise ResourceError(
+            f"launcher={launcher!r} {needs} (this one is {scheduler!r}); use launcher="
+            + " or ".join(repr(name) for name in adapter.launchers)
         )
     if launcher == "srun":
-        if scheduler != "slurm":
-            raise ResourceError(
-                f"launcher='srun' needs a Slurm site (this one is {scheduler!r}); use launcher='mpirun' or "
-                "'torchrun'"
-            )
         return [*srun_argv(res, mpi=mpi, extra=options.get("srun_args", ())), *worker]
     if launcher == "mpirun":
         return [*mpirun_argv(res, scheduler=scheduler, options=options), *worker]
     if launcher == "torchrun":
-        if scheduler == "slurm":
+        if adapter.per_node_launcher == "srun":
             per_node = srun_per_node_argv(res, extra=options.get("srun_args", ()))
-        elif scheduler == "pbs":
+        elif adapter.per_node_launcher == "mpirun":
             one = dataclasses.replace(res, tasks_per_node=1, cpus_per_task=res.tasks_per_node * res.cpus_per_task)
             per_node = mpirun_argv(one, scheduler=scheduler, options=options)
         else:
-            per_node = []
+            per_node = []  # one machine: torchrun starts the ranks itself
         return [
             *per_node,
             *torchrun_argv(res, python=python, rdzv_id=rdzv_id, extra=options.get("torchrun_args", ())),
@@ -201,14 +205,14 @@ def mpirun_argv(
 ) -> List[str]:
     """``mpirun``/``mpiexec`` for ``res.tasks_per_node`` ranks on each of ``res.nodes`` nodes.
 
-    On PBS the node file is passed as ``{nodefile}`` (filled in from ``PBS_NODEFILE`` in the job); on Slurm
-    every flavour reads the allocation itself.
+    Where the scheduler's adapter asks for it (``hostfile``: PBS), the node file is passed as ``{nodefile}``
+    (filled in from ``PBS_NODEFILE`` in the job); on Slurm every flavour reads the allocation itself.
     """
     options = options or {}
     flavour = options.get("mpirun_flavour", "openmpi")
     command = list(options.get("mpirun", ["mpirun"] if flavour == "openmpi" else ["mpiexec"]))
     n, per, cpus = res.ntasks, res.tasks_per_node, res.cpus_per_task
-    hostfile = scheduler == "pbs"
+    hostfile = scheduler_class(scheduler).hostfile
     if flavour == "openmpi":
         mapping = f"ppr:{per}:node" + (f":PE={cpus}" if cpus > 1 else "")
         argv = [*command, "-np", str(n), "--map-by", mapping]

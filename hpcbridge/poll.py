@@ -12,10 +12,10 @@ import logging
 import os
 import threading
 import time
-from typing import Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 from . import errors, outcome
-from .schedulers.base import NativeStatus
+from .schedulers.base import ClusterFacts, NativeStatus
 from .store import parse_result_name
 from .submission import Submission, SubmissionHost
 
@@ -25,7 +25,12 @@ log = logging.getLogger("hpcbridge")
 class StatusSource(SubmissionHost, Protocol):
     """What the poller needs of its site at run time (:class:`hpcbridge.backend.Backend` is one)."""
 
-    def query_status(self, job_ids: Sequence[str], since: float) -> Optional[Dict[str, NativeStatus]]: ...
+    #: what the scheduler's answers taught about the cluster
+    facts: ClusterFacts
+
+    def query_status(
+        self, job_ids: Sequence[str], since: float, arrays: Optional[Mapping[str, int]] = None
+    ) -> Optional[Dict[str, NativeStatus]]: ...
 
     def show_job(self, task_id: str) -> Optional[NativeStatus]: ...
 
@@ -150,8 +155,9 @@ class Poller:
         if not subs:
             return
         ids = sorted({s.job_id for s in subs})
+        arrays = {s.job_id: len(s.chunks) for s in subs if s.is_array}
         self.queries += 1
-        statuses = backend.query_status(ids, min(s.submit_time for s in subs))
+        statuses = backend.query_status(ids, min(s.submit_time for s in subs), arrays)
         if statuses is None:
             self.failed_queries += 1
             return
@@ -169,13 +175,14 @@ class Poller:
         # else a per-task command may (Slurm without accounting: scontrol show job), 20 per tick at most
         no_news: List[Tuple[Submission, int]] = []
         with self.lock:
+            news = scheduler.missing_statuses(statuses, [sub.task_id(task) for sub, task in missing])
             for sub, task in missing:
-                status = scheduler.missing_status(sub.task_id(task))
+                status = news.get(sub.task_id(task))
                 if status is None:
                     no_news.append((sub, task))
                 else:
                     self._apply(sub, task, status, now)
-        if no_news and scheduler.show_job_argv(no_news[0][0].task_id(no_news[0][1])) is not None:
+        if no_news and scheduler.show_job_argv(no_news[0][0].task_id(no_news[0][1]), backend.facts) is not None:
             for sub, task in no_news[:20]:
                 try:
                     status = backend.show_job(sub.task_id(task))

@@ -6,7 +6,7 @@ import abc
 import dataclasses
 import enum
 import re
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 from ..spec import Resources
 from ..state import JobState
@@ -32,32 +32,100 @@ class ScriptRequest:
     folder: str
     job_name: str
     tag: str
-    ntasks_array: Optional[int]  # None: a plain job; N: an array of N tasks (0..N-1)
+    array_size: Optional[int]  # None: a plain job; N: an array of N tasks (0..N-1)
     workdir: Optional[str] = None
     options: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
-class StatusFailure(enum.Enum):
-    """What a status command that exited non-zero means (:meth:`Scheduler.status_failed`)."""
+class SiteConfig(Protocol):
+    """What an adapter reads of a site-config (:class:`hpcbridge.sites.Site` has it); declared here so that the
+    adapters do not import the site layer."""
 
+    @property
+    def name(self) -> str: ...
+    @property
+    def scheduler(self) -> str: ...
+    @property
+    def python(self) -> str: ...
+    @property
+    def accounting(self) -> bool: ...
+    @property
+    def flavour(self) -> str: ...
+    @property
+    def local_parallel(self) -> int: ...
+    @property
+    def slurm(self) -> Mapping[str, Any]: ...
+
+
+class Output(Protocol):
+    """A command's outcome as a parser reads it (:class:`hpcbridge.transport.base.Completed` is one)."""
+
+    @property
+    def returncode(self) -> int: ...
+    @property
+    def stdout(self) -> str: ...
+    @property
+    def stderr(self) -> str: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterFacts:
+    """What the backend has learned about its cluster from the scheduler's answers.
+
+    Adapters keep no state between calls: they read these in each query and return what they learn in a
+    :class:`StatusAnswer`; the backend holds the current facts and hands them back.
+    """
+
+    #: whether the cluster keeps accounting (Slurm: sacct answers); False once the scheduler said it does not
+    accounting: bool = True
+    #: bare arrays of the Torque-compatible wrappers: array id -> (Job_Name, Job_Owner, qtime) of its own record,
+    #: which its split-off tasks share (kept because the array's own record leaves qstat before its tasks do)
+    bare_array_keys: Mapping[str, Tuple[str, str, str]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusQuery:
+    """One status command and what it asks; :meth:`Scheduler.parse_status` reads the answer in its light."""
+
+    argv: List[str]
+    job_ids: Tuple[str, ...]
+    #: the facts the command was chosen under
+    facts: ClusterFacts
+    #: the array submissions among ``job_ids`` -> their number of tasks
+    arrays: Mapping[str, int] = dataclasses.field(default_factory=dict)
+
+
+class Verdict(enum.Enum):
+    """What a status command's outcome means."""
+
+    #: the statuses are the answer (an empty one: the scheduler lists none of the jobs; missing_statuses decides)
+    ANSWERED = "answered"
     #: the query failed (controller down, timeout): ask again on the back-off; no job is marked anything
     RETRY = "retry"
-    #: it still answered (qstat exits non-zero when some of the jobs are unknown): parse its output
-    ANSWERED = "answered"
-    #: none of the jobs is known any more (squeue forgot them all): an empty answer, missing_status decides
-    NONE_KNOWN = "none-known"
-    #: the adapter has changed its query (it found that accounting is off): ask again at once
+    #: the answer taught a fact that changes the query (accounting is off): ask again at once
     ASK_AGAIN = "ask-again"
 
 
+@dataclasses.dataclass(frozen=True)
+class StatusAnswer:
+    """A status command's outcome as data: task id -> status, the verdict, a note for the user's log, new facts."""
+
+    verdict: Verdict
+    statuses: Mapping[str, NativeStatus] = dataclasses.field(default_factory=dict)
+    #: for the user's log ("" for none)
+    note: str = ""
+    #: the cluster's facts after this answer, when it taught something (None: nothing new)
+    facts: Optional[ClusterFacts] = None
+
+
 class Scheduler(abc.ABC):
-    """What the executor needs from a batch system. All methods are pure (argv builders and parsers), except
-    that an adapter may learn about its cluster from answers (:meth:`status_failed`).
+    """What the executor needs from a batch system: argv builders and parsers, functions of their inputs only.
 
     The abstract methods are the whole contract for a simple batch system (the ``local`` site's); the others
     have defaults that an adapter overrides for what its scheduler can do: run a submission again that never
     reached it, find a job by its tag, tell a failed query from a partial answer, and give news of a task the
-    status answer no longer lists.
+    status answer no longer lists. The class attributes say what differs between schedulers elsewhere
+    (launchers, ``after=``, the environment scrubbed at submission, the commands safe to retry over SSH).
     """
 
     name: str
@@ -66,6 +134,34 @@ class Scheduler(abc.ABC):
     task_index_expr: str
     #: stderr fragments of a command that never reached the scheduler: running it again is safe
     not_sent_errors: Tuple[str, ...] = ()
+    #: whether jobs can wait for others (``after=``)
+    supports_after: bool = False
+    #: the launchers its jobs can run (``launcher=``)
+    launchers: Tuple[str, ...] = ("mpirun", "torchrun")
+    #: the launcher that starts one process per node (torchrun's agents): "srun", "mpirun", or None (one machine)
+    per_node_launcher: Optional[str] = None
+    #: whether mpirun is given the allocation's node file (``{nodefile}``, filled in inside the job)
+    hostfile: bool = False
+    #: whether every job runs on this one machine (nodes=1 only)
+    one_machine: bool = False
+    #: prefixes of the variables an enclosing job of this scheduler sets: never passed on to a new submission
+    scrub_prefixes: Tuple[str, ...] = ()
+    #: its commands without side effects: safe to run again after a dropped connection
+    safe_commands: FrozenSet[str] = frozenset()
+
+    @classmethod
+    @abc.abstractmethod
+    def from_site(cls, site: SiteConfig, root: str) -> Scheduler:
+        """The adapter for ``site``, whose job folders are under ``root``."""
+
+    @classmethod
+    def default_launcher(cls, res: Resources) -> Optional[str]:
+        """The launcher of a job whose launcher was not chosen (None: the callable runs once)."""
+        return None
+
+    def initial_facts(self) -> ClusterFacts:
+        """The facts to start from (what the site-config says), before any answer."""
+        return ClusterFacts()
 
     @abc.abstractmethod
     def directives(self, req: ScriptRequest) -> List[str]:
@@ -84,12 +180,23 @@ class Scheduler(abc.ABC):
         """The id under which the scheduler reports task ``index`` of a submission."""
 
     @abc.abstractmethod
-    def status_argv(self, job_ids: Sequence[str], since_epoch: float) -> List[str]:
-        """One command that reports every given job (submission ids, not task ids)."""
+    def status_query(
+        self,
+        job_ids: Sequence[str],
+        since_epoch: float,
+        now_epoch: float,
+        facts: ClusterFacts,
+        arrays: Optional[Mapping[str, int]] = None,
+    ) -> StatusQuery:
+        """One command that reports every given job (submission ids, not task ids), and what it asks.
+
+        ``since_epoch``: the oldest submission's time; ``now_epoch``: the client's clock; ``arrays``: the array
+        submissions among ``job_ids`` and their sizes.
+        """
 
     @abc.abstractmethod
-    def parse_status(self, stdout: str) -> Dict[str, NativeStatus]:
-        """Task id -> status, for every line of the status command's output."""
+    def parse_status(self, query: StatusQuery, out: Output) -> StatusAnswer:
+        """The status command's outcome: task id -> status for every job it lists, or why there is none."""
 
     @abc.abstractmethod
     def cancel_argv(self, job_ids: Sequence[str]) -> List[str]:
@@ -110,16 +217,14 @@ class Scheduler(abc.ABC):
         """How a user finds the job tagged ``TAG`` themselves (ends the sentence "the job, if submitted, ...")."""
         return f"carries the tag hpcbridge:{tag}"
 
-    def status_failed(self, returncode: int, stderr: str) -> Tuple[StatusFailure, str]:
-        """What a status command that exited non-zero means, and a note for the user's log ("" for none)."""
-        return StatusFailure.RETRY, ""
+    def missing_statuses(
+        self, statuses: Mapping[str, NativeStatus], task_ids: Sequence[str]
+    ) -> Dict[str, NativeStatus]:
+        """News of live tasks that a successful status answer (``statuses``) did not list; none by default."""
+        return {}
 
-    def missing_status(self, task_id: str) -> Optional[NativeStatus]:
-        """News of a live task that a successful status answer did not list; None: none yet."""
-        return None
-
-    def show_job_argv(self, task_id: str) -> Optional[List[str]]:
-        """A per-task command for a task the status answer did not list (tried when missing_status has no news).
+    def show_job_argv(self, task_id: str, facts: ClusterFacts) -> Optional[List[str]]:
+        """A per-task command for a task the status answer did not list (tried when missing_statuses has no news).
         None: there is none."""
         return None
 

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence
 
 from ..errors import ResourceError, SchedulerError
 from ..state import JobState
-from .base import NativeStatus, Scheduler, ScriptRequest, StatusFailure, expand_array_id
+from ..store import JobFolder
+from .base import (
+    ClusterFacts,
+    NativeStatus,
+    Output,
+    Scheduler,
+    ScriptRequest,
+    SiteConfig,
+    StatusAnswer,
+    StatusQuery,
+    Verdict,
+    expand_array_id,
+)
 
 #: Slurm's base state names (as sacct/squeue print them) -> normalised state.
 STATES: Dict[str, JobState] = {
@@ -85,15 +96,29 @@ class SlurmScheduler(Scheduler):
     #: send/recv", after which the job may exist)
     not_sent_errors = ("Unable to contact slurm controller (connect failure)",)
     task_index_expr = "${SLURM_ARRAY_TASK_ID:-0}"
+    supports_after = True
+    launchers = ("srun", "mpirun", "torchrun")
+    per_node_launcher = "srun"
+    #: an enclosing job's (JupyterHub-on-HPC notebooks run inside one): srun/sbatch read SLURM_* as input
+    scrub_prefixes = ("SLURM_", "SRUN_", "SALLOC_")
+    safe_commands = frozenset({"sacct", "squeue", "sinfo", "sshare", "sprio", "sstat", "sdiag", "scontrol show"})
 
     def __init__(self, accounting: bool = True, gpu_directive: str = "gpus-per-node") -> None:
+        #: what the site-config says; what the cluster says is in the backend's ClusterFacts
         self.accounting = accounting
         self.gpu_directive = gpu_directive
+
+    @classmethod
+    def from_site(cls, site: SiteConfig, root: str) -> SlurmScheduler:
+        return cls(accounting=site.accounting, gpu_directive=str(site.slurm.get("gpu_directive", "gpus-per-node")))
+
+    def initial_facts(self) -> ClusterFacts:
+        return ClusterFacts(accounting=self.accounting)
 
     # -- submission ---------------------------------------------------------------------------------------
     def directives(self, req: ScriptRequest) -> List[str]:
         r = req.resources
-        log = f"{req.folder}/log/%a" if req.ntasks_array is not None else f"{req.folder}/log/0"
+        log = JobFolder(req.folder).log_pattern("%a" if req.array_size is not None else "0")
         out = [
             f"--job-name={req.job_name}",
             f"--output={log}.out",
@@ -116,8 +141,8 @@ class SlurmScheduler(Scheduler):
             value = getattr(r, key)
             if value:
                 out.append(f"--{key}={value}")
-        if req.ntasks_array is not None:
-            arr = f"--array=0-{req.ntasks_array - 1}"
+        if req.array_size is not None:
+            arr = f"--array=0-{req.array_size - 1}"
             if r.array_parallelism:
                 arr += f"%{r.array_parallelism}"
             out.append(arr)
@@ -163,14 +188,22 @@ class SlurmScheduler(Scheduler):
         return f"{job_id}_{index}" if is_array else job_id
 
     # -- status -------------------------------------------------------------------------------------------
-    def status_argv(self, job_ids: Sequence[str], since_epoch: float) -> List[str]:
-        if self.accounting:
+    def status_query(
+        self,
+        job_ids: Sequence[str],
+        since_epoch: float,
+        now_epoch: float,
+        facts: ClusterFacts,
+        arrays: Optional[Mapping[str, int]] = None,
+    ) -> StatusQuery:
+        """sacct, or squeue (plus scontrol show job per unlisted task) on a cluster without accounting."""
+        if facts.accounting:
             # the window starts shortly before the oldest submission: sacct without -S scans from the epoch, and
             # a wide window can return an older job that had the same id (ids restart when a cluster's state
             # is reset). Relative ("now-N", seconds), so the client's and the cluster's time zones never
             # matter; 10 minutes allow for clock skew.
-            since = f"now-{max(0, int(time.time() - since_epoch)) + 600}"
-            return [
+            since = f"now-{max(0, int(now_epoch - since_epoch)) + 600}"
+            argv = [
                 "sacct",
                 "--noheader",
                 "--parsable2",
@@ -179,22 +212,27 @@ class SlurmScheduler(Scheduler):
                 f"--starttime={since}",
                 f"--jobs={','.join(job_ids)}",
             ]
-        return [
-            "squeue",
-            "--noheader",
-            "--array",
-            "--states=all",
-            f"--format={SQUEUE_FORMAT}",
-            f"--jobs={','.join(job_ids)}",
-        ]
+        else:
+            argv = [
+                "squeue",
+                "--noheader",
+                "--array",
+                "--states=all",
+                f"--format={SQUEUE_FORMAT}",
+                f"--jobs={','.join(job_ids)}",
+            ]
+        return StatusQuery(argv, tuple(job_ids), facts, dict(arrays or {}))
 
-    def parse_status(self, stdout: str) -> Dict[str, NativeStatus]:
-        out: Dict[str, NativeStatus] = {}
-        for line in stdout.splitlines():
+    def parse_status(self, query: StatusQuery, out: Output) -> StatusAnswer:
+        accounting = query.facts.accounting
+        if out.returncode != 0:
+            return self._failed(query, out.stderr)
+        statuses: Dict[str, NativeStatus] = {}
+        for line in out.stdout.splitlines():
             parts = line.strip().split("|")
             if len(parts) < 2 or not parts[0]:
                 continue
-            if self.accounting:
+            if accounting:
                 job_id, native, code, nodes = (parts + ["", "", ""])[:4]
                 exit_code, reason = _exit_code(code), ""
             else:
@@ -203,24 +241,27 @@ class SlurmScheduler(Scheduler):
             if "." in job_id:  # a step (batch, extern, 0 ...): not the allocation
                 continue
             for task in expand_array_id(job_id):
-                out[task] = NativeStatus(task, normalise(native), native, exit_code, reason, nodes)
-        return out
+                statuses[task] = NativeStatus(task, normalise(native), native, exit_code, reason, nodes)
+        return StatusAnswer(Verdict.ANSWERED, statuses)
 
-    def status_failed(self, returncode: int, stderr: str) -> Tuple[StatusFailure, str]:
-        if self.accounting and "accounting storage is disabled" in stderr.lower():
+    @staticmethod
+    def _failed(query: StatusQuery, stderr: str) -> StatusAnswer:
+        """What a status command that exited non-zero means."""
+        if query.facts.accounting and "accounting storage is disabled" in stderr.lower():
             # the site-config said this cluster keeps accounting; it does not: squeue + scontrol from now on
-            self.accounting = False
-            return StatusFailure.ASK_AGAIN, (
-                "it has no Slurm accounting; using squeue and scontrol show job (set `accounting = false` in its "
-                "site-config)"
+            return StatusAnswer(
+                Verdict.ASK_AGAIN,
+                note="it has no Slurm accounting; using squeue and scontrol show job (set `accounting = false` in "
+                "its site-config)",
+                facts=dataclasses.replace(query.facts, accounting=False),
             )
-        if not self.accounting and "Invalid job id" in stderr:
-            return StatusFailure.NONE_KNOWN, ""  # squeue forgot every one of them: scontrol show job per task
-        return StatusFailure.RETRY, ""
+        if not query.facts.accounting and "Invalid job id" in stderr:
+            return StatusAnswer(Verdict.ANSWERED)  # squeue forgot every one of them: scontrol show job per task
+        return StatusAnswer(Verdict.RETRY)
 
-    def show_job_argv(self, task_id: str) -> Optional[List[str]]:
+    def show_job_argv(self, task_id: str, facts: ClusterFacts) -> Optional[List[str]]:
         """``scontrol show job`` for a job that left squeue's view (accounting off; sacct has every job)."""
-        if self.accounting:
+        if facts.accounting:
             return None
         return ["scontrol", "--oneliner", "show", "job", task_id]
 

@@ -20,7 +20,8 @@ __all__ = ["Completed", "Transport", "make_transport"]
 def make_transport(site: Site, *, safe_commands: Optional[AbstractSet[str]] = None) -> Transport:
     """The transport ``site`` names (``local`` or ``ssh``), with the SSH endpoint resolved from its ``[ssh]`` table.
 
-    ``safe_commands``: the programs an SSH transport runs again after a dropped connection (default: its own list).
+    ``safe_commands``: the programs an SSH transport runs again after a dropped connection (default: the generic
+    read-only ones and the site's scheduler's queries, ``Scheduler.safe_commands``).
     """
     if site.transport == "local":
         from .local import LocalTransport
@@ -34,8 +35,11 @@ def make_transport(site: Site, *, safe_commands: Optional[AbstractSet[str]] = No
                 f"site {site.name!r}: the ssh transport is not available ({exc}); install it with: "
                 "pip install 'hpcbridge[ssh]' (or pip install paramiko)"
             ) from exc
+        from ..schedulers import scheduler_class
+        from .ssh import SAFE_COMMANDS
+
         spec = host_spec(site.ssh, site_name=site.name)
         if safe_commands is None:
-            return SSHTransport(spec)
+            safe_commands = SAFE_COMMANDS | scheduler_class(site.scheduler).safe_commands
         return SSHTransport(spec, safe_commands=safe_commands)
     raise ConfigError(f"site {site.name!r}: unknown transport {site.transport!r}")

@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
+from .._proc import kill_group
 from ..errors import CommandTimeoutError, TransportError
 from .base import Completed
 
@@ -16,10 +17,7 @@ from .base import Completed
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL ``proc``'s process group (it leads one: start_new_session) and reap ``proc``. What detached itself
     into a session of its own (the local site's job runner) is not touched."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):  # gone already
-        pass
+    kill_group(proc.pid, signal.SIGKILL)
     proc.wait()
 
 

@@ -179,7 +179,7 @@ def test_attach_from_a_second_process(ex, cluster_workdir):
 def test_accounting_off_uses_squeue_and_scontrol(cluster, cluster_workdir):
     site = dataclasses.replace(load_site("testcluster"), accounting=False)
     ex = Executor(site=site, folder=str(cluster_workdir / "jobs"))
-    assert ex._backend.scheduler.status_argv(["1"], 0)[0] == "squeue"
+    assert ex._backend.scheduler.status_query(["1"], 0, 0, ex._backend.facts).argv[0] == "squeue"
     assert list(ex.map(square, range(5), timeout=300)) == [0, 1, 4, 9, 16]
     marker = cluster_workdir / "started"
     job = ex.submit(sleep_and_touch, str(marker), 600)
@@ -405,7 +405,7 @@ def test_without_accounting_a_dependency_kill_and_a_users_cancel_are_told_apart(
     with pytest.raises(JobDependencyError, match=rf"^job {doomed.job_id} never ran: it was to start after "
                                                  rf"{failing.job_id} completed successfully"):
         doomed.result(timeout=300)
-    assert ex._backend.scheduler.accounting is False  # the answer came from squeue, not sacct
+    assert ex._backend.facts.accounting is False  # the answer came from squeue, not sacct
     deadline = time.time() + 60
     while cluster.run(["squeue", "--noheader", "--format=%r", "--jobs", waiting.job_id],
                       timeout=30).stdout.strip() != "Dependency":

@@ -8,9 +8,10 @@ from hpcbridge.state import JobState
 from hpcbridge.testing import ScriptedTransport
 
 
-def backend(answers, steps=()):
-    t = ScriptedTransport(steps, answers=answers)
-    return Backend(site_from_mapping("rec", {"scheduler": "slurm", "workdir": "/w", "accounting": True}), transport=t)
+def backend(answers=None, steps=(), accounting=True):
+    """A Slurm site's backend whose commands get the recorded ``answers`` (by program) or ``steps`` (in order)."""
+    site = site_from_mapping("rec", {"scheduler": "slurm", "workdir": "/w", "accounting": accounting})
+    return Backend(site, transport=ScriptedTransport(steps, answers=answers))
 
 
 def test_accounting_found_disabled_switches_to_squeue():
@@ -21,7 +22,7 @@ def test_accounting_found_disabled_switches_to_squeue():
     st = b.query_status(["12"], 0)
     assert st["12"].state == JobState.RUNNING
     assert [c[0] for c in b.transport.calls] == ["sacct", "squeue"]
-    assert b.scheduler.accounting is False
+    assert b.facts.accounting is False
     b.query_status(["12"], 0)
     assert [c[0] for c in b.transport.calls] == ["sacct", "squeue", "squeue"]  # decided once
 
@@ -29,14 +30,14 @@ def test_accounting_found_disabled_switches_to_squeue():
 def test_a_failed_query_is_reported_as_unknown_not_as_failed_jobs():
     b = backend({"sacct": (1, "", "sacct: error: Problem talking to the database: Connection refused\n")})
     assert b.query_status(["12"], 0) is None
-    assert b.scheduler.accounting is True
+    assert b.facts.accounting is True
 
 
 def test_a_submission_the_controller_never_received_is_tried_again(monkeypatch):
     import hpcbridge.submit_once as submit_once
 
     monkeypatch.setattr(submit_once, "SUBMIT_RETRY_WAITS_S", (0.0, 0.0))
-    b = backend({}, steps=[
+    b = backend(steps=[
         (1, "", "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)\n"),
         (0, "77\n", ""),
     ])
@@ -84,6 +85,7 @@ def env_backend(answer, name="rec", python="/opt/py/bin/python3", ssh=None):
     data = {"scheduler": "slurm", "workdir": "/w", "python": python}
     if ssh is not None:
         data.update(transport="ssh", ssh=ssh)
+    # over ssh too without connecting: only the site (the key of the verdict) and the replayed transport matter
     return Backend(site_from_mapping(name, data), transport=ScriptedTransport(answers={python: answer}))
 
 
@@ -152,15 +154,14 @@ def test_a_python_of_another_minor_version_names_both_versions_and_the_fix(fresh
 
 
 def test_without_accounting_a_job_scontrol_no_longer_knows_is_gone_not_pending_forever():
-    b = backend({"scontrol": (1, "", "slurm_load_jobs error: Invalid job id specified\n")})
-    b.scheduler.accounting = False
+    b = backend({"scontrol": (1, "", "slurm_load_jobs error: Invalid job id specified\n")}, accounting=False)
     st = b.show_job("12")
     assert st.state == JobState.COMPLETED and st.native.startswith("gone from slurmctld")
 
 
 def test_without_accounting_an_unreachable_controller_is_no_news():
-    b = backend({"scontrol": (1, "", "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n")})
-    b.scheduler.accounting = False
+    b = backend({"scontrol": (1, "", "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n")},
+                accounting=False)
     assert b.show_job("12") is None
 
 
@@ -172,8 +173,7 @@ def test_without_accounting_a_lost_connection_stops_the_per_task_looks_until_the
     from hpcbridge.submission import Submission
 
     down = ConnectionLostError("the SSH connection to hpc dropped while trying to run scontrol")
-    b = backend({"squeue": (0, "", ""), "scontrol": lambda argv: down})
-    b.scheduler.accounting = False
+    b = backend({"squeue": (0, "", ""), "scontrol": down}, accounting=False)
     sub = Submission(b, tag="t" * 16, folder="/w/tttttttttttttttt", script="", chunks=[1] * 5, is_array=True,
                      ranks=1, submit_time=1.0, job_id="40")
     b.poller._query([sub])

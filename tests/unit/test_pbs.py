@@ -10,20 +10,17 @@ import re
 import pytest
 
 from hpcbridge import submit_once
-from hpcbridge.backend import Backend, make_scheduler
+from hpcbridge.backend import Backend
 from hpcbridge.errors import ConnectionLostError, ResourceError, SchedulerError, TransportError
-from hpcbridge.schedulers.base import ScriptRequest
-from hpcbridge.schedulers.pbs import (
-    PBSScheduler,
-    expand_range,
-    parse_qstat_json,
-    parse_qstat_text,
-    walltime_arg,
-)
+from hpcbridge.schedulers import scheduler_for
+from hpcbridge.schedulers.base import ClusterFacts, ScriptRequest, StatusAnswer, Verdict
+from hpcbridge.schedulers.pbs import PBSScheduler
+from hpcbridge.schedulers.pbs.qstat import expand_range, parse_qstat_json, parse_qstat_text
 from hpcbridge.sites import site_from_mapping
 from hpcbridge.spec import Resources, resources_from
 from hpcbridge.state import JobState
 from hpcbridge.testing import ScriptedTransport
+from hpcbridge.transport.base import Completed
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "pbs")
 
@@ -35,6 +32,22 @@ def fixture(name: str) -> str:
     while lines and lines[0].startswith("#"):
         lines.pop(0)
     return "".join(lines)
+
+
+def parse(adapter: PBSScheduler, stdout: str, ids=(), code=0, stderr="", arrays=None, facts=None) -> StatusAnswer:
+    """The adapter's answer to qstat's output for the query of ``ids`` (``arrays``: the array ones and their sizes;
+    ``facts``: what earlier answers taught)."""
+    query = adapter.status_query(list(ids), 0, 0, facts or ClusterFacts(), arrays)
+    return adapter.parse_status(query, Completed(query.argv, code, stdout, stderr))
+
+
+def status_argv(adapter: PBSScheduler, ids, arrays=None):
+    return adapter.status_query(ids, 0, 0, ClusterFacts(), arrays).argv
+
+
+def missing(adapter: PBSScheduler, statuses, task_id: str):
+    """The adapter's news of ``task_id``, which a successful answer (``statuses``) did not list, or None."""
+    return adapter.missing_statuses(statuses, [task_id]).get(task_id)
 
 
 @pytest.fixture
@@ -111,7 +124,7 @@ PRO_EXPECTED = {
 
 
 def test_pbspro_json_states_and_exit_statuses(pro):
-    statuses = pro.parse_status(fixture("pbspro_qstat_json.txt"))
+    statuses = parse(pro, fixture("pbspro_qstat_json.txt")).statuses
     got = {k: (v.state, v.exit_code, v.native) for k, v in statuses.items() if k in PRO_EXPECTED}
     assert got == PRO_EXPECTED
     assert statuses["1010.pbs-server"].nodes == "node01/0*4+node02/0*4"
@@ -133,7 +146,7 @@ def test_pbspro_invalid_json_is_read_line_by_line(pro):
     text = fixture("pbspro_qstat_json_invalid.txt")
     with pytest.raises(ValueError):
         json.loads(text, strict=False)  # what openpbs#2541 reports: json.loads gives up
-    statuses = pro.parse_status(text)
+    statuses = parse(pro, text).statuses
     assert {k: (v.state, v.exit_code) for k, v in statuses.items()} == {
         "2001.pbs-server": (JobState.COMPLETED, 0),
         "2002.pbs-server": (JobState.TIMEOUT, -29),
@@ -144,13 +157,13 @@ def test_pbspro_invalid_json_is_read_line_by_line(pro):
 
 
 def test_pbspro_status_is_one_query_with_history_and_subjobs(pro):
-    argv = pro.status_argv(["1001.pbs-server", "1020[].pbs-server"], 0)
+    argv = status_argv(pro, ["1001.pbs-server", "1020[].pbs-server"], {"1020[].pbs-server": 6})
     assert argv == ["qstat", "-f", "-F", "json", "-x", "-t", "1001.pbs-server", "1020[].pbs-server"]
 
 
 # -- Torque: qstat -f (text) ----------------------------------------------------------------------------------
 def test_torque_text_states_and_exit_statuses(torque):
-    statuses = torque.parse_status(fixture("torque_qstat_f.txt"))
+    statuses = parse(torque, fixture("torque_qstat_f.txt")).statuses
     got = {k: (v.state, v.exit_code, v.native) for k, v in statuses.items()}
     assert got == {
         "1299.torque-server": (JobState.COMPLETED, 0, "C Exit_status=0"),
@@ -178,24 +191,24 @@ def test_torque_text_joins_wrapped_values():
 
 
 def test_torque_status_argv(torque):
-    assert torque.status_argv(["1299.torque-server"], 0) == ["qstat", "-f", "1299.torque-server"]
-    assert torque.status_argv(["1299.torque-server", "1300[].torque-server"], 0) == [
+    assert status_argv(torque, ["1299.torque-server"]) == ["qstat", "-f", "1299.torque-server"]
+    assert status_argv(torque, ["1299.torque-server", "1300[].torque-server"]) == [
         "qstat", "-f", "-t", "1299.torque-server", "1300[].torque-server"
     ]
 
 
 # -- jobs that left qstat -------------------------------------------------------------------------------------
 def test_a_job_qstat_no_longer_lists_has_ended(torque, pro):
-    torque.parse_status(fixture("torque_qstat_f.txt"))
-    gone = torque.missing_status("1298.torque-server")
+    statuses = parse(torque, fixture("torque_qstat_f.txt")).statuses
+    gone = missing(torque, statuses, "1298.torque-server")
     assert gone is not None and gone.state == JobState.COMPLETED and gone.exit_code is None
     assert gone.native == "gone from qstat (it finished; its exit status is no longer kept)"
     # a subjob Torque has not made yet, while others of its array are listed: no news, not "gone"
-    assert torque.missing_status("1300[3].torque-server") is None
+    assert missing(torque, statuses, "1300[3].torque-server") is None
     # once nothing of the array is listed any more, its unlisted subjobs have ended
-    torque.parse_status(fixture("torque_qstat_f.txt").split("Job Id: 1300[0]")[0])
-    assert torque.missing_status("1300[3].torque-server") is not None
-    assert pro.missing_status("1040.pbs-server") is not None
+    statuses = parse(torque, fixture("torque_qstat_f.txt").split("Job Id: 1300[0]")[0]).statuses
+    assert missing(torque, statuses, "1300[3].torque-server") is not None
+    assert missing(pro, {}, "1040.pbs-server") is not None
 
 
 def test_qstat_exit_status_for_unknown_jobs_is_an_answer(pro, torque):
@@ -210,24 +223,23 @@ def test_qstat_exit_status_for_unknown_jobs_is_an_answer(pro, torque):
 
 
 def test_an_empty_answer_is_gone_jobs_only_when_qstat_said_they_are_unknown(pro, torque):
-    torque.status_argv(["1299.torque-server"], 0)
     with pytest.raises(SchedulerError, match="qstat reported no job and no error"):
-        torque.parse_status("")  # exit 0 and nothing: broken, retried; not "every job has ended"
-    torque.status_argv(["46"], 0)
-    assert torque.status_exit_ok(153, "") and torque.parse_status("") == {}
-    pro.status_argv(["1299.pbs-server"], 0)
-    assert pro.status_exit_ok(153, "qstat: Unknown Job Id 1299.pbs-server\n") and pro.parse_status("") == {}
+        parse(torque, "", ["1299.torque-server"])  # exit 0 and nothing: broken, retried; not "every job has ended"
+    assert torque.status_exit_ok(153, "") and parse(torque, "", ["46"], code=153).statuses == {}
+    unknown = "qstat: Unknown Job Id 1299.pbs-server\n"
+    assert pro.status_exit_ok(153, unknown) and parse(pro, "", ["1299.pbs-server"], 153, unknown).statuses == {}
+    # any other failure: asked again later, nothing is marked
+    failed = parse(pro, "", ["1299.pbs-server"], 2, "qstat: cannot connect to server pbs-server (errno=111)\n")
+    assert failed.verdict is Verdict.RETRY and failed.statuses == {}
 
 
 # -- the Slurm-backed wrapper's arrays ----------------------------------------------------------------------
 WRAPPER_IDS = ["749", "750"]
 
 
-def _bare(torque: PBSScheduler) -> None:
-    """Submitted: the executor named every task (for the registry); each poll asks qstat, then reads its answer."""
-    for index in range(200):
-        torque.task_id("749", index, True)
-    torque.status_argv(WRAPPER_IDS, 0)
+def _bare(torque: PBSScheduler, text: str, facts=None) -> StatusAnswer:
+    """One poll of the wrapper's array 749 (200 tasks, a plain id) and job 750: qstat's answer read for it."""
+    return parse(torque, text, WRAPPER_IDS, arrays={"749": 200}, facts=facts)
 
 
 def _set_state(text: str, job_id: str, state: str) -> str:
@@ -239,40 +251,40 @@ def _drop(text: str, job_id: str) -> str:
 
 
 def test_bare_array_tasks_follow_their_group(torque):
-    _bare(torque)
-    assert torque.status_argv(WRAPPER_IDS, 0) == ["qstat", "-f"]  # its started tasks have ids nobody told us
+    # its started tasks have ids nobody told us: ask for every job
+    assert status_argv(torque, WRAPPER_IDS, {"749": 200}) == ["qstat", "-f"]
     text = fixture("slurm_torque_qstat_f.txt")
-    statuses = torque.parse_status(text)
+    statuses = _bare(torque, text).statuses
     assert statuses["749[0]"].state == JobState.RUNNING and statuses["749[199]"].state == JobState.RUNNING
     assert statuses["749[7]"].native == "R (array 749: 2 running, 1 queued)"  # 944, 945 run; 749 holds the rest
     assert statuses["750"].state == JobState.PENDING
-    assert torque.missing_status("749[7]") is None  # never guessed: only the group speaks for these
+    assert missing(torque, statuses, "749[7]") is None  # never guessed: only the group speaks for these
 
 
 def test_bare_array_is_not_over_while_a_task_runs_after_its_own_record_ended(torque):
-    _bare(torque)
     text = _set_state(_set_state(fixture("slurm_torque_qstat_f.txt"), "749", "C"), "944", "C")
-    assert torque.parse_status(text)["749[3]"].native == "R (array 749: 1 running, 0 queued)"
-    # Slurm purges 749 300 s after it ended; 945 still runs and still belongs to the array
-    assert torque.parse_status(_drop(text, "749"))["749[3]"].state == JobState.RUNNING
+    first = _bare(torque, text)
+    assert first.statuses["749[3]"].native == "R (array 749: 1 running, 0 queued)"
+    # Slurm purges 749 300 s after it ended; 945 still runs and still belongs to the array (the key its own record
+    # showed is a fact the first answer taught, handed back with the next query)
+    assert _bare(torque, _drop(text, "749"), first.facts).statuses["749[3]"].state == JobState.RUNNING
 
 
 def test_bare_array_ends_when_all_its_tasks_have(torque):
-    _bare(torque)
     text = fixture("slurm_torque_qstat_f.txt")
     for job_id in ("749", "944", "945"):
         text = _set_state(text, job_id, "C")
-    status = torque.parse_status(text)["749[12]"]
+    first = _bare(torque, text)
+    status = first.statuses["749[12]"]
     # 824 (queued, same name, submitted later) is not part of it: else this would still be PENDING
     assert status.state == JobState.COMPLETED and status.exit_code is None
     assert status.native == "C (every task of array 749 has ended; exit status not reported)"
     for job_id in ("749", "757", "758", "943", "944", "945"):
         text = _drop(text, job_id)
-    assert torque.parse_status(text)["749[12]"].state == JobState.COMPLETED  # all purged
+    assert _bare(torque, text, first.facts).statuses["749[12]"].state == JobState.COMPLETED  # all purged
 
 
 def test_bare_array_tasks_cannot_be_cancelled_alone(torque):
-    _bare(torque)
     assert torque.cancel_argv(["749"]) == ["qdel", "749"]  # the whole array
     with pytest.raises(SchedulerError) as info:
         torque.cancel_argv(["749[1]", "749[2]"])
@@ -333,15 +345,16 @@ def test_bad_requests_fail_before_submission(pro):
 
 # -- wiring and helpers ---------------------------------------------------------------------------------------
 def test_make_scheduler_reads_the_flavour():
-    torque = make_scheduler(site_from_mapping("t", {"scheduler": "pbs", "flavour": "torque"}), "/r")
+    torque = scheduler_for(site_from_mapping("t", {"scheduler": "pbs", "flavour": "torque"}), "/r")
     assert isinstance(torque, PBSScheduler) and torque.flavour == "torque"
     assert torque.task_index_expr == "${PBS_ARRAYID:-${SLURM_ARRAY_TASK_ID:-0}}"
-    pro = make_scheduler(site_from_mapping("p", {"scheduler": "pbs"}), "/r")
+    pro = scheduler_for(site_from_mapping("p", {"scheduler": "pbs"}), "/r")
     assert isinstance(pro, PBSScheduler) and pro.flavour == "pbspro" and pro.task_index_expr == "${PBS_ARRAY_INDEX:-0}"
 
 
 def test_helpers():
-    assert walltime_arg(93784) == "26:03:04" and walltime_arg(59) == "00:00:59"
+    hms = [Resources(walltime_s=s).walltime_hms for s in (93784, 59)]  # PBS's walltime, hours past 24
+    assert hms[0] == "26:03:04" and hms[1] == "00:00:59"
     assert expand_range("0-4:2,7") == [0, 2, 4, 7]
     assert expand_range("0-3%2") == [0, 1, 2, 3]
     assert expand_range("") == []
@@ -390,20 +403,19 @@ def test_a_qstat_without_output_paths_cannot_tell_so_nothing_is_submitted_twice(
 
 def _pbs_backend(flavour, steps, monkeypatch):
     monkeypatch.setattr(submit_once, "FIND_BY_TAG_WAITS_S", (0.0, 0.0))
-    t = ScriptedTransport([s if isinstance(s, BaseException) else (s[0], s[1], "") for s in steps])
-    b = Backend(site_from_mapping("p", {"scheduler": "pbs", "flavour": flavour, "workdir": "/w"}), transport=t)
-    return b, t
+    t = ScriptedTransport(steps)
+    return Backend(site_from_mapping("p", {"scheduler": "pbs", "flavour": flavour, "workdir": "/w"}), transport=t), t
 
 
 def test_after_a_drop_during_qsub_the_job_found_by_its_tag_is_not_submitted_again(monkeypatch):
     lost = ConnectionLostError("the SSH connection to hpc dropped while trying to run qsub", maybe_ran=True)
     argv = ["qsub", "-j", "oe", "-o", "/w/aaaa111122223333/log/pbs.out", "/w/aaaa111122223333/script.sh"]
-    b, t = _pbs_backend("torque", [lost, (0, ""), (0, TORQUE_TAGGED)], monkeypatch)
+    b, t = _pbs_backend("torque", [lost, (0, "", ""), (0, TORQUE_TAGGED, "")], monkeypatch)
     out = b.run_checked(argv, "submit the job", tag="aaaa111122223333")
     assert b.scheduler.parse_submit(out.stdout) == "1400.torque-server"
     assert t.calls == [argv, ["qstat", "-f"], ["qstat", "-f"]]  # not yet listed, then found: one qsub only
     # on the wrappers (no Output_Path) the drop is reported, and qsub is not run again
-    b, t = _pbs_backend("torque", [lost, (0, fixture("slurm_torque_qstat_f.txt"))], monkeypatch)
+    b, t = _pbs_backend("torque", [lost, (0, fixture("slurm_torque_qstat_f.txt"), "")], monkeypatch)
     with pytest.raises(ConnectionLostError, match="cannot be told"):
         b.run_checked(argv, "submit the job", tag="aaaa111122223333")
     assert t.calls == [argv, ["qstat", "-f"]]
@@ -412,3 +424,14 @@ def test_after_a_drop_during_qsub_the_job_found_by_its_tag_is_not_submitted_agai
     with pytest.raises(ConnectionLostError, match=r"its output goes to \.\.\./aaaa111122223333/log/pbs.out: see "
                        r"`qstat -f` \(Output_Path\)"):
         b.run_checked(argv, "submit the job", tag="aaaa111122223333")
+
+
+def test_a_bare_arrays_answer_replays_from_its_facts_alone():
+    """The adapter keeps nothing between calls: a fresh one given the same query, answer and facts says the same."""
+    text = _set_state(_set_state(fixture("slurm_torque_qstat_f.txt"), "749", "C"), "944", "C")
+    learned = _bare(PBSScheduler("torque"), text).facts
+    assert learned is not None and set(learned.bare_array_keys) == {"749"}
+    again = _bare(PBSScheduler("torque"), _drop(text, "749"), learned)
+    assert again.statuses["749[3]"].native == "R (array 749: 1 running, 0 queued)" and again.facts is None
+    # without the fact, the split-off task 945 cannot be told from other jobs: the group looks over
+    assert _bare(PBSScheduler("torque"), _drop(text, "749")).statuses["749[3]"].state == JobState.COMPLETED

@@ -1,8 +1,9 @@
 """Parsers of Slurm's output, on output recorded from Slurm 22.05 (sacct --parsable2, squeue, scontrol)."""
 
-from hpcbridge.schedulers.base import NativeStatus, expand_array_id
+from hpcbridge.schedulers.base import ClusterFacts, NativeStatus, Verdict, expand_array_id
 from hpcbridge.schedulers.slurm import SlurmScheduler, normalise, walltime_arg
 from hpcbridge.state import JobState
+from hpcbridge.transport.base import Completed
 
 SACCT = """\
 41|COMPLETED|0:0|node1
@@ -19,8 +20,14 @@ SACCT = """\
 """
 
 
+def parse(scheduler, stdout, ids=("41",), code=0, stderr="", facts=None):
+    """The adapter's answer to ``stdout``, for the query it would make with ``facts`` (the site's by default)."""
+    query = scheduler.status_query(list(ids), 0, 0, facts or scheduler.initial_facts())
+    return scheduler.parse_status(query, Completed(query.argv, code, stdout, stderr))
+
+
 def test_sacct_parsable_output_with_arrays_steps_and_ranges():
-    st = SlurmScheduler(accounting=True).parse_status(SACCT)
+    st = parse(SlurmScheduler(accounting=True), SACCT).statuses
     assert st["41"].state == JobState.COMPLETED and st["41"].exit_code == 0
     assert st["42_1"].state == JobState.FAILED and st["42_1"].exit_code == 1
     assert st["42_2"].state == JobState.CANCELLED and st["42_2"].native == "CANCELLED by 2001"
@@ -37,7 +44,7 @@ def test_sacct_parsable_output_with_arrays_steps_and_ranges():
 
 def test_squeue_output_when_accounting_is_off():
     out = "50_0|COMPLETED|None|node1\n50_1|RUNNING|None|node2\n50_[2-3]|PENDING|Resources|\n"
-    st = SlurmScheduler(accounting=False).parse_status(out)
+    st = parse(SlurmScheduler(accounting=False), out).statuses
     assert st["50_0"].state == JobState.COMPLETED
     assert st["50_1"].state == JobState.RUNNING
     assert st["50_3"].state == JobState.PENDING and st["50_3"].reason == "Resources"
@@ -54,12 +61,27 @@ def test_scontrol_show_job_oneliner():
 
 
 def test_status_query_is_one_command_with_only_the_needed_fields():
-    argv = SlurmScheduler(accounting=True).status_argv(["41", "42"], 1_700_000_000)
+    argv = SlurmScheduler(accounting=True).status_query(["41", "42"], 1_700_000_000, 1_700_000_060, ClusterFacts()).argv
     assert argv[0] == "sacct" and "--jobs=41,42" in argv and "--format=JobID,State,ExitCode,NodeList" in argv
     assert "--parsable2" in argv and "--allocations" in argv and any(a.startswith("--starttime=") for a in argv)
     assert not any("json" in a for a in argv)
-    argv = SlurmScheduler(accounting=False).status_argv(["41"], 0)
+    assert "--starttime=now-660" in argv  # the oldest submission's age by the client's clock, plus 10 minutes
+    argv = SlurmScheduler(accounting=False).status_query(["41"], 0, 0, ClusterFacts(accounting=False)).argv
     assert argv[:2] == ["squeue", "--noheader"] and "--array" in argv and "--states=all" in argv
+
+
+def test_a_failed_status_command_is_data():
+    """What a non-zero exit means comes back in the answer, with what it taught (nothing is kept in the adapter)."""
+    s = SlurmScheduler(accounting=True)
+    off = parse(s, "", code=1, stderr="sacct: error: Slurm accounting storage is disabled\n")
+    assert off.verdict is Verdict.ASK_AGAIN and off.facts == ClusterFacts(accounting=False)
+    assert off.note.startswith("it has no Slurm accounting; using squeue and scontrol show job")
+    assert s.accounting is True and s.initial_facts() == ClusterFacts(accounting=True)
+    assert parse(s, "", code=1, stderr="sacct: error: Problem talking to the database\n").verdict is Verdict.RETRY
+    forgotten = parse(s, "", code=1, stderr="slurm_load_jobs error: Invalid job id specified\n", facts=off.facts)
+    assert forgotten.verdict is Verdict.ANSWERED and forgotten.statuses == {} and forgotten.facts is None
+    assert s.show_job_argv("12", ClusterFacts()) is None  # sacct has every job
+    assert s.show_job_argv("12", off.facts) == ["scontrol", "--oneliner", "show", "job", "12"]
 
 
 def test_parse_submit_handles_cluster_suffix_and_warnings():

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from hpcbridge.errors import ConfigError
+from hpcbridge.schedulers.slurm import SlurmScheduler
 from hpcbridge.sites import Site
 from hpcbridge.transport import make_transport
 from hpcbridge.transport.local import LocalTransport
@@ -29,7 +30,7 @@ def test_an_ssh_site_gets_an_ssh_transport_with_its_endpoint_resolved(tmp_path: 
         assert isinstance(t, SSHTransport)
         assert t.spec == host_spec(site.ssh, site_name="hpc")
         assert (t.spec.hostname, t.spec.user, t.spec.port, t.spec.connect_timeout_s) == ("10.1.2.3", "alice", 2222, 4.0)
-        assert t.safe_commands == SAFE_COMMANDS
+        assert t.safe_commands == SAFE_COMMANDS | SlurmScheduler.safe_commands  # generic reads + the scheduler's
         assert t.stats.connects == 0  # connecting waits for the first command
     finally:
         t.close()

@@ -14,15 +14,11 @@ from ...errors import ConfigError
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _USER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
-#: commands without side effects: retried on a new connection when the old one dropped (the transport's default;
-#: ``scontrol show`` is recognised by :func:`is_safe` itself)
+#: commands without side effects on any cluster: retried on a new connection when the old one dropped. Each
+#: scheduler adapter adds its own queries (``Scheduler.safe_commands``; ``make_transport`` joins them)
 SAFE_COMMANDS = frozenset(
-    {
-        "sacct", "squeue", "sinfo", "sshare", "sprio", "sstat", "sdiag",
-        "qstat", "pbsnodes", "tracejob",
-        "true", "hostname", "uname", "id", "whoami", "cat", "ls", "stat", "test", "echo", "printf", "pwd",
-    }
-)  # fmt: skip
+    {"true", "hostname", "uname", "id", "whoami", "cat", "ls", "stat", "test", "echo", "printf", "pwd"}
+)
 
 
 def command_line(script: str, args: Sequence[str], marker: str) -> str:
@@ -97,11 +93,14 @@ def umask_for(mode: int) -> str:
 
 
 def is_safe(argv: Sequence[str], safe_commands: AbstractSet[str] = SAFE_COMMANDS) -> bool:
-    """Whether a command can be run again after a drop without doing anything twice (reads and queries)."""
+    """Whether a command can be run again after a drop without doing anything twice (reads and queries).
+
+    An entry of two words, ``"scontrol show"``, allows a program with that first word (options before it are
+    skipped: ``scontrol --oneliner show job 5``)."""
     if not argv:
         return False
     name = posixpath.basename(argv[0])
-    if name == "scontrol":  # `scontrol show ...` / `scontrol --oneliner show ...` only
-        words = [a for a in argv[1:3] if not a.startswith("-")]
-        return bool(words) and words[0] == "show"
-    return name in safe_commands
+    if name in safe_commands:
+        return True
+    words = [a for a in argv[1:3] if not a.startswith("-")]
+    return bool(words) and f"{name} {words[0]}" in safe_commands

@@ -1,5 +1,5 @@
 #!/bin/bash
-#LOCAL --ntasks=1
+#LOCAL --array-size=1
 #LOCAL --array=0
 #LOCAL --parallel=4
 #LOCAL --chdir=/

@@ -1,11 +1,13 @@
 """A tiny batch system for the built-in ``local`` site: same shape as sbatch/sacct/scancel.
 
-    python -m hpcbridge._localsched submit SCRIPT        -> prints the job id (the folder's name)
-    python -m hpcbridge._localsched status --root R IDS  -> 'id|STATE|exit' per task
-    python -m hpcbridge._localsched cancel --root R IDS
+    python -m hpcbridge.schedulers.local_runner submit SCRIPT        -> prints the job id (the folder's name)
+    python -m hpcbridge.schedulers.local_runner status --root R IDS  -> 'id|STATE|exit' per task
+    python -m hpcbridge.schedulers.local_runner cancel --root R IDS
 
-The script's ``#LOCAL --ntasks=N`` and ``#LOCAL --parallel=P`` lines say how many tasks to run and how many at
-once. Each task runs ``bash SCRIPT`` with HPCBRIDGE_TASK set, stdout/stderr to log/<task>.out/.err.
+The script's ``#LOCAL --array-size=N`` and ``#LOCAL --parallel=P`` lines say how many tasks to run and how many at
+once (P defaults to the machine's CPUs). Each task runs ``bash SCRIPT`` with HPCBRIDGE_TASK set, stdout/stderr to
+log/<task>.out/.err. Not an adapter (that is :mod:`hpcbridge.schedulers.local`): this is the batch system itself,
+run on the cluster side, so it reads files and the clock.
 """
 
 from __future__ import annotations
@@ -19,10 +21,15 @@ import threading
 import time
 from typing import Dict, List, Optional
 
-from hpcbridge.store import write_atomic
+from hpcbridge._proc import kill_group
+from hpcbridge.store import JobFolder, write_atomic
+
+#: the script's directive with the number of tasks (``ntasks`` in scripts of hpcbridge 0.1.0 and before)
+_SIZE_KEYS = ("array-size", "ntasks")
 
 
 def _directives(script: str) -> Dict[str, str]:
+    """The ``#LOCAL --key=value`` lines of ``script``."""
     out: Dict[str, str] = {}
     with open(script) as fh:
         for line in fh:
@@ -32,18 +39,23 @@ def _directives(script: str) -> Dict[str, str]:
     return out
 
 
+def _array_size(directives: Dict[str, str]) -> int:
+    return int(next((directives[k] for k in _SIZE_KEYS if k in directives), "1"))
+
+
 def submit(script: str) -> int:
     folder = os.path.dirname(os.path.abspath(script))
     state = os.path.join(folder, "local")
     os.makedirs(state, mode=0o700, exist_ok=True)
     with open(os.path.join(state, "runner.log"), "ab") as log:
+        # in this command's directory, not the job folder: ``-m`` then finds the hpcbridge this command runs (a
+        # checkout's, before an installed one); the runner uses absolute paths and gives each task its own cwd
         proc = subprocess.Popen(  # noqa: S603 - argv list
-            [sys.executable, "-m", "hpcbridge._localsched", "run", script],
+            [sys.executable, "-m", "hpcbridge.schedulers.local_runner", "run", os.path.abspath(script)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
             start_new_session=True,
-            cwd=folder,
         )
     write_atomic(os.path.join(state, "runner.pid"), str(proc.pid).encode())
     print(os.path.basename(folder))
@@ -53,11 +65,12 @@ def submit(script: str) -> int:
 def run(script: str) -> int:
     folder = os.path.dirname(os.path.abspath(script))
     d = _directives(script)
-    ntasks = int(d.get("ntasks", "1"))
+    size = _array_size(d)
     parallel = max(1, int(d.get("parallel", str(os.cpu_count() or 1))))
     workdir = d.get("chdir") or folder
     state = os.path.join(folder, "local")
-    pending = list(range(ntasks))
+    paths = JobFolder(folder)
+    pending = list(range(size))
     lock = threading.Lock()
 
     def worker() -> None:
@@ -70,9 +83,7 @@ def run(script: str) -> int:
                 continue  # cancelled before it started
             write_atomic(os.path.join(state, f"{task}.start"), b"")
             env = dict(os.environ, HPCBRIDGE_TASK=str(task))
-            with open(os.path.join(folder, "log", f"{task}.out"), "ab") as out, open(
-                os.path.join(folder, "log", f"{task}.err"), "ab"
-            ) as err:
+            with open(paths.log(task, "out"), "ab") as out, open(paths.log(task, "err"), "ab") as err:
                 # each task in its own process group, so that one task can be cancelled alone
                 proc = subprocess.Popen(  # noqa: S603
                     ["bash", script], stdout=out, stderr=err, env=env, cwd=workdir, start_new_session=True  # noqa: S607
@@ -81,7 +92,7 @@ def run(script: str) -> int:
                 code = proc.wait()
             write_atomic(os.path.join(state, f"{task}.exit"), str(code).encode())
 
-    threads = [threading.Thread(target=worker) for _ in range(min(parallel, ntasks))]
+    threads = [threading.Thread(target=worker) for _ in range(min(parallel, size))]
     for t in threads:
         t.start()
     for t in threads:
@@ -118,13 +129,13 @@ def status(root: str, ids: List[str]) -> int:
         state = os.path.join(folder, "local")
         if not os.path.isdir(state):
             continue
-        script = os.path.join(folder, "script.sh")
-        ntasks = int(_directives(script).get("ntasks", "1"))
-        is_array = _directives(script).get("array") == "1"
+        directives = _directives(JobFolder(folder).script)
+        size = _array_size(directives)
+        is_array = directives.get("array") == "1"
         pid = _runner_pid(state)
         alive = pid is not None and _alive(pid, job_id)
         all_cancelled = os.path.exists(os.path.join(state, "cancelled"))
-        for task in range(ntasks):
+        for task in range(size):
             task_id = f"{job_id}_{task}" if is_array else job_id
             cancelled = all_cancelled or os.path.exists(os.path.join(state, f"cancelled.{task}"))
             try:
@@ -147,11 +158,6 @@ def status(root: str, ids: List[str]) -> int:
     return 0
 
 
-def _kill_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
 def _stop_tasks(state: str, tasks: List[int]) -> None:
     """SIGTERM the process groups of these tasks, SIGKILL what is left after 3 s."""
     pids = []
@@ -159,13 +165,13 @@ def _stop_tasks(state: str, tasks: List[int]) -> None:
         with contextlib.suppress(OSError, ValueError), open(os.path.join(state, f"{task}.pid")) as fh:
             pids.append(int(fh.read().strip()))
     for pid in pids:
-        _kill_group(pid, signal.SIGTERM)
+        kill_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + 3
     while pids and time.monotonic() < deadline:
         pids = [p for p in pids if _alive(p, "")]
         time.sleep(0.05)
     for pid in pids:
-        _kill_group(pid, signal.SIGKILL)
+        kill_group(pid, signal.SIGKILL)
 
 
 def cancel(root: str, ids: List[str]) -> int:
@@ -178,7 +184,7 @@ def cancel(root: str, ids: List[str]) -> int:
             print(f"cancel: no such local job {job_id}", file=sys.stderr)
             status = 1
             continue
-        ntasks = int(_directives(os.path.join(root, base, "script.sh")).get("ntasks", "1"))
+        size = _array_size(_directives(JobFolder(os.path.join(root, base)).script))
         if task_text:
             write_atomic(os.path.join(state, f"cancelled.{int(task_text)}"), b"")
             _stop_tasks(state, [int(task_text)])
@@ -186,8 +192,8 @@ def cancel(root: str, ids: List[str]) -> int:
         write_atomic(os.path.join(state, "cancelled"), b"")
         pid = _runner_pid(state)
         if pid is not None and _alive(pid, base):
-            _kill_group(pid, signal.SIGTERM)  # the runner starts no more tasks
-        _stop_tasks(state, list(range(ntasks)))
+            kill_group(pid, signal.SIGTERM)  # the runner starts no more tasks
+        _stop_tasks(state, list(range(size)))
     return status
 
 
