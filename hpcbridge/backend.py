@@ -16,6 +16,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from . import remote_env, submit_once
 from .errors import ConfigError, TransportError
 from .job import Job
+from .jobenv import RANK_VAR, TASK_VAR
 from .poll import Poller
 from .registry import Registry
 from .schedulers import scheduler_for, scrub_prefixes
@@ -30,7 +31,7 @@ log = logging.getLogger("hpcbridge")
 #: Variables of an enclosing job that must not leak into a new submission (JupyterHub-on-HPC notebooks run
 #: inside a job): its MPI launch's (srun's PMI, OpenMPI's mpirun), with each scheduler's own (its scrub_prefixes).
 SCRUB_PREFIXES = ("PMI_", "PMIX_", "OMPI_COMM_WORLD_")
-SCRUB_NAMES = ("HPCBRIDGE_TASK", "HPCBRIDGE_RANK")
+SCRUB_NAMES = (TASK_VAR, RANK_VAR)
 
 
 def clean_env(environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:

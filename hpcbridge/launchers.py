@@ -23,6 +23,7 @@ import json
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import ConfigError, ResourceError
+from .jobenv import BIND_GPUS_VAR, LAUNCHER_VAR, NCCL_ENV_VAR
 from .ports import DEFAULT_PORT_RANGE
 from .schedulers import scheduler_class
 from .spec import LAUNCHERS, Resources
@@ -97,14 +98,14 @@ def plan(site: Site, res: Resources, folder: str, tag: str) -> Tuple[List[str], 
     worker = worker_argv(site.python, folder)
     env: Dict[str, str] = {}
     if site.nccl and (res.launcher or res.gpus_per_node):
-        env["HPCBRIDGE_NCCL_ENV"] = json.dumps(dict(sorted(site.nccl.items())), separators=(",", ":"))
+        env[NCCL_ENV_VAR] = json.dumps(dict(sorted(site.nccl.items())), separators=(",", ":"))
     if not res.launcher:
         return worker, env
     if res.launcher in ("srun", "mpirun"):
         env.update(options["mpi_env"])
-    env["HPCBRIDGE_LAUNCHER"] = res.launcher
+    env[LAUNCHER_VAR] = res.launcher
     if res.gpus_per_node and res.launcher in ("srun", "mpirun") and options.get("bind_gpus", True):
-        env["HPCBRIDGE_BIND_GPUS"] = str(res.gpus_per_node)
+        env[BIND_GPUS_VAR] = str(res.gpus_per_node)
     launch = launcher_argv(
         res.launcher,
         res,

@@ -22,6 +22,7 @@ import time
 from typing import Dict, List, Optional
 
 from hpcbridge._proc import kill_group
+from hpcbridge.jobenv import TASK_VAR
 from hpcbridge.store import JobFolder, write_atomic
 
 #: the script's directive with the number of tasks (``ntasks`` in scripts of hpcbridge 0.1.0 and before)
@@ -82,7 +83,7 @@ def run(script: str) -> int:
             if os.path.exists(os.path.join(state, f"cancelled.{task}")):
                 continue  # cancelled before it started
             write_atomic(os.path.join(state, f"{task}.start"), b"")
-            env = dict(os.environ, HPCBRIDGE_TASK=str(task))
+            env = {**os.environ, TASK_VAR: str(task)}
             with open(paths.log(task, "out"), "ab") as out, open(paths.log(task, "err"), "ab") as err:
                 # each task in its own process group, so that one task can be cancelled alone
                 proc = subprocess.Popen(  # noqa: S603

@@ -13,6 +13,7 @@ import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import ConfigError, ResourceError
+from ..schedulers import SCHEDULERS
 from ..spec import RESOURCE_NAMES, Resources, did_you_mean, parse_mem_gb, parse_walltime, resources_from
 from .source import Source
 
@@ -92,7 +93,7 @@ DISTRIBUTED: Dict[str, Key] = {
 #: Every top-level key, in the order `hpcbridge sites show` prints them.
 SCHEMA: Dict[str, Key] = {
     "description": Key("str", "one line for `hpcbridge sites list`"),
-    "scheduler": Key("str", "the batch system", choices=("slurm", "pbs", "local")),
+    "scheduler": Key("str", "the batch system", choices=tuple(SCHEDULERS)),
     "flavour": Key("str", "variant of the batch system (PBS: pbspro or torque)", choices=("", "pbspro", "torque")),
     "transport": Key("str", "how commands reach the cluster", choices=("local", "ssh")),
     "ssh": Key("table", "connection settings when transport = 'ssh'", keys=SSH),
