@@ -17,7 +17,7 @@ from .render import render
 from .schedulers.base import Scheduler, ScriptRequest
 from .sites import Site
 from .spec import Resources
-from .store import SAFE_PATH
+from .store import SAFE_PATH, JobFolder
 
 
 def script_context(
@@ -50,7 +50,8 @@ def script_context(
         "command": command,
         "site": site.name,
         "resources": res,
-        "folder": folder,  # the job folder (the pbs template writes each task's log files there)
+        "folder": folder,  # the job folder
+        "logs_dir": JobFolder(folder).logs_dir,  # where the pbs template writes each task's log files
         "workdir": workdir,  # the directory the job starts in (None: the scheduler's default)
     }
 

@@ -7,7 +7,8 @@ A submission folder ``<workdir>/<tag>/`` holds::
     inputs.bin              every task's pickled calls in one file (index + blobs)
     meta.json               what was submitted (for attach and the CLI)
     res/<task>.<rank>.pkl   one result file per task and rank, written atomically
-    log/<task>.out|.err     scheduler-captured stdout/stderr (PBS: log/pbs.out, then per task)
+    log/<task>.out|.err     scheduler-captured stdout/stderr (PBS: log/pbs.out, then per task; log/nodefile.<task>
+                            where the PBS template writes a node file from Slurm's node list)
     rdv/<task>.json         multi-rank jobs: the master address and port the launch step chose
     submitted[.out|.err|.rc]  the submit command's marker and its record (exactly-once submission)
 """

@@ -187,3 +187,16 @@ def test_no_scheduler_names_outside_schedulers():
         if branch.search(line)
     ]
     assert not found, "\n".join(found)
+
+
+def test_adapters_read_no_clock_environment_or_files():
+    """The adapters are functions of their inputs (the local site's runner, a cluster-side program, is not one)."""
+    reads = re.compile(r"\btime\.(time|monotonic)\(|os\.environ|\bopen\(|os\.getcwd|os\.cpu_count|datetime\.now")
+    found = [
+        f"{m}: {line.strip()}"
+        for m, p in sorted(MODULES.items())
+        if m.startswith("hpcbridge.schedulers") and m != "hpcbridge.schedulers.local_runner"
+        for line in open(p)
+        if reads.search(line)
+    ]
+    assert not found, "\n".join(found)
