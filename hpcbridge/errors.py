@@ -11,6 +11,7 @@ Tree::
     │   └── HostlistError           a Slurm hostlist expression that cannot be read
     ├── SerializationError          the function or an argument cannot be pickled
     ├── RemoteEnvironmentError      cluster-side python / cloudpickle / hpcbridge missing or mismatched
+    ├── UsageError                  the API used in a way that cannot work (a nested batch() block)
     ├── JobNotFoundError            attach / the CLI: no job by that id (exit code 4 in the CLI)
     ├── RendezvousError             in the job: no master address or port could be agreed
     ├── UserCommandError            in the job: the command or script of ``hpcbridge submit`` exited non-zero
@@ -69,6 +70,10 @@ class SerializationError(HpcBridgeError, TypeError):
 
 class RemoteEnvironmentError(HpcBridgeError):
     """The cluster-side Python environment cannot run hpcbridge jobs."""
+
+
+class UsageError(HpcBridgeError, RuntimeError):
+    """The API was used in a way that cannot work (a ``batch()`` block inside another)."""
 
 
 class JobNotFoundError(HpcBridgeError, LookupError):

@@ -20,7 +20,7 @@ from .after import dependency_ids
 from .attaching import attach as attach  # re-exported: hpcbridge.executor.attach keeps working
 from .backend import Backend
 from .display import describe, progress_for
-from .errors import HpcBridgeError, TransportError
+from .errors import HpcBridgeError, ResourceError, TransportError, UsageError
 from .group import JobGroup, cancel_jobs
 from .job import Job, mark_cancelled
 from .launchers import with_site_launcher
@@ -87,7 +87,7 @@ class Executor(concurrent.futures.Executor):
         Returns a :class:`~hpcbridge.group.JobGroup`: a list of jobs that also displays as a table in Jupyter.
         """
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
-            raise ValueError(f"chunksize={chunksize!r} must be a whole number >= 1")
+            raise ResourceError(f"chunksize={chunksize!r} must be a whole number >= 1 (the calls per array task)")
         calls: List[Call] = [(fn, tuple(args), {}) for args in zip(*iterables)]
         if not calls:
             return JobGroup()
@@ -135,7 +135,8 @@ class Executor(concurrent.futures.Executor):
         raised.
         """
         if self._batch is not None:
-            raise RuntimeError("executor.batch() blocks cannot be nested")
+            raise UsageError("executor.batch() blocks cannot be nested: end the outer block first (its jobs are "
+                             "submitted when it ends), or gather every call in one block")
         self._batch = []
         try:
             yield self

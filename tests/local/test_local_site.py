@@ -472,3 +472,25 @@ def test_without_a_users_template_the_built_in_one_is_used(tmp_path, monkeypatch
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "empty-config"))
     script = Executor(site="local", folder=str(tmp_path / "jobs")).render(square, 5)
     assert "# my own template" not in script and "\n# hpcbridge " in script
+
+
+# -- usage errors: clear, before anything is submitted ----------------------------------------------------------
+@pytest.mark.parametrize("chunksize", [0, -1, True, 2.0, "3"])
+def test_a_chunksize_that_is_not_a_whole_number_of_calls_is_refused(ex, chunksize):
+    from hpcbridge.errors import ResourceError
+
+    with pytest.raises(ResourceError, match=rf"chunksize={chunksize!r} must be a whole number >= 1 \(the calls per "):
+        ex.map_jobs(abs, range(4), chunksize=chunksize)
+    assert ex._submissions == []  # nothing was submitted
+
+
+def test_a_batch_inside_a_batch_is_refused_and_the_outer_one_still_submits(ex):
+    from hpcbridge.errors import HpcBridgeError, UsageError
+
+    with ex.batch():
+        first = ex.submit(abs, -1)
+        with pytest.raises(UsageError, match=r"executor.batch\(\) blocks cannot be nested: end the outer block") as err:
+            with ex.batch():
+                pass  # pragma: no cover
+        assert isinstance(err.value, HpcBridgeError)
+    assert first.result(timeout=60) == 1

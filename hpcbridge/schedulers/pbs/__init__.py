@@ -36,7 +36,7 @@ import posixpath
 import re
 from typing import Dict, List, Mapping, Optional, Sequence
 
-from ...errors import ConnectionLostError, ResourceError, SchedulerError
+from ...errors import ConfigError, ConnectionLostError, ResourceError, SchedulerError
 from ...spec import Resources
 from ...state import JobState
 from ...store import JobFolder
@@ -80,7 +80,7 @@ class PBSScheduler(Scheduler):
 
     def __init__(self, flavour: str = "pbspro") -> None:
         if flavour not in FLAVOURS:
-            raise ValueError(f"PBS flavour {flavour!r}: use one of {', '.join(FLAVOURS)}")
+            raise ConfigError(f"PBS flavour {flavour!r}: use one of {', '.join(FLAVOURS)}")
         self.flavour = flavour
         #: shell expression giving the task index; Torque-compatible layers over Slurm set no PBS_* variables
         self.task_index_expr = (
