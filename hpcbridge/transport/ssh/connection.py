@@ -163,18 +163,18 @@ class Connection:
                     unreachable_message(spec, f"the SSH handshake failed ({exc or type(exc).__name__})")
                 ) from exc
             hostkeys.check_host_key(spec, t.get_remote_server_key(), known)
-            try:
-                self.auth_method = authenticate(spec, t, self._keys)
-            finally:
-                # the pre-login banner (sshd's Banner): kept for whoever wants to show it, never mixed with output
-                if spec is self.spec:
-                    self.banner = t.get_banner()
+            # the pre-login banner (sshd's Banner) of the login node: kept for whoever wants to show it, never
+            # mixed with output
+            self.auth_method = authenticate(spec, t, self._keys, self._keep_banner if spec is self.spec else None)
             if spec.keepalive_s > 0:
                 t.set_keepalive(max(1, int(spec.keepalive_s)))
         except BaseException:
             t.close()
             raise
         return t
+
+    def _keep_banner(self, banner: Optional[bytes]) -> None:
+        self.banner = banner
 
     def _drop(self) -> None:
         """Forget a dead connection (closing what is left of it)."""
