@@ -175,9 +175,9 @@ class Scheduler(abc.ABC):
     def parse_submit(self, stdout: str) -> str:
         """The job id from the submit command's output."""
 
-    @abc.abstractmethod
     def task_id(self, job_id: str, index: int, is_array: bool) -> str:
-        """The id under which the scheduler reports task ``index`` of a submission."""
+        """The id under which the scheduler reports task ``index`` of a submission (default: Slurm's ``123_4``)."""
+        return f"{job_id}_{index}" if is_array else job_id
 
     @abc.abstractmethod
     def status_query(
