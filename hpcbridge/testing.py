@@ -27,7 +27,8 @@ A transport answers commands in one of two ways, which may be mixed: ``steps`` (
 program name, ``argv[0]``: the same kind of value, or a callable given the argv that returns one). Steps come first;
 a command that neither covers fails the test with an :class:`AssertionError` that names it. A submit command run
 exactly once under its marker (:data:`hpcbridge.submit_once.SUBMIT_ONCE`) is answered by the name of the command it
-wraps (``sbatch``), and its marker and record are written as the real wrapper writes them.
+wraps (``sbatch``), and its marker and record are written as the real wrapper writes them (unless ``answers`` has
+one for ``/bin/sh`` itself).
 
 Files live in ``files`` (path -> bytes); ``file_steps`` are merged into it one per :meth:`read_files` call, to script
 files that appear over time (a result, a submit record), or raised (a connection that drops while reading).
@@ -106,7 +107,7 @@ class ScriptedTransport:
         step: Step
         if self.steps:
             step = self.steps.pop(0)
-        elif argv[:3] == ["/bin/sh", "-c", SUBMIT_ONCE] and len(argv) > 5:
+        elif argv[:3] == ["/bin/sh", "-c", SUBMIT_ONCE] and len(argv) > 5 and "/bin/sh" not in self.answers:
             return self._submit_once(argv, argv[4], argv[5:])
         else:
             step = self._answer(argv)
