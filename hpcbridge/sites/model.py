@@ -11,6 +11,7 @@ import sys
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..errors import ConfigError, ResourceError
+from ..schedulers import scheduler_class
 from ..spec import Resources, parse_mem_gb, parse_walltime, resources_from
 from .limits import Partition, check_limits, default_partition
 from .schema import SCHEMA, validate
@@ -61,7 +62,10 @@ class Site:
         return default_partition(self.partitions)
 
     def check_resources(self, res: Resources) -> None:
-        """Raise :class:`ResourceError` when ``res`` exceeds its partition's limits, naming partitions that fit."""
+        """Raise :class:`ResourceError` for a resource the site's scheduler cannot give (its adapter's
+        ``check_resources``: the local site has no partitions, accounts, QOS, GPUs or directives), or when ``res``
+        exceeds its partition's limits, naming partitions that fit."""
+        scheduler_class(self.scheduler).check_resources(res)
         check_limits(self.name, self.partitions, res)
 
     def where(self, key: str) -> str:
