@@ -77,7 +77,8 @@ class ClusterFacts:
     :class:`StatusAnswer`; the backend holds the current facts and hands them back.
     """
 
-    #: whether the cluster keeps accounting (Slurm: sacct answers); False once the scheduler said it does not
+    #: whether the cluster keeps finished jobs' records (Slurm: sacct answers, False once the scheduler said it does
+    #: not; PBS Pro: job history, ``qstat -x``), as the site-config's ``accounting`` says at first
     accounting: bool = True
     #: bare arrays of the Torque-compatible wrappers: array id -> (Job_Name, Job_Owner, qtime) of its own record,
     #: which its split-off tasks share (kept because the array's own record leaves qstat before its tasks do)
@@ -126,7 +127,7 @@ class Scheduler(abc.ABC):
     have defaults that an adapter overrides for what its scheduler can do: run a submission again that never
     reached it, find a job by its tag, tell a failed query from a partial answer, and give news of a task the
     status answer no longer lists. The class attributes say what differs between schedulers elsewhere
-    (launchers, ``after=``, the environment scrubbed at submission, the commands safe to retry over SSH).
+    (flavours, launchers, ``after=``, the environment scrubbed at submission, the commands safe to retry over SSH).
     """
 
     name: str
@@ -135,6 +136,8 @@ class Scheduler(abc.ABC):
     task_index_expr: str
     #: stderr fragments of a command that never reached the scheduler: running it again is safe
     not_sent_errors: Tuple[str, ...] = ()
+    #: the variants a site-config's ``flavour`` may name (none: ``flavour`` is refused for this scheduler)
+    flavours: Tuple[str, ...] = ()
     #: whether jobs can wait for others (``after=``)
     supports_after: bool = False
     #: the launchers its jobs can run (``launcher=``)
@@ -199,9 +202,9 @@ class Scheduler(abc.ABC):
     def parse_submit(self, stdout: str) -> str:
         """The job id from the submit command's output."""
 
-    @abc.abstractmethod
     def task_id(self, job_id: str, index: int, is_array: bool) -> str:
-        """The id under which the scheduler reports task ``index`` of a submission."""
+        """The id under which the scheduler reports task ``index`` of a submission (default: Slurm's ``123_4``)."""
+        return f"{job_id}_{index}" if is_array else job_id
 
     @abc.abstractmethod
     def status_query(

@@ -104,9 +104,6 @@ class LocalScheduler(Scheduler):
             raise SchedulerError("the local runner printed no job id")
         return lines[-1].strip()
 
-    def task_id(self, job_id: str, index: int, is_array: bool) -> str:
-        return f"{job_id}_{index}" if is_array else job_id
-
     def status_query(
         self,
         job_ids: Sequence[str],
