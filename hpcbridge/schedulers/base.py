@@ -8,7 +8,8 @@ import enum
 import re
 from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Protocol, Sequence, Tuple
 
-from ..spec import Resources
+from ..errors import ResourceError
+from ..spec import RESOURCE_NAMES, Resources
 from ..state import JobState
 
 
@@ -147,6 +148,11 @@ class Scheduler(abc.ABC):
     hostfile: bool = False
     #: whether every job runs on this one machine (nodes=1 only)
     one_machine: bool = False
+    #: the resources (Executor keywords) its jobs can be given; another one set to anything but its default is
+    #: refused before anything is submitted (:meth:`check_resources`), with its reason in ``why_not``
+    supported_resources: FrozenSet[str] = frozenset(RESOURCE_NAMES)
+    #: resource -> why its jobs cannot be given it, and what to do instead (the end of the error message)
+    why_not: Mapping[str, str] = {}
     #: prefixes of the variables an enclosing job of this scheduler sets: never passed on to a new submission
     scrub_prefixes: Tuple[str, ...] = ()
     #: its commands without side effects: safe to run again after a dropped connection
@@ -161,6 +167,24 @@ class Scheduler(abc.ABC):
     def default_launcher(cls, res: Resources) -> Optional[str]:
         """The launcher of a job whose launcher was not chosen (None: the callable runs once)."""
         return None
+
+    @classmethod
+    def check_resources(cls, res: Resources) -> None:
+        """Raise :class:`ResourceError` for a resource its jobs cannot be given: more than one node on a one-machine
+        site, or one outside :attr:`supported_resources` that is set (its value is not the default)."""
+        if cls.one_machine and res.nodes > 1:
+            raise ResourceError(
+                f"nodes={res.nodes}: the {cls.name} site is one machine; use nodes=1, or a cluster site for more"
+            )
+        blank = Resources()
+        for key in RESOURCE_NAMES:
+            field = "walltime_s" if key == "walltime" else key
+            value = getattr(res, field)
+            if key in cls.supported_resources or value == getattr(blank, field):
+                continue
+            shown = res.walltime_hms if key == "walltime" else list(value) if isinstance(value, tuple) else value
+            why = cls.why_not.get(key, f"the {cls.name} scheduler cannot give it; drop it")
+            raise ResourceError(f"{key}={shown!r}: {why}")
 
     def initial_facts(self) -> ClusterFacts:
         """The facts to start from (what the site-config says), before any answer."""

@@ -64,7 +64,10 @@ class Site:
         return default_partition(self.partitions)
 
     def check_resources(self, res: Resources) -> None:
-        """Raise :class:`ResourceError` when ``res`` exceeds its partition's limits, naming partitions that fit."""
+        """Raise :class:`ResourceError` for a resource the site's scheduler cannot give (its adapter's
+        ``check_resources``: the local site has no partitions, accounts, QOS, GPUs or directives), or when ``res``
+        exceeds its partition's limits, naming partitions that fit."""
+        scheduler_class(self.scheduler).check_resources(res)
         check_limits(self.name, self.partitions, res)
 
     def where(self, key: str) -> str:

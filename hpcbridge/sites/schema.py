@@ -82,7 +82,8 @@ CONTAINER: Dict[str, Key] = {
 MPI: Dict[str, Key] = {
     "mpirun": Key("str", "the mpirun command of the cluster's MPI (launcher='mpirun')"),
     "args": Key("strlist", "extra arguments for the MPI launcher"),
-    "env": Key("env", "environment for MPI jobs, e.g. OMPI_MCA_btl"),
+    "env": Key("env", "the MPI's environment, e.g. OMPI_MCA_btl: exported in every job (any launcher or none; "
+                      "over [env] where both set a variable)"),
     "flavour": Key("str", "the MPI's launcher flags (mpirun -np/--map-by or mpiexec -n/-ppn)",
                    choices=("openmpi", "mpich", "pals")),
 }
@@ -114,7 +115,8 @@ SCHEMA: Dict[str, Key] = {
     "result_grace_s": Key(
         "number", "how long a finished job's result file may take to show on the shared filesystem", minimum=0
     ),
-    "local_parallel": Key("int", "local site: tasks run at once (0: one per CPU)", minimum=0),
+    "local_parallel": Key("int", "local site: tasks run at once (0: as many as this machine's CPUs hold, "
+                                 "cpus_per_task x tasks_per_node each)", minimum=0),
     "modules": Key("strlist", "`module load` lines at the top of every job"),
     "setup": Key("strlist", "shell lines run before the worker (written verbatim)"),
     "templates": Key("strlist", "folders searched for template overrides before the built-in ones"),
