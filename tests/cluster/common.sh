@@ -5,6 +5,8 @@
 STATE=/var/lib/hpcbridge-testcluster
 LOGDIR=$STATE/log
 RUNDIR=$STATE/run
+# environment modules: the project's modulefiles (tests/cluster/modulefiles) and the commands they put on PATH
+MODULES_DIR=$STATE/modules
 CLUSTER_NAME=testcluster
 BRIDGE=hpcbr0
 CTL_ADDR=10.77.0.1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -25,15 +26,31 @@ CHECKOUT = Path(__file__).resolve().parents[2]
 WAIT = 300  # the cluster is shared: jobs may queue behind others'
 
 
-def pbs_site():
+def pbs_site(templates=CHECKOUT / "templates"):
     # the checkout's templates: when pytest runs from a working tree, hpcbridge.templates is the staged copy
-    return load_site("testcluster-pbs", templates=[str(CHECKOUT / "templates")])
+    return load_site("testcluster-pbs", templates=[str(templates)])
+
+
+#: the line that copied_templates adds to pbs.sh.j2: a job's script shows that the site's `templates` were used
+TEMPLATES_MARK = "export HPCBTEST_PBS_TEMPLATES=copied\n"
+
+
+def copied_templates(folder):
+    """A copy of the checkout's templates whose pbs.sh.j2 has one line more (TEMPLATES_MARK)."""
+    shutil.copytree(CHECKOUT / "templates", folder)
+    template = folder / "pbs.sh.j2"
+    text = template.read_text()
+    header = "# hpcbridge {{ version }}: {{ description }}\n"
+    assert header in text
+    template.write_text(text.replace(header, header + TEMPLATES_MARK))
+    return folder
 
 
 @pytest.fixture
-def ex(cluster, cluster_workdir, monkeypatch):
+def ex(cluster, cluster_workdir, monkeypatch, tmp_path):
     monkeypatch.chdir(cluster_workdir)  # where the wrapper's qsub would drop <name>.o<id> files
-    return Executor(site=pbs_site(), folder=str(cluster_workdir / "jobs"))
+    # a modified copy of the templates, so that a `templates` key that were ignored would fail the tests
+    return Executor(site=pbs_site(copied_templates(tmp_path / "templates")), folder=str(cluster_workdir / "jobs"))
 
 
 def talk(x):
@@ -72,6 +89,7 @@ def test_submit_result_and_logs(ex, cluster, cluster_workdir):
     assert job.state == JobState.COMPLETED
     assert job.stdout() == "out 7\n" and job.stderr() == "err 7\n"
     assert "#PBS -l nodes=1:ppn=1\n" in job.script and "#PBS -l walltime=00:10:00\n" in job.script
+    assert "\n" + TEMPLATES_MARK in job.script  # the site's `templates` folder (a modified copy) was used
     # the scheduler's own output file is where the command line put it, none in the current directory
     assert (Path(job.folder) / "log" / "pbs.out").exists()
     assert [p.name for p in cluster_workdir.iterdir()] == ["jobs"]
