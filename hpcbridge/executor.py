@@ -31,6 +31,7 @@ from .sites import Site, load_site
 from .spec import Resources, resources_from
 from .store import JobFolder, pack_inputs
 from .submission import Submission
+from .transport.base import Transport
 
 log = logging.getLogger("hpcbridge")
 
@@ -44,6 +45,9 @@ class Executor(concurrent.futures.Executor):
         A site name (``"local"``, or a site-config's name) or a :class:`~hpcbridge.sites.Site`.
     folder
         Cluster-side folder for job files (default: the site's ``workdir``).
+    transport
+        The transport to use instead of the site's own: :class:`hpcbridge.testing.ScriptedTransport` in a unit test
+        of code that submits jobs (docs/testing.md).
     **resources
         ``nodes, tasks_per_node, cpus_per_task, gpus_per_node, mem_gb, walltime, partition, account, qos, name,
         extra_directives, launcher, array_parallelism``, and ``after`` (Jobs or job ids this executor's jobs wait
@@ -51,11 +55,18 @@ class Executor(concurrent.futures.Executor):
         valid ones.
     """
 
-    def __init__(self, site: Union[str, Site] = "local", *, folder: Optional[str] = None, **resources: Any) -> None:
+    def __init__(
+        self,
+        site: Union[str, Site] = "local",
+        *,
+        folder: Optional[str] = None,
+        transport: Optional[Transport] = None,
+        **resources: Any,
+    ) -> None:
         site_obj = load_site(site) if isinstance(site, str) else site
         self.resources: Resources = _resources(site_obj.default_resources(), resources, site_obj)
         site_obj.check_resources(self.resources)  # partition limits, before anything is submitted
-        self._backend = Backend(site_obj, folder)
+        self._backend = Backend(site_obj, folder, transport=transport)
         self._batch: Optional[List[Tuple[Submission, List[Call]]]] = None
         self._submissions: List[Submission] = []
 

@@ -96,13 +96,13 @@ def plan(site: Site, res: Resources, folder: str, tag: str) -> Tuple[List[str], 
     res = with_site_launcher(site, res)
     options = site_options(site)
     worker = worker_argv(site.python, folder)
-    env: Dict[str, str] = {}
+    # the site's MPI environment in every job, whatever starts its MPI programs: hpcbridge's srun or mpirun, torchrun
+    # (a callable may still use MPI, or start mpirun itself), or the job without a launcher
+    env: Dict[str, str] = dict(options["mpi_env"])
     if site.nccl and (res.launcher or res.gpus_per_node):
         env[NCCL_ENV_VAR] = json.dumps(dict(sorted(site.nccl.items())), separators=(",", ":"))
     if not res.launcher:
         return worker, env
-    if res.launcher in ("srun", "mpirun"):
-        env.update(options["mpi_env"])
     env[LAUNCHER_VAR] = res.launcher
     if res.gpus_per_node and res.launcher in ("srun", "mpirun") and options.get("bind_gpus", True):
         env[BIND_GPUS_VAR] = str(res.gpus_per_node)

@@ -1,5 +1,17 @@
 """Test doubles for code that submits jobs: a scripted transport with an in-memory cluster-side filesystem.
 
+A user's unit test of code that submits (docs/testing.md)::
+
+    t = ScriptedTransport(answers={"/usr/bin/python3": this_python(), "sbatch": (0, "4242\\n", ""),
+                                   "sacct": (0, "", "")})
+    ex = Executor(site=my_site, transport=t)
+    job = ex.submit(pow, 2, 10)            # nothing leaves this process
+    assert job.job_id == "4242" and "#SBATCH" in t.script_of(job)
+    t.complete(job, 1024)                  # as if the job ran and wrote its result
+    assert job.result(timeout=10) == 1024
+
+The backend alone:
+
     >>> from hpcbridge.backend import Backend
     >>> from hpcbridge.sites import site_from_mapping
     >>> from hpcbridge.testing import ScriptedTransport
@@ -13,7 +25,10 @@
 A transport answers commands in one of two ways, which may be mixed: ``steps`` (consumed in order by each
 :meth:`~ScriptedTransport.run`: an exception to raise, or ``(exit code, stdout, stderr)``) and ``answers`` (by
 program name, ``argv[0]``: the same kind of value, or a callable given the argv that returns one). Steps come first;
-a command that neither covers fails the test with an :class:`AssertionError` that names it.
+a command that neither covers fails the test with an :class:`AssertionError` that names it. A submit command run
+exactly once under its marker (:data:`hpcbridge.submit_once.SUBMIT_ONCE`) is answered by the name of the command it
+wraps (``sbatch``), and its marker and record are written as the real wrapper writes them (unless ``answers`` has
+one for ``/bin/sh`` itself).
 
 Files live in ``files`` (path -> bytes); ``file_steps`` are merged into it one per :meth:`read_files` (or
 :meth:`read_with_owners`) call, to script files that appear over time (a result, a submit record), or raised (a
@@ -26,9 +41,17 @@ never that a feature works on a cluster.
 
 from __future__ import annotations
 
+import json
 import posixpath
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
+import sys
+import time
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
+import cloudpickle
+
+from ._version import __version__
+from .store import JobFolder
+from .submit_once import ALREADY_STARTED, SUBMIT_ONCE
 from .transport.base import Completed, OwnedFiles, Owner
 
 #: one scripted answer: an exception to raise, or (exit code, stdout, stderr)
@@ -91,14 +114,33 @@ class ScriptedTransport:
         step: Step
         if self.steps:
             step = self.steps.pop(0)
-        elif argv and argv[0] in self.answers:
-            answer = self.answers[argv[0]]
-            step = answer(argv) if callable(answer) and not isinstance(answer, BaseException) else answer
+        elif argv[:3] == ["/bin/sh", "-c", SUBMIT_ONCE] and len(argv) > 5 and "/bin/sh" not in self.answers:
+            return self._submit_once(argv, argv[4], argv[5:])
         else:
-            raise AssertionError(f"ScriptedTransport: no scripted answer for {argv!r}")
+            step = self._answer(argv)
         if isinstance(step, BaseException):
             raise step
         code, out, err = step
+        return Completed(argv, code, out, err)
+
+    def _answer(self, argv: List[str]) -> Step:
+        answer = self.answers.get(argv[0] if argv else "")
+        if answer is None:
+            raise AssertionError(f"ScriptedTransport: no scripted answer for {argv!r}")
+        return answer(argv) if callable(answer) and not isinstance(answer, BaseException) else answer
+
+    def _submit_once(self, argv: List[str], marker: str, command: List[str]) -> Completed:
+        """What SUBMIT_ONCE does: refuse a used marker, else run the command and record its outcome beside it."""
+        if marker in self.files:
+            message = f"hpcbridge: {marker} exists: this submission was started before\n"
+            return Completed(argv, ALREADY_STARTED, "", message)
+        self.files[marker] = b""
+        step = self._answer(command)
+        if isinstance(step, BaseException):
+            raise step
+        code, out, err = step
+        self.files.update({f"{marker}.out": out.encode(), f"{marker}.err": err.encode(),
+                           f"{marker}.rc": f"{code}\n".encode()})
         return Completed(argv, code, out, err)
 
     # -- files --------------------------------------------------------------------------------------------
@@ -160,3 +202,35 @@ class ScriptedTransport:
 
     def close(self) -> None:
         self.closed = True
+
+    # -- the cluster side of a job --------------------------------------------------------------------------
+    def script_of(self, job: Any) -> str:
+        """The batch script that was submitted for ``job`` (a :class:`~hpcbridge.job.Job`)."""
+        return self.files[JobFolder(job.folder).script].decode()
+
+    def complete(self, job: Any, value: Any, rank: int = 0, host: str = "node1") -> None:
+        """Write ``job``'s result file as the worker would after the call returned ``value``."""
+        self._result(job, ("ok", value), rank, host)
+
+    def fail(self, job: Any, exc: BaseException, rank: int = 0, host: str = "node1") -> None:
+        """Write ``job``'s result file as the worker would after the call raised ``exc``."""
+        name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        self._result(job, ("err", cloudpickle.dumps(exc), name, str(exc), f"{name}: {exc}\n"), rank, host)
+
+    def _result(self, job: Any, outcome: Tuple[Any, ...], rank: int, host: str) -> None:
+        ncalls = len(job.submission.jobs[job.task]) if hasattr(job.submission, "jobs") else 1
+        outcomes = [outcome if pos == job.position else ("ok", None) for pos in range(ncalls)]
+        payload = {"outcomes": outcomes, "rank": rank, "host": host, "started": time.time(), "finished": time.time()}
+        self.files[JobFolder(job.folder).result(job.task, rank)] = cloudpickle.dumps(payload)
+
+
+def this_python() -> Step:
+    """The answer of the cluster-side python check (``hpcbridge.remote_env``) for a python like this one, with the
+    installed cloudpickle and hpcbridge: give it as the answer for the site's ``python``."""
+    info = {
+        "python": ".".join(str(v) for v in sys.version_info[:3]),
+        "executable": sys.executable,
+        "cloudpickle": cloudpickle.__version__,
+        "hpcbridge": __version__,
+    }
+    return (0, json.dumps(info) + "\n", "")

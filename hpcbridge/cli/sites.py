@@ -154,7 +154,7 @@ def cmd_show(args: argparse.Namespace, out: Out) -> int:
 
 # -- check ------------------------------------------------------------------------------------------------------
 def cmd_check(args: argparse.Namespace, out: Out) -> int:
-    from ..sites import PROJECT_FILE, load_site, load_site_file, read_project, site_names
+    from ..sites import PROJECT_FILE, load_site, load_site_file, misnamed_site_files, read_project, site_names
     from ..sites.schema import validate
     from ..sites.source import Source
 
@@ -176,6 +176,7 @@ def cmd_check(args: argparse.Namespace, out: Out) -> int:
     else:
         try:
             names = list(site_names())
+            results.extend({"what": "site search", "ok": "false", "detail": m} for m in misnamed_site_files())
         except ConfigError as exc:
             names = []
             results.append({"what": "site search", "ok": "false", "detail": str(exc)})
@@ -202,11 +203,23 @@ def cmd_check(args: argparse.Namespace, out: Out) -> int:
 
 
 def _summary(site: Any) -> str:
-    parts = [site.scheduler + (f"/{site.flavour}" if site.flavour else ""), f"transport {site.transport}"]
+    parts = [site.scheduler + (f"/{site.flavour}" if site.flavour else ""), _transport(site)]
     if site.partitions:
         parts.append(f"partitions {', '.join(site.partitions)}")
     parts.append(f"{len(site.origin)} layer(s)")
     return ", ".join(parts)
+
+
+def _transport(site: Any) -> str:
+    """``transport local``, or the SSH endpoint as ~/.ssh/config resolves it (nothing is connected): a config it
+    cannot use (a ProxyCommand, a missing config_file) fails the check, as it would fail the first job."""
+    if site.transport != "ssh":
+        return f"transport {site.transport}"
+    try:
+        from ..transport.ssh import host_spec
+    except ImportError:
+        return "transport ssh (~/.ssh/config not read: pip install 'hpcbridge[ssh]' for the ssh transport)"
+    return f"transport ssh to {host_spec(site.ssh, site_name=site.name).label}"
 
 
 # -- discover ---------------------------------------------------------------------------------------------------

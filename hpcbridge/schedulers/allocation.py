@@ -45,8 +45,9 @@ SLURM = Allocation(
 #: PBS_JOBID already names an array's subjob (``123[4].server``): no composition needed
 PBS = Allocation("pbs", job_id_vars=("PBS_JOBID",), nodefile_var="PBS_NODEFILE")
 
-#: no batch system (and the local runner, which sets only hpcbridge's own variables): this machine alone
-LOCAL = Allocation("local")
+#: no batch system (and the local runner, which sets only hpcbridge's own variables): this machine alone. The
+#: runner's cpus_per_task variable is hpcbridge.jobenv.CPUS_PER_TASK_VAR.
+LOCAL = Allocation("local", cpus_per_task_vars=("HPCBRIDGE_CPUS_PER_TASK",))
 
 #: in the order they are tried (Slurm first: under a Torque-compatible layer over Slurm the job is Slurm's)
 ALLOCATIONS: Tuple[Allocation, ...] = (SLURM, PBS)

@@ -8,7 +8,8 @@ import enum
 import re
 from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Protocol, Sequence, Tuple
 
-from ..spec import Resources
+from ..errors import ResourceError
+from ..spec import RESOURCE_NAMES, Resources
 from ..state import JobState
 
 
@@ -76,7 +77,8 @@ class ClusterFacts:
     :class:`StatusAnswer`; the backend holds the current facts and hands them back.
     """
 
-    #: whether the cluster keeps accounting (Slurm: sacct answers); False once the scheduler said it does not
+    #: whether the cluster keeps finished jobs' records (Slurm: sacct answers, False once the scheduler said it does
+    #: not; PBS Pro: job history, ``qstat -x``), as the site-config's ``accounting`` says at first
     accounting: bool = True
     #: bare arrays of the Torque-compatible wrappers: array id -> (Job_Name, Job_Owner, qtime) of its own record,
     #: which its split-off tasks share (kept because the array's own record leaves qstat before its tasks do)
@@ -125,7 +127,7 @@ class Scheduler(abc.ABC):
     have defaults that an adapter overrides for what its scheduler can do: run a submission again that never
     reached it, find a job by its tag, tell a failed query from a partial answer, and give news of a task the
     status answer no longer lists. The class attributes say what differs between schedulers elsewhere
-    (launchers, ``after=``, the environment scrubbed at submission, the commands safe to retry over SSH).
+    (flavours, launchers, ``after=``, the environment scrubbed at submission, the commands safe to retry over SSH).
     """
 
     name: str
@@ -134,6 +136,8 @@ class Scheduler(abc.ABC):
     task_index_expr: str
     #: stderr fragments of a command that never reached the scheduler: running it again is safe
     not_sent_errors: Tuple[str, ...] = ()
+    #: the variants a site-config's ``flavour`` may name (none: ``flavour`` is refused for this scheduler)
+    flavours: Tuple[str, ...] = ()
     #: whether jobs can wait for others (``after=``)
     supports_after: bool = False
     #: the launchers its jobs can run (``launcher=``)
@@ -144,6 +148,11 @@ class Scheduler(abc.ABC):
     hostfile: bool = False
     #: whether every job runs on this one machine (nodes=1 only)
     one_machine: bool = False
+    #: the resources (Executor keywords) its jobs can be given; another one set to anything but its default is
+    #: refused before anything is submitted (:meth:`check_resources`), with its reason in ``why_not``
+    supported_resources: FrozenSet[str] = frozenset(RESOURCE_NAMES)
+    #: resource -> why its jobs cannot be given it, and what to do instead (the end of the error message)
+    why_not: Mapping[str, str] = {}
     #: prefixes of the variables an enclosing job of this scheduler sets: never passed on to a new submission
     scrub_prefixes: Tuple[str, ...] = ()
     #: its commands without side effects: safe to run again after a dropped connection
@@ -158,6 +167,24 @@ class Scheduler(abc.ABC):
     def default_launcher(cls, res: Resources) -> Optional[str]:
         """The launcher of a job whose launcher was not chosen (None: the callable runs once)."""
         return None
+
+    @classmethod
+    def check_resources(cls, res: Resources) -> None:
+        """Raise :class:`ResourceError` for a resource its jobs cannot be given: more than one node on a one-machine
+        site, or one outside :attr:`supported_resources` that is set (its value is not the default)."""
+        if cls.one_machine and res.nodes > 1:
+            raise ResourceError(
+                f"nodes={res.nodes}: the {cls.name} site is one machine; use nodes=1, or a cluster site for more"
+            )
+        blank = Resources()
+        for key in RESOURCE_NAMES:
+            field = "walltime_s" if key == "walltime" else key
+            value = getattr(res, field)
+            if key in cls.supported_resources or value == getattr(blank, field):
+                continue
+            shown = res.walltime_hms if key == "walltime" else list(value) if isinstance(value, tuple) else value
+            why = cls.why_not.get(key, f"the {cls.name} scheduler cannot give it; drop it")
+            raise ResourceError(f"{key}={shown!r}: {why}")
 
     def initial_facts(self) -> ClusterFacts:
         """The facts to start from (what the site-config says), before any answer."""
@@ -175,9 +202,9 @@ class Scheduler(abc.ABC):
     def parse_submit(self, stdout: str) -> str:
         """The job id from the submit command's output."""
 
-    @abc.abstractmethod
     def task_id(self, job_id: str, index: int, is_array: bool) -> str:
-        """The id under which the scheduler reports task ``index`` of a submission."""
+        """The id under which the scheduler reports task ``index`` of a submission (default: Slurm's ``123_4``)."""
+        return f"{job_id}_{index}" if is_array else job_id
 
     @abc.abstractmethod
     def status_query(

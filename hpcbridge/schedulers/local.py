@@ -1,10 +1,29 @@
-"""Adapter for the built-in ``local`` site: a tiny batch system run by :mod:`hpcbridge.schedulers.local_runner`."""
+"""Adapter for the built-in ``local`` site: a tiny batch system run by :mod:`hpcbridge.schedulers.local_runner`.
+
+What the local site does with each resource (docs/site-configs.md, "The local site"), decided so that a job moved
+from a cluster site for a quick run here either gets what it asked for or an error saying why:
+
+- ``walltime``: enforced. A task still running at its walltime is stopped as Slurm stops it (SIGTERM to its whole
+  process group, SIGKILL 3 s later) and ends TIMEOUT: ``job.result()`` raises ``JobTimeoutError``.
+- ``mem_gb``: enforced as Slurm enforces it without cgroups (``OverMemoryKill``): the resident memory of the task's
+  processes is sampled twice a second, and a task over its limit is killed (SIGKILL) and ends OUT_OF_MEMORY
+  (``JobOutOfMemoryError``). Linux only (it reads /proc); elsewhere the runner refuses the job at submission.
+- ``cpus_per_task`` (times ``tasks_per_node``): the task runs with an affinity mask of that many CPUs, those no
+  other running local task of this user holds where there are enough; ``hpcbridge.environment().cpus_per_task``
+  says cpus_per_task. More CPUs than this machine has is refused at submission. Linux only (elsewhere no mask).
+- ``name``: the job's name, shown where the runner lists jobs (its ``status`` lines, and ``ps``: the runner's
+  command line carries it).
+- ``nodes`` above 1, ``partition``, ``account``, ``qos``, ``gpus_per_node`` and ``extra_directives`` are refused
+  (:attr:`LocalScheduler.why_not`): this machine has none of them to give. ``after=`` is refused as everywhere
+  without dependencies.
+"""
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence
 
 from ..errors import SchedulerError
+from ..spec import RESOURCE_NAMES
 from ..state import JobState
 from .base import (
     ClusterFacts,
@@ -24,8 +43,12 @@ _STATES = {
     "COMPLETED": JobState.COMPLETED,
     "FAILED": JobState.FAILED,
     "CANCELLED": JobState.CANCELLED,
+    "TIMEOUT": JobState.TIMEOUT,
+    "OUT_OF_MEMORY": JobState.OUT_OF_MEMORY,
 }
 RUNNER = "hpcbridge.schedulers.local_runner"
+#: the remedy every refusal ends with
+_DROP = "drop it (the keyword, or the site-config's [defaults]) for a run on this machine, or use a cluster site"
 
 
 class LocalScheduler(Scheduler):
@@ -35,6 +58,16 @@ class LocalScheduler(Scheduler):
     template = "local.sh.j2"
     task_index_expr = "${HPCBRIDGE_TASK:-0}"
     one_machine = True
+    supported_resources: FrozenSet[str] = frozenset(RESOURCE_NAMES) - {
+        "partition", "account", "qos", "gpus_per_node", "extra_directives"
+    }
+    why_not: Mapping[str, str] = {
+        "partition": f"the local site has no partitions; {_DROP}",
+        "account": f"the local site has no accounts to charge; {_DROP}",
+        "qos": f"the local site has no QOS; {_DROP}",
+        "gpus_per_node": f"the local site hands out no GPUs (a job sees this machine's GPUs as they are); {_DROP}",
+        "extra_directives": f"the local site has no scheduler to read directives; {_DROP}",
+    }
 
     def __init__(self, python: str, root: str, parallel: int = 0) -> None:
         self.python = python
@@ -46,12 +79,20 @@ class LocalScheduler(Scheduler):
         return cls(site.python, root, site.local_parallel)
 
     def directives(self, req: ScriptRequest) -> List[str]:
+        res = req.resources
         out = [f"--array-size={req.array_size or 1}", f"--array={1 if req.array_size is not None else 0}"]
-        parallel = req.resources.array_parallelism or self.parallel
-        if parallel:  # else the runner starts as many at once as its machine has CPUs
+        parallel = res.array_parallelism or self.parallel
+        if parallel:  # else the runner starts as many at once as its machine's CPUs hold
             out.append(f"--parallel={parallel}")
         if req.workdir:
             out.append(f"--chdir={req.workdir}")
+        out += [f"--job-name={req.job_name}", f"--cpus-per-task={res.cpus_per_task}"]
+        if res.tasks_per_node > 1:
+            out.append(f"--tasks-per-node={res.tasks_per_node}")
+        if res.walltime_s is not None:
+            out.append(f"--walltime-s={res.walltime_s}")
+        if res.mem_mb is not None:
+            out.append(f"--mem-mb={res.mem_mb}")
         return out
 
     def submit_argv(self, script_path: str) -> List[str]:
@@ -62,9 +103,6 @@ class LocalScheduler(Scheduler):
         if not lines:
             raise SchedulerError("the local runner printed no job id")
         return lines[-1].strip()
-
-    def task_id(self, job_id: str, index: int, is_array: bool) -> str:
-        return f"{job_id}_{index}" if is_array else job_id
 
     def status_query(
         self,
@@ -82,10 +120,10 @@ class LocalScheduler(Scheduler):
             return StatusAnswer(Verdict.RETRY)
         statuses: Dict[str, NativeStatus] = {}
         for line in out.stdout.splitlines():
-            parts = line.strip().split("|")
-            if len(parts) != 3:
+            parts = line.strip().split("|")  # id|STATE|exit code|job name
+            if len(parts) < 3:
                 continue
-            task, native, code = parts
+            task, native, code = parts[:3]
             statuses[task] = NativeStatus(
                 task, _STATES.get(native, JobState.UNKNOWN), native, int(code) if code.isdigit() else None
             )

@@ -184,9 +184,6 @@ class SlurmScheduler(Scheduler):
                     return base
         return None
 
-    def task_id(self, job_id: str, index: int, is_array: bool) -> str:
-        return f"{job_id}_{index}" if is_array else job_id
-
     # -- status -------------------------------------------------------------------------------------------
     def status_query(
         self,

@@ -33,6 +33,7 @@ from .loading import (
     known_sites,
     load_site,
     load_site_file,
+    misnamed_site_files,
     package_dirs,
     read_project,
     search_dirs,
@@ -46,6 +47,6 @@ from .model import BUILTIN, Site, builtin_local, site_from_mapping
 __all__ = [
     "BUILTIN", "ENTRY_POINT_GROUP", "ENV_PATH", "ENV_SITE", "KEYWORD", "Layer", "PROJECT_FILE", "Partition",
     "SYSTEM_DIR", "Site", "builtin_local", "default_site", "find_project_file", "known_sites", "load_site",
-    "load_site_file", "merge_layers", "package_dirs", "read_project", "search_dirs", "site_from_mapping",
-    "site_layers", "site_names", "system_dirs", "user_dir",
+    "load_site_file", "merge_layers", "misnamed_site_files", "package_dirs", "read_project", "search_dirs",
+    "site_from_mapping", "site_layers", "site_names", "system_dirs", "user_dir",
 ]

@@ -7,20 +7,19 @@ pure parsing, validation and merging of ``layers.py``.
 from __future__ import annotations
 
 import os
-import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import ConfigError, UnknownSiteError
 from ..spec import did_you_mean
 from .layers import Layer, builtin_layer, file_layer, keyword_layer, merge_layers, parse_project, project_layer
 from .model import Site
+from .schema import SITE_NAME, site_name_problem
 
 SYSTEM_DIR = "/etc/hpcbridge/sites"
 ENV_PATH = "HPCBRIDGE_SITES_PATH"
 ENV_SITE = "HPCBRIDGE_SITE"
 ENTRY_POINT_GROUP = "hpcbridge.sites"
 PROJECT_FILE = "hpcbridge.toml"
-_SITE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
 def user_dir() -> str:
@@ -41,7 +40,8 @@ def package_dirs() -> List[Tuple[str, str]]:
     """``(label, directory)`` for every installed package with a ``hpcbridge.sites`` entry point.
 
     The entry point names a package (its folder's ``*.toml`` files are site-configs) or a callable returning a
-    folder path. Packages are taken in entry-point name order.
+    folder path. Packages are taken in entry-point name order. One that cannot be loaded, or names no folder, is a
+    :class:`ConfigError` naming the package (a broken install is not skipped: its sites would vanish unseen).
     """
     from importlib import metadata
 
@@ -57,6 +57,10 @@ def package_dirs() -> List[Tuple[str, str]]:
         seen.add((ep.name, ep.value))
         dist = getattr(ep, "dist", None)
         label = f"package {dist.name} {dist.version}" if dist is not None else f"entry point {ep.name}"
+        remedy = (
+            f"reinstall a working version of it, or uninstall it (pip uninstall {dist.name})" if dist is not None
+            else "reinstall or uninstall the package that provides it"
+        )
         try:
             obj = ep.load()
             target: Any = obj() if callable(obj) else obj
@@ -69,8 +73,13 @@ def package_dirs() -> List[Tuple[str, str]]:
         except Exception as exc:
             raise ConfigError(
                 f"{label}: its {ENTRY_POINT_GROUP} entry point {ep.name} = {ep.value!r} could not be loaded "
-                f"({type(exc).__name__}: {exc}); fix or uninstall that package"
+                f"({type(exc).__name__}: {exc}); {remedy}"
             ) from exc
+        if not os.path.isdir(folder):
+            raise ConfigError(
+                f"{label}: its {ENTRY_POINT_GROUP} entry point {ep.name} = {ep.value!r} names {folder!r}, which is "
+                f"not a folder of site-configs; {remedy}"
+            )
         out.append((label, folder))
     return out
 
@@ -141,7 +150,7 @@ def site_names() -> Dict[str, List[str]]:
         except OSError:
             return
         for n in names:
-            if _SITE_NAME.match(n):
+            if SITE_NAME.match(n):
                 found.setdefault(n, []).append(kind)
 
     for d in system_dirs():
@@ -154,6 +163,23 @@ def site_names() -> Dict[str, List[str]]:
         for n in read_project(project)[0].get("sites", {}):
             found.setdefault(n, []).append("project")
     return dict(sorted(found.items()))
+
+
+def misnamed_site_files() -> List[str]:
+    """Why each ``*.toml`` file in the site folders (system, packages, user) cannot be a site: its name is not a
+    site name, so no ``--site`` reaches it (``hpcbridge sites check`` reports these)."""
+    folders = [*system_dirs(), *(folder for _, folder in package_dirs()), user_dir()]
+    out: List[str] = []
+    for folder in folders:
+        try:
+            files = sorted(f for f in os.listdir(folder) if f.endswith(".toml"))
+        except OSError:
+            continue
+        for f in files:
+            problem = site_name_problem(f[:-5])
+            if problem:
+                out.append(f"{os.path.join(folder, f)}: {problem}; rename the file")
+    return out
 
 
 def known_sites() -> List[str]:
@@ -178,8 +204,9 @@ def load_site(name: str, **overrides: Any) -> Site:
 
     ``overrides`` are the top layer: any site-config key, e.g. ``load_site("hpc", python="/opt/py/bin/python")``.
     """
-    if not isinstance(name, str) or not _SITE_NAME.match(name):
-        raise UnknownSiteError(f"site name {name!r} may hold letters, digits and . _ - only")
+    problem = site_name_problem(name)
+    if problem:
+        raise UnknownSiteError(problem)
     layers = site_layers(name, overrides)
     if not any(layer.kind != "keyword" for layer in layers):
         known = known_sites()
@@ -191,7 +218,11 @@ def load_site(name: str, **overrides: Any) -> Site:
 
 
 def load_site_file(path: str, name: Optional[str] = None) -> Site:
-    """One TOML file as a whole site (``hpcbridge sites check FILE``); the name defaults to the file's stem."""
-    layer = file_layer("file", path, read_text(path))
+    """One TOML file as a whole site (``hpcbridge sites check FILE``); the name defaults to the file's stem, which
+    must then be a site name (the file is installed as NAME.toml)."""
     stem = os.path.splitext(os.path.basename(path))[0]
+    problem = site_name_problem(name or stem)
+    if problem:
+        raise ConfigError(f"{path}: {problem}" + ("" if name else "; rename the file"))
+    layer = file_layer("file", path, read_text(path))
     return merge_layers(name or stem, [layer])

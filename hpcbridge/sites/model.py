@@ -1,7 +1,8 @@
 """The :class:`Site` record and how one is built from merged TOML data, with the checks of the whole (pure).
 
 Layers are validated one by one against the schema; what needs the merged site (defaults against partition limits,
-interval order, ssh needing a host) is checked here, once, naming the layer that set the offending key.
+interval order, ssh needing a host and ``[ssh]`` needing ssh, the flavour against the scheduler, the master port
+range) is checked here, once, naming the layer that set the offending key.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import sys
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..errors import ConfigError, ResourceError
+from ..ports import DEFAULT_PORT_RANGE
+from ..schedulers import SCHEDULERS, scheduler_class
 from ..spec import Resources, parse_mem_gb, parse_walltime, resources_from
 from .limits import Partition, check_limits, default_partition
 from .schema import SCHEMA, validate
@@ -61,7 +64,10 @@ class Site:
         return default_partition(self.partitions)
 
     def check_resources(self, res: Resources) -> None:
-        """Raise :class:`ResourceError` when ``res`` exceeds its partition's limits, naming partitions that fit."""
+        """Raise :class:`ResourceError` for a resource the site's scheduler cannot give (its adapter's
+        ``check_resources``: the local site has no partitions, accounts, QOS, GPUs or directives), or when ``res``
+        exceeds its partition's limits, naming partitions that fit."""
+        scheduler_class(self.scheduler).check_resources(res)
         check_limits(self.name, self.partitions, res)
 
     def where(self, key: str) -> str:
@@ -127,7 +133,8 @@ def _partition_fields(pdata: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def _check_whole(site: Site) -> None:
-    """Checks that need the merged site: the defaults against the partitions, intervals in order."""
+    """Checks that need the merged site: the defaults against the partitions, intervals in order, keys that the
+    site's scheduler or transport would not use."""
     if site.poll_interval_min_s > site.poll_interval_max_s:
         raise ConfigError(
             f"{site.where('poll_interval_min_s')}: poll_interval_min_s={site.poll_interval_min_s:g} is more than "
@@ -141,6 +148,15 @@ def _check_whole(site: Site) -> None:
         )
     if site.transport == "ssh" and not site.ssh.get("host"):
         raise ConfigError(f"{site.where('transport')}: transport = 'ssh' needs [ssh] host = \"login.example.org\"")
+    if site.transport != "ssh" and site.ssh:
+        first = next(iter(site.ssh))
+        raise ConfigError(
+            f"{site.where(f'ssh.{first}')}: [ssh] sets {', '.join(site.ssh)}, but transport = {site.transport!r} "
+            f"({site.where('transport')}) runs every command on this machine and would not use them; set "
+            "transport = \"ssh\" to reach the cluster over SSH, or remove the [ssh] table"
+        )
+    _check_flavour(site)
+    _check_master_ports(site)
     try:
         res = site.default_resources()
     except ResourceError as exc:  # pragma: no cover - each layer's defaults were checked already
@@ -150,3 +166,42 @@ def _check_whole(site: Site) -> None:
     except ResourceError as exc:
         key = "defaults.partition" if "defaults.partition" in site.origins else "defaults"
         raise ConfigError(f"{site.where(key)}: the defaults do not fit: {exc}") from None
+
+
+def _check_flavour(site: Site) -> None:
+    """A flavour is one of the scheduler's (its adapter's ``flavours``); a scheduler without any takes none."""
+    flavours = scheduler_class(site.scheduler).flavours
+    if not site.flavour or site.flavour in flavours:
+        return
+    where = site.where("flavour")
+    if flavours:
+        raise ConfigError(
+            f"{where}: flavour = {site.flavour!r} is not a flavour of scheduler = {site.scheduler!r}; use one of "
+            f"{', '.join(repr(f) for f in flavours)}"
+        )
+    having = [f"{name}: {', '.join(scheduler_class(name).flavours)}" for name in SCHEDULERS
+              if scheduler_class(name).flavours]
+    raise ConfigError(
+        f"{where}: flavour = {site.flavour!r} means nothing to scheduler = {site.scheduler!r} "
+        f"({site.where('scheduler')}), which has no flavours (flavours are for {'; '.join(having)}); remove the "
+        "flavour line, or set the scheduler it was meant for"
+    )
+
+
+def _check_master_ports(site: Site) -> None:
+    """``[distributed] master_port_min/max``: a range of ports, low end first (the defaults fill in a missing end)."""
+    dist = site.distributed
+    if "master_port_min" not in dist and "master_port_max" not in dist:
+        return
+    lo = int(dist.get("master_port_min", DEFAULT_PORT_RANGE[0]))
+    hi = int(dist.get("master_port_max", DEFAULT_PORT_RANGE[1]))
+    if 1024 <= lo <= hi <= 65535:
+        return
+    key = "master_port_min" if "master_port_min" in dist and lo > hi else "master_port_max"
+    shown = [f"{k} = {v}" + ("" if k in dist else " (the default)")
+             for k, v in (("master_port_min", lo), ("master_port_max", hi))]
+    raise ConfigError(
+        f"{site.where(f'distributed.{key}')}: [distributed] {', '.join(shown)}: need 1024 <= master_port_min <= "
+        "master_port_max <= 65535; set both ends of the range of ports the launch step may use on a job's first "
+        "node, e.g. master_port_min = 29400 and master_port_max = 29999"
+    )

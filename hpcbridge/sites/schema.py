@@ -19,6 +19,8 @@ from .source import Source
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PARTITION_NAME = re.compile(r"^[A-Za-z0-9_.+\-]+$")
+#: a site's name: it names the file ``NAME.toml``, the ``[sites.NAME]`` table and ``--site NAME``
+SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +29,8 @@ class Key:
 
     ``kind``: ``str int number bool strlist walltime mem env table map resources``. ``table`` has fixed ``keys``;
     ``map`` is a table of named entries, each a table with ``keys`` (partitions); ``env`` maps variable names to
-    strings; ``resources`` holds resource requests (the ``defaults`` table).
+    strings; ``resources`` holds resource requests (the ``defaults`` table). ``above``: the value must be more
+    than ``minimum`` (not equal to it); ``unit`` names it in the message.
     """
 
     kind: str
@@ -35,6 +38,8 @@ class Key:
     choices: Tuple[Any, ...] = ()
     minimum: Optional[float] = None
     keys: Optional[Mapping[str, Key]] = None
+    above: bool = False
+    unit: str = ""
 
 
 PARTITION: Dict[str, Key] = {
@@ -56,7 +61,8 @@ SSH: Dict[str, Key] = {
     "proxy_jump": Key("str", "bastion host(s), as OpenSSH's ProxyJump"),
     "known_hosts": Key("str", "known_hosts file (default ~/.ssh/known_hosts)"),
     "config_file": Key("str", "OpenSSH client config (default ~/.ssh/config)"),
-    "connect_timeout_s": Key("number", "seconds to wait for the connection", minimum=0),
+    "connect_timeout_s": Key("number", "seconds to wait for the connection (more than 0)", minimum=0, above=True,
+                             unit="seconds"),
     "keepalive_s": Key("number", "seconds between keepalives (0: none)", minimum=0),
 }
 
@@ -76,7 +82,8 @@ CONTAINER: Dict[str, Key] = {
 MPI: Dict[str, Key] = {
     "mpirun": Key("str", "the mpirun command of the cluster's MPI (launcher='mpirun')"),
     "args": Key("strlist", "extra arguments for the MPI launcher"),
-    "env": Key("env", "environment for MPI jobs, e.g. OMPI_MCA_btl"),
+    "env": Key("env", "the MPI's environment, e.g. OMPI_MCA_btl: exported in every job (any launcher or none; "
+                      "over [env] where both set a variable)"),
     "flavour": Key("str", "the MPI's launcher flags (mpirun -np/--map-by or mpiexec -n/-ppn)",
                    choices=("openmpi", "mpich", "pals")),
 }
@@ -94,19 +101,22 @@ DISTRIBUTED: Dict[str, Key] = {
 SCHEMA: Dict[str, Key] = {
     "description": Key("str", "one line for `hpcbridge sites list`"),
     "scheduler": Key("str", "the batch system", choices=tuple(SCHEDULERS)),
-    "flavour": Key("str", "variant of the batch system (PBS: pbspro or torque)", choices=("", "pbspro", "torque")),
+    "flavour": Key("str", "variant of the batch system: PBS only, pbspro (default) or torque",
+                   choices=("", "pbspro", "torque")),
     "transport": Key("str", "how commands reach the cluster", choices=("local", "ssh")),
     "ssh": Key("table", "connection settings when transport = 'ssh'", keys=SSH),
     "python": Key("str", "the cluster-side python (same major.minor as the client, with hpcbridge installed)"),
     "workdir": Key("str", "cluster-side folder for job files (shared with the compute nodes)"),
-    "accounting": Key("bool", "slurmdbd/PBS accounting present: status via sacct (else squeue + scontrol)"),
+    "accounting": Key("bool", "Slurm: slurmdbd present, status via sacct (else squeue + scontrol); PBS Pro: job "
+                              "history kept, qstat -x (else a job gone from qstat has ended)"),
     "max_array_size": Key("int", "most tasks in one array job; longer maps are split", minimum=1),
     "poll_interval_min_s": Key("number", "shortest time between status checks", minimum=0.01),
     "poll_interval_max_s": Key("number", "longest time between scheduler queries (back-off cap)", minimum=0.01),
     "result_grace_s": Key(
         "number", "how long a finished job's result file may take to show on the shared filesystem", minimum=0
     ),
-    "local_parallel": Key("int", "local site: tasks run at once (0: one per CPU)", minimum=0),
+    "local_parallel": Key("int", "local site: tasks run at once (0: as many as this machine's CPUs hold, "
+                                 "cpus_per_task x tasks_per_node each)", minimum=0),
     "modules": Key("strlist", "`module load` lines at the top of every job"),
     "setup": Key("strlist", "shell lines run before the worker (written verbatim)"),
     "templates": Key("strlist", "folders searched for template overrides before the built-in ones"),
@@ -159,6 +169,22 @@ def check_project(data: Mapping[str, Any], src: Source) -> None:
     sites = data.get("sites", {})
     if not isinstance(sites, dict) or not all(isinstance(v, dict) for v in sites.values()):
         raise ConfigError(f"{src.where(('sites',))}: sites must hold one table per site: [sites.NAME]")
+    for name in sites:
+        problem = site_name_problem(name)
+        if problem:
+            raise ConfigError(f"{src.where(('sites', name))}: [sites.{name}]: {problem}")
+
+
+def site_name_problem(name: Any) -> str:
+    """Why ``name`` cannot be a site's name, with a name that can ("" when it can)."""
+    if isinstance(name, str) and SITE_NAME.match(name):
+        return ""
+    fixed = re.sub(r"[^A-Za-z0-9_.\-]+", "-", name).strip("-_.") if isinstance(name, str) else ""
+    suggestion = f", e.g. {fixed!r}" if fixed and SITE_NAME.match(fixed) else ""
+    return (
+        f"site name {name!r} is not valid: a site name holds letters, digits and . _ - and starts with a letter or "
+        f"digit (it names the file NAME.toml){suggestion}"
+    )
 
 
 def _check_table(
@@ -185,8 +211,11 @@ def check_value(value: Any, spec: Key, path: Tuple[str, ...], src: Optional[Sour
         if isinstance(value, bool) or not ok:
             what = "a whole number" if kind == "int" else "a number"
             raise _fail(src, path, f"must be {what}, got {_show(value)}")
+        unit = f" {spec.unit}" if spec.unit else ""
+        if spec.minimum is not None and spec.above and value <= spec.minimum:
+            raise _fail(src, path, f"must be more than {spec.minimum:g}{unit}, got {value!r}")
         if spec.minimum is not None and value < spec.minimum:
-            raise _fail(src, path, f"must be >= {spec.minimum:g}, got {value!r}")
+            raise _fail(src, path, f"must be >= {spec.minimum:g}{unit}, got {value!r}")
     elif kind == "bool":
         if not isinstance(value, bool):
             raise _fail(src, path, f"must be true or false, got {_show(value)}")

@@ -306,7 +306,7 @@ def test_a_slurmctld_outage_never_fails_a_job(cluster, cluster_workdir):
 def test_an_sbatch_that_hangs_after_submitting_is_not_submitted_twice(cluster, cluster_workdir, monkeypatch, caplog):
     """sbatch submits, then hangs (an overloaded login node, a stuck filesystem); hpcbridge gives up on it after
     COMMAND_TIMEOUT_S. The job exists: it is found by its tag, not submitted a second time."""
-    from hpcbridge import backend
+    from hpcbridge import submit_once
 
     wrappers = cluster_workdir / "bin"
     wrappers.mkdir()
@@ -314,7 +314,7 @@ def test_an_sbatch_that_hangs_after_submitting_is_not_submitted_twice(cluster, c
     sbatch.write_text('#!/bin/sh\n/usr/bin/sbatch "$@" || exit\nexec sleep 90\n')
     sbatch.chmod(0o755)
     monkeypatch.setenv("PATH", f"{wrappers}:{os.environ['PATH']}")
-    monkeypatch.setattr(backend, "COMMAND_TIMEOUT_S", 6.0)
+    monkeypatch.setattr(submit_once, "COMMAND_TIMEOUT_S", 6.0)
     ex = Executor(site="testcluster", folder=str(cluster_workdir / "jobs"), name="hung-sbatch")
     before = cluster.squeue_ids()
     started = time.time()

@@ -216,3 +216,19 @@ def test_torchrun_gpus_are_left_to_its_workers_local_rank():
     # were HPCBRIDGE_BIND_GPUS set anyway, the split follows torchrun's LOCAL_RANK/LOCAL_WORLD_SIZE, not Slurm's
     environ["HPCBRIDGE_BIND_GPUS"] = "4"
     assert gpus.bind_gpus(environ) == ["2"] and jobenv.environment_from(environ, "gpu-a02").device_index == 0
+
+
+# -- [mpi] env: the site's MPI environment reaches every job --------------------------------------------------
+@pytest.mark.parametrize("launcher", [None, "srun", "mpirun", "torchrun"])
+def test_the_sites_mpi_env_is_exported_in_every_job_whatever_its_launcher(launcher):
+    site = _site(mpi={"env": {"UCX_TLS": "rc,sm", "OMPI_MCA_btl": "self,vader"}})
+    _, env = plan(site, Resources(nodes=2, launcher=launcher, launcher_chosen=True), F, "t")
+    assert {k: env.get(k) for k in ("UCX_TLS", "OMPI_MCA_btl")} == {"UCX_TLS": "rc,sm", "OMPI_MCA_btl": "self,vader"}
+    assert env.get("HPCBRIDGE_LAUNCHER") == launcher
+
+
+def test_a_plain_jobs_script_exports_the_mpi_env_over_the_sites_env(fixed):
+    site = _site(mpi={"env": {"UCX_TLS": "rc,sm", "OMPI_MCA_btl": "self,vader"}})  # [env] has OMPI_MCA_btl too
+    text = Executor(site=site).render(train, {})
+    assert "export UCX_TLS=rc,sm\n" in text
+    assert "export OMPI_MCA_btl=self,vader\n" in text and "self,tcp" not in text

@@ -24,7 +24,8 @@ LAYERS: List[List[str]] = [
     ["hpcbridge.spec", "hpcbridge.schedulers.allocation", "hpcbridge.pickling"],
     # inside the job (what the worker start pays for: nothing above this layer)
     ["hpcbridge.jobenv", "hpcbridge.ports", "hpcbridge.gpus", "hpcbridge.rendezvous", "hpcbridge.distributed",
-     "hpcbridge.worker", "hpcbridge.commands", "hpcbridge.schedulers.local_runner"],
+     "hpcbridge.worker", "hpcbridge.commands", "hpcbridge.schedulers.local_runner",
+     "hpcbridge.schedulers.local_limits"],
     # what decides (pure): site-configs, scheduler adapters, launchers, the batch script
     ["hpcbridge.sites", "hpcbridge.sites.*", "hpcbridge.schedulers", "hpcbridge.schedulers.*", "hpcbridge.launchers",
      "hpcbridge.render", "hpcbridge.script", "hpcbridge.discover"],
@@ -189,13 +190,18 @@ def test_no_scheduler_names_outside_schedulers():
     assert not found, "\n".join(found)
 
 
+#: the local site's batch system: run where its jobs run, it reads the clock, files and /proc
+RUNNER_SIDE = ("hpcbridge.schedulers.local_runner", "hpcbridge.schedulers.local_limits")
+
+
 def test_adapters_read_no_clock_environment_or_files():
-    """The adapters are functions of their inputs (the local site's runner, a cluster-side program, is not one)."""
+    """The adapters are functions of their inputs (the local site's runner and its limits, a cluster-side program,
+    are not adapters)."""
     reads = re.compile(r"\btime\.(time|monotonic)\(|os\.environ|\bopen\(|os\.getcwd|os\.cpu_count|datetime\.now")
     found = [
         f"{m}: {line.strip()}"
         for m, p in sorted(MODULES.items())
-        if m.startswith("hpcbridge.schedulers") and m != "hpcbridge.schedulers.local_runner"
+        if m.startswith("hpcbridge.schedulers") and m not in RUNNER_SIDE
         for line in open(p)
         if reads.search(line)
     ]

@@ -233,6 +233,46 @@ def test_an_empty_answer_is_gone_jobs_only_when_qstat_said_they_are_unknown(pro,
     assert failed.verdict is Verdict.RETRY and failed.statuses == {}
 
 
+# -- accounting: whether a PBS Pro server keeps job history ----------------------------------------------------
+PBS_IDS = ["1001.pbs-server", "1020[].pbs-server"]
+GONE_FROM_QSTAT = "qstat: Unknown Job Id 1001.pbs-server\nqstat: Unknown Job Id 1020[].pbs-server\n"
+
+
+@pytest.mark.parametrize(("accounting", "history"), [(True, ["-x"]), (False, [])])
+def test_pbspro_asks_for_finished_jobs_only_where_the_site_keeps_job_history(accounting, history):
+    site = site_from_mapping("p", {"scheduler": "pbs", "flavour": "pbspro", "workdir": "/w", "accounting": accounting})
+    t = ScriptedTransport(answers={"qstat": (153, "", GONE_FROM_QSTAT)})
+    b = Backend(site, transport=t)
+    assert b.facts.accounting is accounting
+    statuses = b.query_status(PBS_IDS, 0, {"1020[].pbs-server": 2})
+    assert t.calls == [["qstat", "-f", "-F", "json", *history, "-t", *PBS_IDS]]
+    assert b.scheduler.find_by_tag_argv("aaaa") == ["qstat", "-f", "-F", "json", *history]
+    # without history a finished job leaves qstat: it is over, with its exit status unknown (its result file decides)
+    assert statuses == {}
+    tasks = ["1001.pbs-server", "1020[0].pbs-server", "1020[1].pbs-server"]
+    gone = b.scheduler.missing_statuses(statuses, tasks)
+    assert {k: (v.state, v.exit_code, v.native) for k, v in gone.items()} == {
+        task: (JobState.COMPLETED, None, "gone from qstat (it finished; its exit status is no longer kept)")
+        for task in tasks
+    }
+
+
+@pytest.mark.parametrize("accounting", [True, False])
+def test_torque_queries_are_the_same_whatever_the_site_says_of_accounting(accounting):
+    site = site_from_mapping("t", {"scheduler": "pbs", "flavour": "torque", "workdir": "/w", "accounting": accounting})
+    t = ScriptedTransport(answers={"qstat": (0, fixture("torque_qstat_f.txt"), "")})
+    b = Backend(site, transport=t)
+    b.query_status(["1299.torque-server"], 0)
+    b.query_status(["1299.torque-server", "1300[].torque-server"], 0, {"1300[].torque-server": 3})
+    b.query_status(["46"], 0, {"46": 3})  # a bare array of the Slurm-backed wrappers
+    assert t.calls == [
+        ["qstat", "-f", "1299.torque-server"],
+        ["qstat", "-f", "-t", "1299.torque-server", "1300[].torque-server"],
+        ["qstat", "-f"],
+    ]
+    assert b.scheduler.find_by_tag_argv("aaaa") == ["qstat", "-f"]
+
+
 # -- the Slurm-backed wrapper's arrays ----------------------------------------------------------------------
 WRAPPER_IDS = ["749", "750"]
 
@@ -341,6 +381,42 @@ def test_bad_requests_fail_before_submission(pro):
     assert "-W group_list=proj" in pro.directives(
         _req(resources_from(Resources(), {"extra_directives": ["-W group_list=proj"]}))
     )
+
+
+def _folder_refused(folder: str) -> str:
+    return (
+        f"the job folder {folder!r} cannot be given to PBS: -o paths and #PBS lines take letters, digits and "
+        "/ . _ + - @ = only (':' reads as host:path, ',' separates a list's values, '%' starts a file name pattern, "
+        "and spaces, quotes or shell characters break the Slurm-backed qsub); choose a workdir (site-config) or "
+        "folder= of those characters"
+    )
+
+
+@pytest.mark.parametrize("folder", ["/home/a/jobs%x/0123", "/home/a/jobs,x/0123", "/home/a/host:x/0123"])
+def test_a_job_folder_with_percent_comma_or_colon_is_refused_saying_why(pro, torque, folder):
+    for adapter in (pro, torque):
+        with pytest.raises(ResourceError) as info:
+            adapter.directives(_req(Resources(), folder=folder))
+        assert str(info.value) == _folder_refused(folder)
+        with pytest.raises(ResourceError) as info:
+            adapter.submit_argv(f"{folder}/script.sh")
+        assert str(info.value) == _folder_refused(folder)
+    assert pro.directives(_req(Resources(), folder="/home/a/x+y@z=w/0123"))[1] == "-o /home/a/x+y@z=w/0123/log/pbs.out"
+
+
+def test_a_pbs_workdir_that_pbs_cannot_take_fails_the_executor_before_anything_is_written(tmp_path):
+    from hpcbridge import Executor
+    from hpcbridge.errors import ConfigError
+
+    comma = tmp_path / "jobs,x"
+    with pytest.raises(ResourceError) as info:
+        Executor(site=site_from_mapping("p", {"scheduler": "pbs", "workdir": str(comma)}))
+    assert str(info.value) == _folder_refused(str(comma))
+    percent = tmp_path / "jobs%x"  # refused for every scheduler (the backend: '%' is a pattern in directives)
+    with pytest.raises(ConfigError, match=r"the job folder '.*/jobs%x' must be an absolute path without spaces, "
+                                          r"quotes, '%' or '#'"):
+        Executor(site=site_from_mapping("p", {"scheduler": "pbs", "workdir": str(percent)}))
+    assert os.listdir(tmp_path) == []
 
 
 # -- wiring and helpers ---------------------------------------------------------------------------------------

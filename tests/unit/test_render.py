@@ -59,6 +59,15 @@ def test_local_site_script(fixed, golden):
     golden("local.sh", Executor(site=site).render(square, 1))
 
 
+def test_local_site_script_with_what_it_applies(fixed, golden):
+    """The local site's walltime, memory, CPUs and name reach its runner as #LOCAL directives."""
+    data = {"scheduler": "local", "python": "/opt/py/bin/python", "workdir": "/w"}
+    ex = Executor(site=site_from_mapping("golden-local", data), walltime="01:30:00", mem_gb="1.5GB", cpus_per_task=2,
+                  tasks_per_node=2, name="debug-run", array_parallelism=3, launcher="torchrun")
+    folder = "/w/0123456789abcdef"
+    golden("local_limits.sh", ex._render_script(folder, "0123456789abcdef", 5, square, 5))
+
+
 def test_env_values_reach_the_job_exactly(fixed, tmp_path):
     """Run the rendered environment lines in a real bash: the odd value arrives byte for byte, nothing runs."""
     text = Executor(site=_site()).render(square, 1)

@@ -266,9 +266,11 @@ def test_other_whole_site_checks(layers):
 
 
 # -- a real package shipping a site-config through the entry point ----------------------------------------------
-def _wheel(folder, name="mycentre_hpcbridge", dist="mycentre_hpcbridge", version="1.0"):
+def _wheel(folder, name="mycentre_hpcbridge", dist="mycentre_hpcbridge", version="1.0", init=None, entry=None):
+    """A wheel of package ``name`` holding mycentre.toml, whose entry point ``mycentre = ENTRY`` (default: the
+    package) is in the group hpcbridge.sites; ``init``: its ``__init__.py``."""
     files = {
-        f"{name}/__init__.py": b'"""Site-configs of My Centre for hpcbridge."""\n',
+        f"{name}/__init__.py": init or b'"""Site-configs of My Centre for hpcbridge."""\n',
         f"{name}/mycentre.toml": textwrap.dedent("""\
             description = "My Centre's cluster (from the package)"
             python = "/pkg/python"
@@ -276,10 +278,10 @@ def _wheel(folder, name="mycentre_hpcbridge", dist="mycentre_hpcbridge", version
             walltime = "00:20:00"
         """).encode(),
         f"{dist}-{version}.dist-info/METADATA":
-            f"Metadata-Version: 2.1\nName: mycentre-hpcbridge\nVersion: {version}\n".encode(),
+            f"Metadata-Version: 2.1\nName: {dist.replace('_', '-')}\nVersion: {version}\n".encode(),
         f"{dist}-{version}.dist-info/WHEEL":
             b"Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-        f"{dist}-{version}.dist-info/entry_points.txt": f"[hpcbridge.sites]\nmycentre = {name}\n".encode(),
+        f"{dist}-{version}.dist-info/entry_points.txt": f"[hpcbridge.sites]\nmycentre = {entry or name}\n".encode(),
     }
     record = []
     for path, data in files.items():
@@ -324,3 +326,41 @@ def test_an_installed_package_ships_a_site_between_system_and_user_layers(tmp_pa
     assert got["defaults"] == {"walltime": "00:20:00", "account": "alice"}  # the user layer adds to it
     assert got["origins"]["python"] == f"{site_packages}/mycentre.toml:2 (package mycentre-hpcbridge 1.0)"
     assert got["origins"]["defaults.account"] == f"{user}:2"
+
+
+BROKEN = "package broken-hpcbridge 1.0: its hpcbridge.sites entry point mycentre = {value!r} "
+
+
+@pytest.mark.parametrize(("init", "entry", "problem"), [
+    (b"import mycentre_helpers  # a dependency that is not installed\n", None,
+     "could not be loaded (ModuleNotFoundError: No module named 'mycentre_helpers')"),
+    (b"def sites_dir():\n    return '/nonexistent/sites'\n", "broken_hpcbridge:sites_dir",
+     "names '/nonexistent/sites', which is not a folder of site-configs"),
+], ids=["import-fails", "not-a-folder"])
+def test_a_broken_sites_entry_point_is_an_error_naming_the_package_and_nothing_is_submitted(tmp_path, init, entry,
+                                                                                           problem):
+    wheel = _wheel(str(tmp_path), name="broken_hpcbridge", dist="broken_hpcbridge", init=init, entry=entry)
+    target = tmp_path / "site-packages"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target",
+                    str(target), wheel], check=True, capture_output=True, timeout=120)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, str(target)]), "HOME": str(home),
+           "XDG_CONFIG_HOME": str(home / ".config"), "HPCBRIDGE_HOME": str(home / ".hpcbridge")}
+    env.pop("HPCBRIDGE_SITE", None)
+    expected = (BROKEN.format(value=entry or "broken_hpcbridge") + problem
+                + "; reinstall a working version of it, or uninstall it (pip uninstall broken-hpcbridge)")
+
+    def run(*argv):
+        return subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env, cwd=str(home),
+                              timeout=120)
+
+    # every site, the built-in local one too: its packages' sites would vanish unseen
+    p = run("-c", "from hpcbridge import Executor; Executor(site='local')")
+    assert p.returncode == 1 and p.stderr.splitlines()[-1] == f"hpcbridge.errors.ConfigError: {expected}"
+    p = run("-m", "hpcbridge.cli", "submit", "--", "true")
+    assert (p.returncode, p.stdout) == (2, "")
+    assert p.stderr.splitlines()[0] == f"hpcbridge: error: {expected}"
+    p = run("-m", "hpcbridge.cli", "sites", "check")
+    assert p.returncode == 2 and f"hpcbridge: error: {expected}" in p.stderr.splitlines()
+    assert os.listdir(home) == []  # no job folder, no registry: nothing was submitted

@@ -153,3 +153,61 @@ def test_messages_are_one_line_and_say_what_to_do() -> None:
         "ssh-agent (ssh-add /k/id), or set [ssh] user / identity_file"
     )
     assert "\n" not in unreachable + auth
+
+
+# -- ProxyCommand: refused where it would carry the connection -------------------------------------------------
+PROXY_COMMAND_CONFIG = """
+Host behind
+    HostName 10.0.0.20
+    ProxyCommand ssh -W %h:%p gw.example.org
+
+Host gwcmd
+    HostName gw2.example.org
+    ProxyCommand nc -X 5 -x socks.example.org:1080 %h %p
+
+Host viajump
+    HostName 10.0.0.21
+    ProxyJump gwcmd
+
+Host nocmd
+    HostName 10.0.0.22
+    ProxyCommand none
+"""
+
+
+def _proxy_message(what: str, command: str) -> str:
+    return (
+        f"~/.ssh/config reaches {what} through ProxyCommand {command!r}, which hpcbridge does not run (it connects "
+        "with paramiko and runs no local shell commands, docs/ssh.md); reach it through a bastion instead: ProxyJump "
+        "in ~/.ssh/config, or proxy_jump = \"[user@]bastion[:port]\" in the site's [ssh] table (which overrides "
+        "ProxyCommand, as ssh -J does)"
+    )
+
+
+def test_a_proxy_command_is_refused_naming_the_host_and_what_to_use_instead() -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve({"host": "behind"}, PROXY_COMMAND_CONFIG)
+    assert str(info.value) == _proxy_message("behind", "ssh -W 10.0.0.20:22 gw.example.org")
+    # the first bastion is connected to directly: its ProxyCommand would carry the connection too
+    with pytest.raises(ConfigError) as info:
+        resolve({"host": "viajump"}, PROXY_COMMAND_CONFIG)
+    assert str(info.value) == _proxy_message(
+        "the bastion gwcmd", "nc -X 5 -x socks.example.org:1080 gw2.example.org 22"
+    )
+
+
+def test_a_proxy_command_that_would_not_be_used_is_no_error() -> None:
+    # the site's proxy_jump wins over the config's ProxyCommand (as ssh -J does), proxy_jump = "none" too
+    spec = resolve({"host": "behind", "proxy_jump": "plain"}, CONFIG + PROXY_COMMAND_CONFIG)
+    assert (spec.hostname, [j.hostname for j in spec.jumps]) == ("10.0.0.20", ["10.0.0.9"])
+    assert resolve({"host": "behind", "proxy_jump": "none"}, PROXY_COMMAND_CONFIG).jumps == ()
+    # a later bastion is reached through the one before it, whatever its own ProxyCommand says
+    spec = resolve({"host": "plain", "proxy_jump": "jump,gwcmd"}, CONFIG + PROXY_COMMAND_CONFIG)
+    assert [j.alias for j in spec.jumps] == ["jump", "gwcmd"]
+    assert resolve({"host": "nocmd"}, PROXY_COMMAND_CONFIG).jumps == ()
+
+
+def test_a_zero_connect_timeout_in_ssh_config_is_the_default_not_an_instant_failure() -> None:
+    # OpenSSH's ConnectTimeout 0 means "the system's TCP timeout"; a socket timeout of 0 would never connect
+    spec = resolve({"host": "z"}, "Host z\n    ConnectTimeout 0\n")
+    assert spec.connect_timeout_s == cfg.DEFAULT_CONNECT_TIMEOUT_S

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import threading
 from pathlib import Path
-from typing import Any, Iterator, List
+from typing import Any, Dict, Iterator, List
 
 import paramiko
 import pytest
@@ -216,3 +216,51 @@ def test_a_drop_retries_a_safe_command_and_reports_an_unsafe_one_as_maybe_ran(ma
 def test_a_command_that_runs_too_long_times_out(make: Any) -> None:
     with pytest.raises(CommandTimeoutError, match="timed out while trying to run sleep; it may still be running"):
         make().run(["sleep", "5"], timeout=1)
+
+
+# -- keepalives, on a real TCP connection (loopback) ----------------------------------------------------------------
+TCP_OPTIONS = ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT", "TCP_USER_TIMEOUT")
+
+
+def _keepalive_options(sock: socket.socket) -> Dict[str, int]:
+    out = {"SO_KEEPALIVE": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)}
+    out.update({name: sock.getsockopt(socket.IPPROTO_TCP, getattr(socket, name)) for name in TCP_OPTIONS})
+    return out
+
+
+@pytest.mark.parametrize("keepalive_s", [0, 7])
+def test_keepalive_s_sets_ssh_and_tcp_keepalives_and_zero_turns_both_off(
+    server_key: paramiko.PKey, tmp_path: Path, keepalive_s: float
+) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        listener.close()
+        t = paramiko.Transport(conn)
+        t.add_server_key(server_key)
+        t.start_server(server=_Server())
+
+    threading.Thread(target=serve, daemon=True).start()
+    spec = HostSpec(alias=f"tcp-loop-{os.urandom(4).hex()}", hostname="127.0.0.1", port=port, user="me",
+                    known_hosts=(str(tmp_path / "known_hosts"),), global_known_hosts=(),
+                    strict_host_key_checking="accept-new", agent=False, keepalive_s=keepalive_s)
+    t = SSHTransport(spec)
+    try:
+        assert t.run(["echo", "hi"]).stdout == "hi\n"  # the connection works either way
+        ssh = t.conn.transport()
+        got = _keepalive_options(ssh.sock)  # type: ignore[arg-type]
+        # paramiko keeps the SSH keepalive interval in its packetizer (0: none sent)
+        ssh_interval = ssh.packetizer._Packetizer__keepalive_interval  # type: ignore[attr-defined]
+    finally:
+        t.close()
+    if keepalive_s:
+        assert ssh_interval == 7
+        assert got == {"SO_KEEPALIVE": 1, "TCP_KEEPIDLE": 7, "TCP_KEEPINTVL": 7, "TCP_KEEPCNT": 3,
+                       "TCP_USER_TIMEOUT": 28_000}
+    else:
+        assert ssh_interval == 0
+        with socket.socket() as fresh:  # nothing set: the kernel's defaults, keepalives off
+            assert got == {**_keepalive_options(fresh), "SO_KEEPALIVE": 0}
+        assert got["TCP_USER_TIMEOUT"] == 0

@@ -9,7 +9,8 @@ resources     ``-l select=N:ncpus=C:mpiprocs=T:ngpus=G:mem=Mmb``   ``-l nodes=N:
               ``-l place=scatter`` when N > 1                      (job-wide: per-node memory x N)
 arrays        ``-J 0-99[%P]``, ids ``123[].srv`` / ``123[4].srv``  ``-t 0-99[%P]``, the same ids
 task index    ``$PBS_ARRAY_INDEX``                                 ``$PBS_ARRAYID``
-status        ``qstat -f -F json -x -t IDS`` (finished jobs too)   ``qstat -f [-t] IDS`` (text)
+status        ``qstat -f -F json -x -t IDS`` (finished jobs too;   ``qstat -f [-t] IDS`` (text)
+              no ``-x`` with ``accounting = false``)
 cancel        ``qdel IDS``                                         ``qdel IDS``
 after=        ``-W depend=afterok:ID:ID`` (arrays ``123[].srv``)   ``-W depend=afterok:ID,afterokarray:123[].srv``
 ============  ===================================================  ==============================================
@@ -20,8 +21,9 @@ execution host and copies it back only at the end; the script's own files are li
 flavour's rules for array output paths). The scheduler's messages go to ``log/pbs.out``, given on the qsub
 command line because Torque-compatible layers over Slurm (Debian's ``slurm-wlm-torque``) override ``#PBS -o``.
 
-Jobs leave ``qstat`` when they finish (Torque after ``keep_completed``, PBS Pro without job history): a job
-that a successful query no longer lists is taken as finished with its exit status unknown
+Jobs leave ``qstat`` when they finish (Torque after ``keep_completed``, PBS Pro without job history, which a
+site-config says with ``accounting = false``: then no query asks for history): a job that a successful query no
+longer lists is taken as finished with its exit status unknown
 (:meth:`PBSScheduler.missing_statuses`); its result file decides.
 
 Torque-compatible layers over Slurm print a plain id (``46``) for an array and cannot name its tasks: such "bare"
@@ -59,8 +61,8 @@ __all__ = ["FLAVOURS", "PBSScheduler", "check_folder", "expand_range", "parse_qs
 
 FLAVOURS = ("pbspro", "torque")
 
-#: what a path in a -o argument or a #PBS line may hold (':' would read as host:path; the Slurm-backed qsub
-#: builds a shell command from it and sbatch expands '%' patterns in it)
+#: what a path in a -o argument or a #PBS line may hold (':' would read as host:path, ',' separates the values of a
+#: PBS option's list; the Slurm-backed qsub builds a shell command from it and sbatch expands '%' patterns in it)
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+@=\-]+$")
 _JOB_ID = re.compile(r"^\d+(\[\d*\])?(\.[A-Za-z0-9_.\-]+)?$")
 _PBS_OPTION = re.compile(r"^-[A-Za-z](\s+\S.*)?$")
@@ -72,16 +74,20 @@ class PBSScheduler(Scheduler):
 
     name = "pbs"
     template = "pbs.sh.j2"
+    flavours = FLAVOURS
     supports_after = True
     per_node_launcher = "mpirun"
     hostfile = True
     scrub_prefixes = ("PBS_",)
     safe_commands = frozenset({"qstat", "pbsnodes", "tracejob"})
 
-    def __init__(self, flavour: str = "pbspro") -> None:
+    def __init__(self, flavour: str = "pbspro", accounting: bool = True) -> None:
         if flavour not in FLAVOURS:
             raise ConfigError(f"PBS flavour {flavour!r}: use one of {', '.join(FLAVOURS)}")
         self.flavour = flavour
+        #: PBS Pro: whether the server keeps job history (``qstat -x`` lists finished jobs); the site-config's
+        #: ``accounting``. Torque's qstat has no history option: its queries are the same either way.
+        self.accounting = accounting
         #: shell expression giving the task index; Torque-compatible layers over Slurm set no PBS_* variables
         self.task_index_expr = (
             "${PBS_ARRAY_INDEX:-0}" if flavour == "pbspro" else "${PBS_ARRAYID:-${SLURM_ARRAY_TASK_ID:-0}}"
@@ -89,7 +95,11 @@ class PBSScheduler(Scheduler):
 
     @classmethod
     def from_site(cls, site: SiteConfig, root: str) -> PBSScheduler:
-        return cls(flavour=site.flavour or "pbspro")
+        check_folder(root)  # every job folder is below it: refused before anything is written
+        return cls(flavour=site.flavour or "pbspro", accounting=site.accounting)
+
+    def initial_facts(self) -> ClusterFacts:
+        return ClusterFacts(accounting=self.accounting)
 
     @classmethod
     def default_launcher(cls, res: Resources) -> Optional[str]:
@@ -211,13 +221,14 @@ class PBSScheduler(Scheduler):
         raise SchedulerError(f"qsub printed no job id: {stdout.strip()!r}")
 
     def find_by_tag_argv(self, tag: str) -> List[str]:
-        """Every job qstat knows, with its attributes (PBS Pro: finished ones too, while history is kept).
+        """Every job qstat knows, with its attributes (PBS Pro: finished ones too, while history is kept; no ``-x``
+        with ``accounting = false``).
 
         Used after a connection dropped while ``qsub`` ran, to find the job instead of submitting it twice. A job
         carries its submission's tag in its folder, hence in its ``Output_Path`` (``-o <folder>/log/pbs.out``).
         """
         if self.flavour == "pbspro":
-            return ["qstat", "-f", "-F", "json", "-x"]
+            return ["qstat", "-f", "-F", "json", *(["-x"] if self.accounting else [])]
         return ["qstat", "-f"]
 
     def parse_find_by_tag(self, stdout: str, tag: str) -> Optional[str]:
@@ -268,9 +279,11 @@ class PBSScheduler(Scheduler):
         facts: ClusterFacts,
         arrays: Optional[Mapping[str, int]] = None,
     ) -> StatusQuery:
-        """One qstat for every job: PBS Pro with history (``-x``) and subjobs (``-t``)."""
+        """One qstat for every job: PBS Pro with subjobs (``-t``) and, unless the site keeps no job history
+        (``facts.accounting``, from ``accounting = false``), finished jobs (``-x``). Without history a finished job
+        leaves qstat, and :meth:`missing_statuses` takes it as over."""
         if self.flavour == "pbspro":
-            argv = ["qstat", "-f", "-F", "json", "-x", "-t", *job_ids]
+            argv = ["qstat", "-f", "-F", "json", *(["-x"] if facts.accounting else []), "-t", *job_ids]
         elif wrappers.bare_arrays(job_ids, arrays or {}):
             # a bare array's started tasks are listed under ids nobody told us: ask for every job
             argv = ["qstat", "-f"]
@@ -332,11 +345,14 @@ class PBSScheduler(Scheduler):
 
 
 def check_folder(folder: str) -> None:
-    """Job folders appear in ``-o`` paths and ``#PBS`` lines: no spaces, quotes, colons or shell characters."""
+    """Job folders appear in ``-o`` paths and ``#PBS`` lines: no spaces, quotes, ``:``, ``,``, ``%`` or shell
+    characters."""
     if not _SAFE_PATH.match(folder):
         raise ResourceError(
-            f"the job folder {folder!r} cannot be given to PBS (-o paths take no spaces, quotes, ':' or shell "
-            "characters); choose a workdir (site-config) or folder= of letters, digits and / . _ + -"
+            f"the job folder {folder!r} cannot be given to PBS: -o paths and #PBS lines take letters, digits and "
+            "/ . _ + - @ = only (':' reads as host:path, ',' separates a list's values, '%' starts a file name "
+            "pattern, and spaces, quotes or shell characters break the Slurm-backed qsub); choose a workdir "
+            "(site-config) or folder= of those characters"
         )
 
 

@@ -50,10 +50,17 @@ def _ask(text: str, echo: bool) -> str:
     return input(text) if echo else getpass.getpass(text)
 
 
-def authenticate(spec: HostSpec, t: paramiko.Transport, keys: KeyCache) -> str:
+def authenticate(
+    spec: HostSpec,
+    t: paramiko.Transport,
+    keys: KeyCache,
+    on_banner: Optional[Callable[[Optional[bytes]], None]] = None,
+) -> str:
     """Log in to ``spec`` over the started ``t``: none, then keys, then keyboard-interactive, then a password.
 
     Returns how (``"publickey (~/.ssh/id)"`` ...); raises :class:`AuthenticationError` saying what was tried.
+    ``on_banner`` gets the server's pre-login banner, read right after the first request (paramiko forgets it with
+    the next one).
     """
     user = spec.user
     try:
@@ -65,6 +72,9 @@ def authenticate(spec: HostSpec, t: paramiko.Transport, keys: KeyCache) -> str:
         allowed = ["publickey", "keyboard-interactive", "password"]
     except (paramiko.SSHException, EOFError, OSError) as exc:
         raise _closed_during_login(spec, exc) from exc
+    finally:
+        if on_banner is not None:
+            on_banner(t.get_banner())
     tried: List[str] = []
     if "publickey" in allowed:
         for label, load in _key_candidates(spec, keys):

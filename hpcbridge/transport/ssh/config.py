@@ -151,8 +151,14 @@ def resolve(
     local_user: str,
     home: str,
     site_name: str = "",
+    config_name: str = "~/.ssh/config",
 ) -> HostSpec:
-    """The endpoint a site's ``[ssh]`` table names, with ~/.ssh/config applied (site keys win, like ``ssh -o``)."""
+    """The endpoint a site's ``[ssh]`` table names, with ~/.ssh/config applied (site keys win, like ``ssh -o``).
+
+    A ``ProxyCommand`` the connection would go through is a :class:`ConfigError` (``config_name`` names the file in
+    it): hpcbridge runs no local command lines. It goes through none when the site sets ``proxy_jump`` (as ``ssh
+    -J`` overrides it) and on a bastion after the first (the one before it connects to it).
+    """
     host = str(ssh.get("host") or "").strip()
     if not host:
         raise ConfigError(f"site {site_name!r}: transport = 'ssh' needs [ssh] host = \"login.example.org\"")
@@ -169,6 +175,8 @@ def resolve(
         local_user=local_user,
         home=home,
         seen=(),
+        config_name=config_name,
+        direct=ssh.get("proxy_jump") is None,
     )
 
 
@@ -186,10 +194,16 @@ def _resolve_one(
     local_user: str,
     home: str,
     seen: Tuple[str, ...],
+    config_name: str,
+    direct: bool,
 ) -> HostSpec:
+    """``direct``: whether the config decides how ``alias`` is reached, so that a ProxyCommand there would be used
+    (refused); not when the site's proxy_jump or the bastion before it does."""
     if alias in seen or len(seen) > MAX_JUMPS:
         raise ConfigError(f"ProxyJump loop or chain longer than {MAX_JUMPS}: {' -> '.join(seen + (alias,))}")
     cfg = lookup(alias)
+    if direct:
+        _refuse_proxy_command(alias, cfg, config_name, bastion=bool(seen))
     hostname = str(cfg.get("hostname") or alias)
     the_user = str(user or cfg.get("user") or local_user)
     the_port = int(port or cfg.get("port") or DEFAULT_PORT)
@@ -208,13 +222,15 @@ def _resolve_one(
     )
     global_known = _files(cfg.get("globalknownhostsfile"), home) or DEFAULT_GLOBAL_KNOWN_HOSTS
     timeout = connect_timeout_s if connect_timeout_s is not None else cfg.get("connecttimeout")
+    if timeout not in (None, "") and float(timeout) <= 0:
+        timeout = None  # OpenSSH's ConnectTimeout 0: the system's TCP timeout; a socket timeout of 0 never connects
     keepalive = keepalive_s if keepalive_s is not None else cfg.get("serveraliveinterval")
     jump_text = proxy_jump if proxy_jump is not None else cfg.get("proxyjump")
     jumps: List[HostSpec] = []
     if jump_text:
         # every hop is resolved through ~/.ssh/config too; a hop's own ProxyJump is not followed (as OpenSSH's -J
         # builds the chain from this one list)
-        for hop, hop_user, hop_port in parse_jump(str(jump_text)):
+        for i, (hop, hop_user, hop_port) in enumerate(parse_jump(str(jump_text))):
             spec = _resolve_one(
                 hop,
                 user=hop_user,
@@ -228,6 +244,10 @@ def _resolve_one(
                 local_user=local_user,
                 home=home,
                 seen=seen + (alias,),
+                config_name=config_name,
+                # the first bastion is connected to directly (OpenSSH would run its ProxyCommand); each later
+                # one through the bastion before it
+                direct=i == 0,
             )
             jumps.append(spec)
     agent_setting = str(cfg.get("identityagent") or "").strip().lower()
@@ -249,6 +269,21 @@ def _resolve_one(
     )
 
 
+def _refuse_proxy_command(alias: str, cfg: Mapping[str, Any], config_name: str, bastion: bool) -> None:
+    """A ProxyCommand is a shell command line run locally to carry the connection; hpcbridge connects with
+    paramiko and runs no local command lines (argv only, never a shell), so it would be left out: refused."""
+    command = str(cfg.get("proxycommand") or "").strip()
+    if not command or command.lower() == "none":
+        return
+    what = f"the bastion {alias}" if bastion else alias
+    raise ConfigError(
+        f"{config_name} reaches {what} through ProxyCommand {command!r}, which hpcbridge does not run (it connects "
+        "with paramiko and runs no local shell commands, docs/ssh.md); reach it through a bastion instead: ProxyJump "
+        f"in {config_name}, or proxy_jump = \"[user@]bastion[:port]\" in the site's [ssh] table (which overrides "
+        "ProxyCommand, as ssh -J does)"
+    )
+
+
 def host_spec(ssh: Mapping[str, Any], *, site_name: str = "") -> HostSpec:
     """The endpoint a site's ``[ssh]`` table names, resolved against ~/.ssh/config (or its ``config_file``).
 
@@ -256,7 +291,8 @@ def host_spec(ssh: Mapping[str, Any], *, site_name: str = "") -> HostSpec:
     """
     home = os.path.expanduser("~")
     lookup = config_lookup(ssh.get("config_file"), home)
-    return resolve(ssh, lookup, local_user=local_user(), home=home, site_name=site_name)
+    return resolve(ssh, lookup, local_user=local_user(), home=home, site_name=site_name,
+                   config_name=str(ssh.get("config_file") or "~/.ssh/config"))
 
 
 def local_user() -> str:

@@ -18,7 +18,7 @@ from . import hostkeys
 from .auth import KeyCache, authenticate
 from .channel import Input, Lost, Sink, SourceError, collect
 from .commands import command_line
-from .config import DEFAULT_KEEPALIVE_S, HostSpec
+from .config import HostSpec
 from .messages import unreachable_message
 
 log = logging.getLogger("hpcbridge")
@@ -165,18 +165,18 @@ class Connection:
                     unreachable_message(spec, f"the SSH handshake failed ({exc or type(exc).__name__})")
                 ) from exc
             hostkeys.check_host_key(spec, t.get_remote_server_key(), known)
-            try:
-                self.auth_method = authenticate(spec, t, self._keys)
-            finally:
-                # the pre-login banner (sshd's Banner): kept for whoever wants to show it, never mixed with output
-                if spec is self.spec:
-                    self.banner = t.get_banner()
+            # the pre-login banner (sshd's Banner) of the login node: kept for whoever wants to show it, never
+            # mixed with output
+            self.auth_method = authenticate(spec, t, self._keys, self._keep_banner if spec is self.spec else None)
             if spec.keepalive_s > 0:
                 t.set_keepalive(max(1, int(spec.keepalive_s)))
         except BaseException:
             t.close()
             raise
         return t
+
+    def _keep_banner(self, banner: Optional[bytes]) -> None:
+        self.banner = banner
 
     def _drop(self) -> None:
         """Forget a dead connection (closing what is left of it)."""
@@ -298,7 +298,11 @@ class Connection:
 
 
 def tcp_connect(spec: HostSpec) -> socket.socket:
-    """A TCP connection to ``spec`` with TCP_NODELAY and keepalives (the first hop: no bastion in front)."""
+    """A TCP connection to ``spec`` with TCP_NODELAY and keepalives (the first hop: no bastion in front).
+
+    Keepalives every ``keepalive_s`` (idle time and probe interval, 3 probes) and a TCP_USER_TIMEOUT of 4 x
+    ``keepalive_s``; ``keepalive_s = 0`` turns them off (SO_KEEPALIVE 0, no user timeout: the kernel's defaults).
+    """
     try:
         sock = socket.create_connection((spec.hostname, spec.port), timeout=spec.connect_timeout_s)
     except socket.gaierror as exc:
@@ -308,8 +312,11 @@ def tcp_connect(spec: HostSpec) -> socket.socket:
     except OSError as exc:
         raise HostUnreachableError(unreachable_message(spec, exc.strerror or str(exc))) from exc
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # ~44 ms -> ~2 ms per command (Nagle + delayed ACK)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    idle_s = max(1, int(spec.keepalive_s or DEFAULT_KEEPALIVE_S))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1 if spec.keepalive_s > 0 else 0)
+    if spec.keepalive_s <= 0:
+        sock.settimeout(None)
+        return sock
+    idle_s = max(1, int(spec.keepalive_s))
     for opt, value in (("TCP_KEEPIDLE", idle_s), ("TCP_KEEPINTVL", idle_s), ("TCP_KEEPCNT", TCP_KEEPALIVE_PROBES),
                        ("TCP_USER_TIMEOUT", (TCP_KEEPALIVE_PROBES + 1) * idle_s * 1000)):  # (ms)
         if hasattr(socket, opt):
