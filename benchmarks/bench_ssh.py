@@ -14,9 +14,12 @@ Measures (targets from issue 5 in brackets):
 2. SSH round trips (exec channels) to stage and submit a 1000-call map [<= 5 for staging], and
    for ``write_files`` / ``read_files`` of 1000 small files; the jobs are submitted held (``--hold``) and cancelled
    at once, so nothing runs;
-3. the round trips to collect the results of a real 1000-call map (``map_jobs`` bundled into 6 tasks of ~167
-   calls, one per CPU slot), from the submission to the last result, split into result-folder listings,
-   result reads and status queries (they follow the wall time: one listing per poll tick, not one per call);
+3. one poll tick's read of 6 new result files: median ms and round trips, read as before the result-file check
+   (``read_files``) and as now (``read_with_owners``, with the owners and modes that decide whether they may be
+   unpickled); the round trips to collect the results of a real 1000-call map (``map_jobs`` bundled into 6
+   tasks of ~167 calls, one per CPU slot), from the submission to the last result, split into result-folder
+   listings, result reads and status queries (they follow the wall time: one listing per poll tick, not one per
+   call);
 4. 64 MB upload and download vs ``scp`` [>= 80 %], scp both alone (with its handshake, as users run it) and through
    a ControlMaster (the transfer only): hpcbridge's ``upload`` and ``download`` (one exec channel streaming
    ``cat`` each way) and the tar streams of write_files/read_files; paramiko's SFTP ``putfo`` (pipelined) and
@@ -120,7 +123,7 @@ def collect_round_trips(site_name: str, folder: str, ncalls: int = 1000, chunksi
     t = backend.transport
     stats = t.stats  # type: ignore[attr-defined]
     ex.submit(abs, -1).result(timeout=300)  # connected, cluster python checked, job root made
-    kinds = {"listdir": 0, "read_files": 0, "status query": 0}
+    kinds = {"listdir": 0, "result reads": 0, "status query": 0}
 
     def counted(kind: str, fn: Callable[..., object]) -> Callable[..., object]:
         def call(*args: object, **kw: object) -> object:
@@ -130,7 +133,8 @@ def collect_round_trips(site_name: str, folder: str, ncalls: int = 1000, chunksi
         return call
 
     t.listdir = counted("listdir", t.listdir)  # type: ignore[method-assign]
-    t.read_files = counted("read_files", t.read_files)  # type: ignore[method-assign]
+    t.read_files = counted("result reads", t.read_files)  # type: ignore[method-assign]
+    t.read_with_owners = counted("result reads", t.read_with_owners)  # type: ignore[method-assign]
     backend.query_status = counted("status query", backend.query_status)  # type: ignore[method-assign]
     mark: Dict[str, int] = {}
     add = backend.poller.add
@@ -150,6 +154,28 @@ def collect_round_trips(site_name: str, folder: str, ncalls: int = 1000, chunksi
     return {"calls": ncalls, "tasks": len({j.job_id for j in jobs}), "wall s": round(wall, 1),
             "round trips to collect all results": total, **kinds,
             "other (per-task commands)": total - sum(kinds.values())}
+
+
+def tick_read(t: SSHTransport, folder: str, n: int, files: int = 6) -> Dict[str, float]:
+    """What one poll tick's read of new result files costs (median ms, and round trips per read): ``files`` result
+    files of ~1 KB of one submission, read as the poller did before the result-file check (``read_files``) and as
+    it does now (``read_with_owners``: the same tar stream, plus the job folder's and ``res/``'s headers and
+    ``id -u``)."""
+    job = f"{folder}/0123456789abcdef"
+    res = f"{job}/res"
+    t.makedirs(job, res)
+    paths = {f"{res}/{i}.0.pkl": os.urandom(1024) for i in range(files)}
+    t.write_files(paths)
+    stats = t.stats
+    out: Dict[str, float] = {}
+    for name, read in (("read_files (before)", lambda: t.read_files(list(paths))),
+                       ("read_with_owners (now)", lambda: t.read_with_owners(list(paths), [job, res]))):
+        before = stats.round_trips
+        read()
+        out[f"{name}: round trips"] = stats.round_trips - before
+        out[f"{name}: median ms"] = round(median_ms(read, n), 2)
+    assert t.read_with_owners(list(paths), [job, res]).files == paths
+    return out
 
 
 def throughput(t: SSHTransport, folder: str, size_mb: int, rounds: int) -> Dict[str, float]:
@@ -229,6 +255,7 @@ def main() -> int:
     try:
         lat = latency(t, args.n)
         trips = round_trips(args.site, folder)
+        tick = tick_read(t, folder + "/tick", args.n)
         collect = collect_round_trips(args.site, folder + "/collect")
         thr = throughput(t, folder + "/big", args.size_mb, args.rounds)
     finally:
@@ -240,6 +267,9 @@ def main() -> int:
     print("\nSSH round trips (exec channels)")
     for k, n in trips.items():
         print(f"  {k:<62} {n:4d}")
+    print("\none poll tick's read of 6 new result files (1 KB each)")
+    for k, v in tick.items():
+        print(f"  {k:<62} {v:8}")
     print(f"\nround trips to collect the results of a real {collect['calls']}-call map "
           f"({collect['tasks']} bundled tasks, {collect['wall s']} s from submission to the last result)")
     for k, v in collect.items():
@@ -257,8 +287,8 @@ def main() -> int:
               f"tar stream {tar / scp_new:.0%} ({tar / scp_cm:.0%})")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"latency_ms": lat, "round_trips": trips, "collect": collect, "throughput_mb_s": thr}, fh,
-                      indent=1)
+            json.dump({"latency_ms": lat, "round_trips": trips, "tick_read": tick, "collect": collect,
+                       "throughput_mb_s": thr}, fh, indent=1)
     return 0
 
 

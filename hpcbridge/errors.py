@@ -28,6 +28,7 @@ Tree::
     │   └── RemoteCommandError      a transport operation failed on the remote side (also a CommandError)
     └── JobError                    a job did not produce a result
         ├── RemoteError             the callable raised, and its exception could not be rebuilt here
+        ├── UntrustedResultError    a result file someone else could have written: refused, never unpickled
         ├── JobKilledError          the scheduler ended the job (state, stderr tail)
         │   ├── JobTimeoutError
         │   ├── JobOutOfMemoryError
@@ -203,6 +204,16 @@ class RemoteError(JobError):
         self.type_name = type_name
         self.remote_traceback = remote_traceback
         self.rank = rank
+        super().__init__(message, **kw)
+
+
+class UntrustedResultError(JobError):
+    """A result file that someone other than the user could have written (its job folder, its ``res/`` folder or
+    the file itself belongs to another user or is group- or world-writable): it is not unpickled, since unpickling
+    runs code. ``paths``: the paths at fault."""
+
+    def __init__(self, message: str, *, paths: Sequence[str] = (), **kw: str) -> None:
+        self.paths = tuple(paths)
         super().__init__(message, **kw)
 
 

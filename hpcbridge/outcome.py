@@ -3,10 +3,14 @@ the error class that names the cause.
 
 A result file holds ``{"outcomes": [...], "rank", "host", "started", "finished"}``; each outcome is ``("ok", value)``
 or ``("err", pickled_exception_or_None, type_name, message, traceback_text)`` (docs/design.md, "The job folder").
+
+A result file is unpickled only when nobody but the user could have written it (:func:`result_refusal`): unpickling
+runs code, so a file in a folder another user can write to is refused, never loaded.
 """
 
 from __future__ import annotations
 
+import stat
 import traceback
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
 
@@ -16,6 +20,8 @@ from . import errors
 from .errors import last_lines
 from .schedulers.base import NativeStatus
 from .state import JobState
+from .store import JobFolder
+from .transport.base import OwnedFiles
 
 #: a result file's payload, by rank
 Payloads = Dict[int, Dict[str, Any]]
@@ -44,6 +50,66 @@ def load_payload(blob: bytes, ncalls: int, rank: int) -> Dict[str, Any]:
         )
         outcome = ("err", None, "hpcbridge.errors.SerializationError", message, traceback.format_exc())
         return {"outcomes": [outcome] * ncalls, "rank": rank, "host": "?", "started": 0.0, "finished": 0.0}
+
+
+#: the permission bits that let someone other than the owner write (hpcbridge makes folders 0700, files 0600)
+SHARED_WRITE = stat.S_IWGRP | stat.S_IWOTH
+
+
+def result_refusal(folder: JobFolder, path: str, read: OwnedFiles) -> Optional[Tuple[str, List[str]]]:
+    """Why the result file ``path`` of job folder ``folder`` must not be unpickled, and the paths at fault; None
+    when it may be.
+
+    The job folder, its ``res/`` folder and the file must belong to the cluster-side user (``read.uid``) and be
+    writable by nobody else: whoever can write there could have put a pickle that runs their code here.
+    """
+    problems: List[str] = []
+    at_fault: List[str] = []
+    writable = False
+    for what, where in (("the job folder", folder.path), ("its results folder", folder.results_dir),
+                        ("the result file", path)):
+        owner = read.owners.get(where)
+        if owner is None:
+            problems.append(f"{what} {where} could not be checked (its owner and mode did not come back)")
+        elif owner.uid != read.uid:
+            problems.append(f"{what} {where} belongs to uid {owner.uid}, not to you (uid {read.uid}; mode "
+                            f"{owner.mode:04o})")
+        elif owner.mode & SHARED_WRITE:
+            who = " and ".join(w for w, bit in (("group", stat.S_IWGRP), ("world", stat.S_IWOTH)) if owner.mode & bit)
+            problems.append(f"{what} {where} is {who}-writable (mode {owner.mode:04o}, owner uid {owner.uid}: you)")
+            writable = True
+        else:
+            continue
+        at_fault.append(where)
+    if not problems:
+        return None
+    if writable:
+        todo = (f"if nobody else wrote there, make {'them' if len(at_fault) > 1 else 'it'} private again (chmod go-w "
+                f"{' '.join(at_fault)}) and attach the job again (hpcbridge.attach), else submit the job again")
+    else:
+        todo = "submit the job again, and find out who changed its folder"
+    message = (
+        f"its result {path} was not unpickled, because someone other than you could have written it (unpickling "
+        f"runs code): {'; '.join(problems)}. hpcbridge makes job folders 0700 and their files 0600; {todo}"
+    )
+    return message, at_fault
+
+
+def refused_payload(message: str, paths: Sequence[str], ncalls: int, rank: int) -> Dict[str, Any]:
+    """The payload of a result file that was refused (:func:`result_refusal`): an error for each of its calls,
+    raised as :class:`~hpcbridge.errors.UntrustedResultError` (:func:`remote_exception`)."""
+    outcome = ("err", None, "hpcbridge.errors.UntrustedResultError", message, "")
+    return {"outcomes": [outcome] * ncalls, "rank": rank, "host": "?", "started": 0.0, "finished": 0.0,
+            "refused": (message, tuple(paths))}
+
+
+def checked_payload(folder: JobFolder, path: str, read: OwnedFiles, ncalls: int, rank: int) -> Dict[str, Any]:
+    """The payload of result file ``path`` as read (``read.files[path]``): unpickled only if nobody else could
+    have written it, else refused."""
+    refusal = result_refusal(folder, path, read)
+    if refusal is not None:
+        return refused_payload(*refusal, ncalls, rank)
+    return load_payload(read.files[path], ncalls, rank)
 
 
 def any_error(got: Payloads) -> bool:
@@ -93,6 +159,9 @@ def remote_exception(
     """The callable's own exception, with the remote traceback as its cause; :class:`RemoteError` when its type
     cannot be rebuilt here."""
     _, blob, type_name, message, tb_text = outcome
+    if "refused" in payload:  # never unpickled: the error is hpcbridge's own, not the callable's
+        text, paths = payload["refused"]
+        return errors.UntrustedResultError(f"job {job_id}: {text}", paths=paths, job_id=job_id, state="FAILED")
     where = f"job {job_id}" + (f", rank {rank}" if ranks > 1 else "") + f", host {payload['host']}"
     remote_tb = f"Remote traceback ({where}):\n{tb_text}"
     if tail:

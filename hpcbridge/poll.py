@@ -1,9 +1,10 @@
 """Status: result files as the fast path, one batched scheduler query per tick with back-off.
 
 One :class:`Poller` per executor (shared by its ``with_resources`` copies) watches every live submission:
-each tick lists each submission's ``res/`` folder (one directory read, no per-job stats) and, when the back-off
-allows, asks the scheduler about all unfinished jobs in one command. A failed query is retried later and never
-marks a job failed.
+each tick lists each submission's ``res/`` folder (one directory read, no per-job stats), reads the new result
+files in one batched read that also says who owns them and their folders (a file someone else could have written
+is refused, never unpickled) and, when the back-off allows, asks the scheduler about all unfinished jobs in one
+command. A failed query is retried later and never marks a job failed.
 """
 
 from __future__ import annotations
@@ -125,14 +126,16 @@ class Poller:
                     wanted[sub.paths.result(*parsed)] = (sub, *parsed)
         if not wanted:
             return False
-        data = transport.read_files(list(wanted))
+        # one round trip for every file, with the owner and mode of each and of its folders (outcome.result_refusal)
+        folders = {f for sub, _, _ in wanted.values() for f in (sub.folder, sub.paths.results_dir)}
+        read = transport.read_with_owners(list(wanted), sorted(folders))
         now = time.monotonic()
         progressed = False
         with self.lock:
-            for path, blob in data.items():
+            for path in read.files:
                 sub, task, rank = wanted[path]
                 sub.seen.add(os.path.basename(path))
-                sub.add_payload(task, rank, outcome.load_payload(blob, len(sub.jobs[task]), rank))
+                sub.add_payload(task, rank, outcome.checked_payload(sub.paths, path, read, len(sub.jobs[task]), rank))
                 progressed |= sub.try_resolve(task, now)
         return progressed
 

@@ -169,13 +169,13 @@ class Submission:
         got = self.payloads.setdefault(task, {})
         wanted = {self.paths.result(task, r): r for r in range(self.ranks) if r not in got}
         try:
-            found = self.backend.transport.read_files(list(wanted))
+            read = self.backend.transport.read_with_owners(list(wanted), [self.folder, self.paths.results_dir])
         except Exception as exc:
             log.warning("hpcbridge: could not re-read the results of %s: %s", self.task_id(task), exc)
-            found = {}
-        for path, blob in found.items():
+            return got
+        for path in read.files:
             self.seen.add(os.path.basename(path))
-            got[wanted[path]] = outcome.load_payload(blob, len(self.jobs[task]), wanted[path])
+            got[wanted[path]] = outcome.checked_payload(self.paths, path, read, len(self.jobs[task]), wanted[path])
         return got
 
     def _stderr_tail(self, task: int) -> str:

@@ -30,8 +30,11 @@ exactly once under its marker (:data:`hpcbridge.submit_once.SUBMIT_ONCE`) is ans
 wraps (``sbatch``), and its marker and record are written as the real wrapper writes them (unless ``answers`` has
 one for ``/bin/sh`` itself).
 
-Files live in ``files`` (path -> bytes); ``file_steps`` are merged into it one per :meth:`read_files` call, to script
-files that appear over time (a result, a submit record), or raised (a connection that drops while reading).
+Files live in ``files`` (path -> bytes); ``file_steps`` are merged into it one per :meth:`read_files` (or
+:meth:`read_with_owners`) call, to script files that appear over time (a result, a submit record), or raised (a
+connection that drops while reading). Every file and folder belongs to ``uid`` (1000), folders with mode 0o700 and
+files 0o600, as hpcbridge makes them, unless ``owners`` (path -> :class:`~hpcbridge.transport.base.Owner`) says
+otherwise.
 Nothing here touches the real filesystem or a scheduler: it proves the decisions of the code around a transport,
 never that a feature works on a cluster.
 """
@@ -49,7 +52,7 @@ import cloudpickle
 from ._version import __version__
 from .store import JobFolder
 from .submit_once import ALREADY_STARTED, SUBMIT_ONCE
-from .transport.base import Completed
+from .transport.base import Completed, OwnedFiles, Owner
 
 #: one scripted answer: an exception to raise, or (exit code, stdout, stderr)
 Step = Union[BaseException, Tuple[int, str, str]]
@@ -74,6 +77,8 @@ class ScriptedTransport:
         files: Optional[Mapping[str, bytes]] = None,
         file_steps: Sequence[FileStep] = (),
         home: str = "/home/user",
+        uid: int = 1000,
+        owners: Optional[Mapping[str, Owner]] = None,
     ) -> None:
         self.steps: List[Step] = list(steps)
         self.answers: Dict[str, Answer] = dict(answers or {})
@@ -81,6 +86,8 @@ class ScriptedTransport:
         self.file_steps: List[FileStep] = list(file_steps)
         self.dirs: Set[str] = set()
         self.home = home
+        self.uid = uid
+        self.owners: Dict[str, Owner] = dict(owners or {})
         self.calls: List[List[str]] = []
         #: the timeout each command was run with (None: none), in the order of the commands
         self.timeouts: List[Optional[float]] = []
@@ -150,12 +157,26 @@ class ScriptedTransport:
 
     def read_files(self, paths: Iterable[str]) -> Dict[str, bytes]:
         self.calls.append(["read_files"])
+        self._file_step()
+        return {p: self.files[p] for p in paths if p in self.files}
+
+    def read_with_owners(self, paths: Iterable[str], folders: Iterable[str] = ()) -> OwnedFiles:
+        self.calls.append(["read_with_owners"])
+        self._file_step()
+        files = {p: self.files[p] for p in paths if p in self.files}
+        owners = {p: self.owners.get(p, Owner(self.uid, 0o600)) for p in files}
+        for folder in folders:
+            prefix = folder.rstrip("/") + "/"
+            if folder in self.dirs or any(p.startswith(prefix) for p in self.files):
+                owners[folder] = self.owners.get(folder, Owner(self.uid, 0o700))
+        return OwnedFiles(files, owners, self.uid)
+
+    def _file_step(self) -> None:
         if self.file_steps:
             step = self.file_steps.pop(0)
             if isinstance(step, BaseException):
                 raise step
             self.files.update(step)
-        return {p: self.files[p] for p in paths if p in self.files}
 
     def listdir(self, path: str) -> List[str]:
         self.calls.append(["listdir", path])

@@ -16,6 +16,27 @@ class Completed:
     stderr: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Owner:
+    """Who owns a file or folder on the cluster side (``uid``), and its permission bits (``mode``, 0o7777)."""
+
+    uid: int
+    mode: int
+
+
+@dataclasses.dataclass(frozen=True)
+class OwnedFiles:
+    """Files read together with who could have written them (:meth:`Transport.read_with_owners`).
+
+    ``files``: path -> bytes (missing ones left out); ``owners``: the :class:`Owner` of each file read and of each
+    folder asked about that exists (a symbolic link: of its target); ``uid``: the cluster-side user, who runs the
+    transport's commands."""
+
+    files: Dict[str, bytes]
+    owners: Dict[str, Owner]
+    uid: int
+
+
 class Transport(Protocol):
     """Run argv lists and move bytes on the cluster side (locally, or over SSH).
 
@@ -46,6 +67,11 @@ class Transport(Protocol):
 
     def read_files(self, paths: Iterable[str]) -> Dict[str, bytes]:
         """Read several files; missing ones are left out of the result."""
+
+    def read_with_owners(self, paths: Iterable[str], folders: Iterable[str] = ()) -> OwnedFiles:
+        """Read several files as :meth:`read_files` does and, in the same round trip, the owner and mode of each
+        file read and of each of ``folders``, and the cluster-side user's uid (what decides whether a file may be
+        unpickled: only its owner could have written it)."""
 
     def listdir(self, path: str) -> List[str]:
         """Names in ``path``; an empty list if it does not exist."""

@@ -23,11 +23,18 @@ def fixed(monkeypatch):
 
 @pytest.fixture
 def golden():
-    """``golden(name, text)``: text must equal tests/unit/golden/NAME (HPCBRIDGE_UPDATE_GOLDEN=1 rewrites it)."""
+    """``golden(name, text)``: text must equal tests/unit/golden/NAME (HPCBRIDGE_UPDATE_GOLDEN=1 rewrites it).
+
+    Under CI (``CI=true``) the switch is refused: the test fails, and nothing is rewritten, so a golden test there
+    can always fail."""
 
     def check(name, text):
         path = os.path.join(GOLDEN, name)
         if os.environ.get("HPCBRIDGE_UPDATE_GOLDEN"):
+            if os.environ.get("CI", "").lower() == "true":
+                pytest.fail(f"HPCBRIDGE_UPDATE_GOLDEN is refused under CI (CI=true): with it every golden test would "
+                            f"pass by rewriting its file ({name}); update golden files outside CI, review and commit "
+                            "them, and unset HPCBRIDGE_UPDATE_GOLDEN here", pytrace=False)
             with open(path, "w") as fh:
                 fh.write(text)
         with open(path) as fh:

@@ -17,6 +17,7 @@ import paramiko
 import pytest
 
 from hpcbridge.errors import CommandTimeoutError, ConnectionLostError, RemoteCommandError
+from hpcbridge.transport.base import Owner
 from hpcbridge.transport.ssh import HostSpec, SSHTransport
 from hpcbridge.transport.ssh import connection as connection_module
 from hpcbridge.transport.ssh import transport as transport_module
@@ -140,6 +141,36 @@ def test_file_operations_round_trip(make: Any, tmp_path: Path) -> None:
     assert (t.read_from(root + "/a/b/one", 1), t.read_from(root + "/a/b/one", 9)) == (b"ne", b"")
     t.remove_tree(root)
     assert not os.path.exists(root)
+
+
+def test_read_with_owners_reports_owners_and_modes_in_the_same_one_round_trip(make: Any, tmp_path: Path) -> None:
+    """What decides whether a result file is unpickled (outcome.result_refusal), read over SSH: the folders'
+    headers and the files in one tar stream, the reader's uid on its first line."""
+    t = make()
+    folder = tmp_path / "job"
+    (folder / "res").mkdir(parents=True)
+    folder.chmod(0o770)
+    (folder / "res").chmod(0o700)
+    (folder / "res" / "0.0.pkl").write_bytes(b"zero")
+    (folder / "res" / "0.0.pkl").chmod(0o600)
+    os.symlink("/etc/passwd", folder / "res" / "1.0.pkl")  # its target's owner and mode, as the local transport
+    os.mkfifo(folder / "res" / "2.0.pkl")  # not a file: left out, and it does not hang the read
+    paths = [str(folder / "res" / f"{i}.0.pkl") for i in range(4)]
+    t.run(["true"])
+    before = t.stats.round_trips
+    got = t.read_with_owners(paths, [str(folder), str(folder / "res"), str(tmp_path / "gone")])
+    assert t.stats.round_trips - before == 1
+    passwd = os.stat("/etc/passwd")
+    assert got.uid == os.getuid()
+    assert got.files == {paths[0]: b"zero", paths[1]: Path("/etc/passwd").read_bytes()}
+    me = os.getuid()
+    assert got.owners == {str(folder): Owner(me, 0o770), str(folder / "res"): Owner(me, 0o700),
+                          paths[0]: Owner(me, 0o600), paths[1]: Owner(passwd.st_uid, passwd.st_mode & 0o7777)}
+    # the uid is asked once per connection (``id -u`` in the first read): later reads know it, in one round trip too
+    before = t.stats.round_trips
+    assert t.read_with_owners(paths, [str(folder), str(folder / "res")]) == got
+    assert t.stats.round_trips - before == 1 and t.conn.uid == me
+    assert t.read_files(paths) == got.files  # the plain read is the same read, without the facts
 
 
 def test_large_files_stream_both_ways_and_an_unreadable_local_file_leaves_nothing(

@@ -71,6 +71,8 @@ class Connection:
         self.auth_method = ""
         self.banner: Optional[bytes] = None
         self.home: Optional[str] = None
+        #: the remote user's uid, learnt by the first read_with_owners (``id -u`` in its command, not a round trip)
+        self.uid: Optional[int] = None
         self._lock = threading.RLock()
         self._channels = threading.BoundedSemaphore(MAX_EXEC_CHANNELS)
         self._transport: Optional[paramiko.Transport] = None

@@ -13,7 +13,7 @@ import uuid
 from typing import AbstractSet, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ...errors import ConfigError, RemoteCommandError, TransportError
-from ..base import Completed
+from ..base import Completed, OwnedFiles, Owner
 from .channel import Input
 from .commands import (
     NOT_FOUND,
@@ -142,27 +142,51 @@ class SSHTransport:
 
     def read_files(self, paths: Iterable[str]) -> Dict[str, bytes]:
         """All files in one tar stream over one exec channel; missing ones are left out."""
+        return self._read_tar(paths, (), with_owners=False).files
+
+    def read_with_owners(self, paths: Iterable[str], folders: Iterable[str] = ()) -> OwnedFiles:
+        """As :meth:`read_files`, in the same one exec channel: the folders go into the tar stream too (their
+        headers only), each header carries its owner and mode, and the first such read of a connection starts with
+        ``id -u`` (who reads; kept)."""
+        return self._read_tar(paths, folders, with_owners=True)
+
+    def _read_tar(self, paths: Iterable[str], folders: Iterable[str], *, with_owners: bool) -> OwnedFiles:
         wanted: Dict[str, List[str]] = {}
-        for path in paths:
-            check_remote_path(path, "read_files")
-            wanted.setdefault(posixpath.normpath(path).lstrip("/"), []).append(path)
-        if not wanted:
-            return {}
-        names = b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in wanted)
-        script = "cd / && exec tar -c -h -f - --ignore-failed-read --warning=no-failed-read --null -T - 2>/dev/null"
+        dirs: Dict[str, List[str]] = {}
+        for kind, given in ((dirs, folders), (wanted, paths)):
+            for path in given:
+                check_remote_path(path, "read_files")
+                kind.setdefault(posixpath.normpath(path).lstrip("/"), []).append(path)
+        if not wanted and not dirs:
+            return OwnedFiles({}, {}, -1)
+        # folders first: tar looks at each one before it reads the files in it
+        names = b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in [*dirs, *wanted])
+        ask_uid = with_owners and self.conn.uid is None  # once per connection: the fork of `id` costs ~2 ms
+        script = _READ_OWNED_SCRIPT if ask_uid else _READ_SCRIPT
         _, data = self._op(script, [], f"read {len(wanted)} file(s)", input=names)
+        if ask_uid:
+            line, _, data = data.partition(b"\n")
+            self.conn.uid = int(line)
+        uid = -1 if self.conn.uid is None else self.conn.uid
         out: Dict[str, bytes] = {}
+        owners: Dict[str, Owner] = {}
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             for member in tar:
+                name = posixpath.normpath(member.name).lstrip("/")
+                if member.isdir():
+                    for original in dirs.get(name, []):
+                        owners[original] = Owner(member.uid, member.mode & 0o7777)
+                    continue
                 if not member.isfile():
                     continue
                 fh = tar.extractfile(member)
                 if fh is None:
                     continue
                 blob = fh.read()
-                for original in wanted.get(posixpath.normpath(member.name).lstrip("/"), []):
+                for original in wanted.get(name, []):
                     out[original] = blob
-        return out
+                    owners[original] = Owner(member.uid, member.mode & 0o7777)
+        return OwnedFiles(out, owners, uid)
 
     def listdir(self, path: str) -> List[str]:
         check_remote_path(path, "listdir")
@@ -254,6 +278,12 @@ _UPLOAD_SCRIPT = (
     'printf "hpcbridge: upload to %s cut short: %s of %s bytes arrived\\n" "$2" "$n" "$4" >&2; exit 3; }; '
     'chmod "$3" "$1" && mv -f -- "$1" "$2" || { rc=$?; rm -f -- "$1"; exit "$rc"; }'
 )
+#: read the files named on stdin (NUL-separated) as one tar stream; -h: a symbolic link's target (and its owner)
+_READ_SCRIPT = (
+    "cd / && exec tar -c -h --no-recursion -f - --ignore-failed-read --warning=no-failed-read --null -T - 2>/dev/null"
+)
+#: the same, after a first line with the reading user's uid (the first read_with_owners of a connection)
+_READ_OWNED_SCRIPT = "cd / && id -u && " + _READ_SCRIPT[len("cd / && "):]
 #: extract (umask 077: the temporary folders are private), then move each folder's files into place, one mv each
 _WRITE_SCRIPT = (
     "umask 077; cd / || exit 1; "
