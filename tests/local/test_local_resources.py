@@ -102,12 +102,12 @@ def test_a_job_over_its_memory_ends_out_of_memory(ex, tmp_path):
     with pytest.raises(JobOutOfMemoryError, match=rf"^job {job.job_id} ran out of memory \(state OUT_OF_MEMORY\)") \
             as info:
         job.result(timeout=60)
-    assert time.monotonic() - start < 20
+    assert time.monotonic() - start < 45  # sampled every 0.5 s; generous for a loaded 2-core machine
     assert job.state == JobState.OUT_OF_MEMORY
     assert re.fullmatch(rf"hpcbridge local runner: \*\*\* job {job.job_id} killed: its processes used (\d+) MB of "
                         r"memory, more than its mem_gb \(100 MB\) \*\*\*", info.value.stderr_tail)
     assert 100 < int(re.search(r"used (\d+) MB", info.value.stderr_tail).group(1)) < 1000
-    _wait_gone([int(open(pid_file).read())], 5)
+    _wait_gone([int(open(pid_file).read())], 15)
 
 
 def _hold(mb):
