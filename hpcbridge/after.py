@@ -1,17 +1,24 @@
 """``after=``: the jobs a submission waits for, as the scheduler job ids its directives name.
 
 Resolved when an executor is made (before anything is submitted), so that a job that can never start (its
-parent failed, or was never submitted) is refused with the reason instead of waiting in the queue for ever.
+parent failed, or was never submitted) is refused with the reason instead of waiting in the queue for ever; and
+looked up just before each submission (:func:`check_known`), so that a job id the scheduler does not know is
+refused instead of being taken for a job long done.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+import logging
+from typing import Any, Dict, List, Sequence, Tuple
 
-from .errors import ResourceError
+from .backend import Backend
+from .errors import ResourceError, TransportError
 from .job import Job, TaskOwner
 from .sites import Site
 from .spec import JOB_ID
+from .state import JobState
+
+log = logging.getLogger("hpcbridge")
 
 
 def dependency_ids(value: Any, site: Site, supported: bool) -> Tuple[str, ...]:
@@ -75,3 +82,45 @@ def _check_parent(job: Job, site: Site) -> None:
     if job.done() and (job.cancelled() or job.exception() is not None):
         why = "was cancelled" if job.cancelled() else f"failed ({job.state.value})"
         raise ResourceError(f"after: job {job.job_id} {why}: a job to run after it would never start")
+
+
+def check_known(backend: Backend, job_ids: Sequence[str]) -> None:
+    """Before a submission that waits for ``job_ids``: the site's scheduler knows each of them, and each that it no
+    longer holds completed successfully. A ResourceError otherwise, before anything is written or submitted.
+
+    Slurm takes a dependency on a job it does not hold for one long done and starts the dependent at once, so a
+    mistyped id, or one whose job failed and was forgotten, would not make the job wait. The adapter's lookup
+    commands say which jobs the scheduler holds (fine, whatever their state: it waits for them and handles their
+    outcome) and what its records say of the others. A lookup that fails is logged, and the job is submitted
+    without this check (as before it existed), so a flaky query never blocks a submission.
+    """
+    queries = backend.scheduler.lookup_queries(job_ids, backend.facts) if job_ids else []
+    missing = list(job_ids)
+    forgotten: Dict[str, JobState] = {}
+    for i, argv in enumerate(queries):
+        try:
+            out = backend.run(argv, timeout=30)
+        except TransportError as exc:
+            found, why = None, str(exc)
+        else:
+            found = backend.scheduler.parse_lookup(missing, out)
+            why = f"{out.argv[0]} exited {out.returncode}: {out.stderr.strip()[-200:]}"
+        if found is None:
+            log.warning("hpcbridge: could not look up the jobs named in after= (%s); submitting without that check",
+                        why)
+            return
+        if i > 0:
+            forgotten.update(found)
+        missing = [job_id for job_id in missing if job_id not in found]
+        if not missing:
+            break
+    if queries and missing:
+        what = f"job {missing[0]}" if len(missing) == 1 else f"jobs {', '.join(missing)}"
+        raise ResourceError(
+            f"after: the scheduler of site {backend.site.name!r} does not know {what}: check the id (a job that "
+            "completed long ago and was forgotten needs no after=)"
+        )
+    for job_id, state in forgotten.items():
+        if state.is_final and state is not JobState.COMPLETED:
+            why = "was cancelled" if state is JobState.CANCELLED else f"failed ({state.value})"
+            raise ResourceError(f"after: job {job_id} {why}: a job to run after it would never start")

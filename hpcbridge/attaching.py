@@ -12,7 +12,7 @@ import posixpath
 from typing import Any, Dict, List, Optional, Union
 
 from .backend import Backend
-from .errors import HpcBridgeError, JobNotFoundError
+from .errors import JobNotFoundError, UsageError
 from .job import Job
 from .registry import Registry
 from .sites import Site, load_site
@@ -37,6 +37,8 @@ def attach(job_id: Union[str, int], site: Union[str, Site] = "local", position: 
     """The :class:`Job` of an earlier submission, from any process on this machine (via the job registry).
 
     ``position`` picks one call when several were bundled into one array task (``map_jobs(chunksize=k)``).
+    Raises :class:`JobNotFoundError` for an id the registry does not hold (a task beyond an array's end too), and
+    :class:`UsageError` for an array's own id (attach one task) or a position the task does not hold.
     """
     site_obj = load_site(site) if isinstance(site, str) else site
     registry = Registry()
@@ -51,13 +53,13 @@ def attach(job_id: Union[str, int], site: Union[str, Site] = "local", position: 
     rows = registry.find(site_obj.name, str(job_id))
     if not rows:  # the id is an array's: its tasks were listed
         tasks = sorted({r["job_id"] for r in listed})
-        raise HpcBridgeError(
+        raise UsageError(
             f"job {job_id} is an array of {len(tasks)} task(s); attach one of them: "
             + ", ".join(tasks[:3]) + (f" ... {tasks[-1]}" if len(tasks) > 3 else "")
         )
     matching = [r for r in rows if r["position"] == position]
     if not matching:
-        raise HpcBridgeError(f"job {job_id} holds {len(rows)} bundled call(s); position={position} is not one")
+        raise UsageError(f"job {job_id} holds {len(rows)} bundled call(s); position={position} is not one")
     row = matching[0]
     chunks = json.loads(row["chunks"])
     # the job's own folder root (it may have been submitted with Executor(folder=...)): the local batch

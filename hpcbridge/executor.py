@@ -16,7 +16,7 @@ import uuid
 from typing import Any, Callable, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 from ._version import __version__
-from .after import dependency_ids
+from .after import check_known, dependency_ids
 from .attaching import attach as attach  # re-exported: hpcbridge.executor.attach keeps working
 from .backend import Backend
 from .display import describe, progress_for
@@ -254,6 +254,7 @@ class Executor(concurrent.futures.Executor):
         blobs = blobs if blobs is not None else [pickle_task(t) for t in tasks]
         fn = tasks[0][0][0]
         backend.check_remote_env()
+        check_known(backend, sub.after)  # after= ids the scheduler does not know: refused, nothing written
         backend.ensure_root()
         sub.script = self._render_script(
             sub.folder, sub.tag, len(tasks) if sub.is_array else None, fn, sum(len(t) for t in tasks)

@@ -28,6 +28,7 @@ from ..errors import (
     SerializationError,
     TransportError,
     UnknownSiteError,
+    UsageError,
 )
 from . import sites
 from .jobs import cmd_cancel, cmd_logs, cmd_result, cmd_status
@@ -164,6 +165,8 @@ def explain(exc: BaseException, args: argparse.Namespace) -> Tuple[str, str, int
         return first, "`hpcbridge sites check` validates every site-config (docs/site-configs.md)", USAGE
     if isinstance(exc, ResourceError):
         return first, f"`hpcbridge sites show {site}` lists the partitions and their limits", USAGE
+    if isinstance(exc, UsageError):
+        return first, "", USAGE
     if isinstance(exc, SerializationError):
         return first, "the function and its arguments must be picklable", USAGE
     if isinstance(exc, RemoteEnvironmentError):

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any, Callable, List, Tuple
 
-from ..errors import UserCommandError
+from ..errors import UnknownSiteError, UserCommandError
 from .jobs import print_outcome, still_running, wait_for
 from .output import JOB_FAILED, OK, CliError, Out, report
 
@@ -28,15 +28,13 @@ def resolve_target(args: argparse.Namespace) -> Tuple[Callable[..., Any], List[A
     extra = list(args.args) + list(after or [])
     target: str = args.target
     if target.endswith(".py") or (os.path.isfile(target) and ":" not in target):
-        try:
-            with open(target, encoding="utf-8") as fh:
-                source = fh.read()
-        except OSError as exc:
-            raise CliError(f"cannot read {target}: {exc.strerror or exc}", "give the path of a Python file") from None
+        source = _read_source(target)
         try:
             compile(source, target, "exec")
         except SyntaxError as exc:
             raise CliError(f"{target}:{exc.lineno}: {exc.msg}", "the file must be valid Python") from None
+        except ValueError as exc:  # a NUL byte (Python < 3.12; a SyntaxError since)
+            raise CliError(f"{target}: {exc}", "the file must be valid Python") from None
         return commands.run_script, [os.path.abspath(target), source, extra], "file"
     if ":" in target:
         return _load_function(target), extra, "function"
@@ -46,31 +44,77 @@ def resolve_target(args: argparse.Namespace) -> Tuple[Callable[..., Any], List[A
     )
 
 
-def _load_function(target: str) -> Callable[..., Any]:
+def _read_source(path: str) -> str:
+    """A Python file's text, decoded as Python would (UTF-8, or the encoding its coding line declares)."""
+    import io
+    import tokenize
+
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}", "give the path of a Python file you can read"
+                       ) from None
+    hint = "save it as UTF-8, or declare its encoding in a coding line (# -*- coding: latin-1 -*-)"
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
+    except SyntaxError as exc:  # an unknown encoding declared, or not UTF-8 in its first two lines
+        raise CliError(f"cannot read {path}: {exc.msg}", hint) from None
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise CliError(f"cannot read {path}: line {line} is not {encoding} text ({exc.reason})", hint) from None
+
+
+def _callables(obj: Any) -> str:
+    """The public callables of a module (or class), for a hint."""
+    names = [n for n in dir(obj) if not n.startswith("_")]
+    return ", ".join(n for n in names if callable(getattr(obj, n, None)))[:200] or "none"
+
+
+def _import(module_name: str) -> Any:
+    """``module_name`` imported; what goes wrong in its import is the user's, in one line and a hint."""
     import importlib
 
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CliError(
+            f"cannot import {module_name!r}: {exc}", "run from the folder that holds it, or install it"
+        ) from None
+    except SyntaxError as exc:
+        where = f"{exc.filename}:{exc.lineno}" if exc.filename else f"line {exc.lineno}"
+        raise CliError(f"cannot import {module_name!r}: {where}: {exc.msg}", "the module must be valid Python"
+                       ) from None
+    except OSError as exc:  # its file exists but cannot be read
+        raise CliError(f"cannot import {module_name!r}: cannot read {exc.filename}: {exc.strerror or exc}",
+                       "make the module readable (chmod u+r)") from None
+    except Exception as exc:  # its top-level code raised
+        raise CliError(f"cannot import {module_name!r}: it raised {type(exc).__name__}: {exc}",
+                       "fix the module's top-level code (--debug shows the traceback)") from exc
+
+
+def _load_function(target: str) -> Callable[..., Any]:
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise CliError(f"{target!r} must be module:function", "e.g. mypkg.jobs:main")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise CliError(
-            f"cannot import {module_name!r}: {exc}", "run from the folder that holds it, or install it"
-        ) from None
+    module = _import(module_name)
     obj: Any = module
+    owner: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
             from ..spec import did_you_mean
 
             names = [n for n in dir(obj) if not n.startswith("_")]
             raise CliError(f"{module_name} has no {attr!r}{did_you_mean(part, names)}",
-                           f"callables there: {', '.join(n for n in names if callable(getattr(obj, n)))[:200]}")
-        obj = getattr(obj, part)
+                           f"callables there: {_callables(obj)}")
+        owner, obj = obj, getattr(obj, part)
     if not callable(obj):
-        raise CliError(f"{target} is not callable", "give a function")
+        raise CliError(f"{target} is not callable: it is {_a(type(obj).__name__)} ({_short_repr(obj)})",
+                       f"give a function; callables there: {_callables(owner)}")
     module_file = os.path.abspath(getattr(module, "__file__", "") or "")
     if module_file.startswith(os.getcwd() + os.sep) and "site-packages" not in module_file:
         import cloudpickle  # a module of this folder need not be installed on the cluster: ship it by value
@@ -79,15 +123,31 @@ def _load_function(target: str) -> Callable[..., Any]:
     return obj  # type: ignore[no-any-return]
 
 
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
+def _short_repr(obj: Any) -> str:
+    import reprlib
+
+    return reprlib.repr(obj)
+
+
 def _executor(args: argparse.Namespace) -> Any:
     from ..executor import Executor
-    from ..sites import default_site
+    from ..sites import default_site_origin
     from ..spec import RESOURCE_NAMES
 
     # the resource flags' dests are resource names (those without a flag, e.g. array_parallelism, are absent)
     resources = {k: getattr(args, k) for k in RESOURCE_NAMES if getattr(args, k, None) is not None}
-    args.site = args.site or default_site()
-    return Executor(site=args.site, **resources)
+    if args.site:
+        return Executor(site=args.site, **resources)
+    args.site, origin = default_site_origin()  # --site, else $HPCBRIDGE_SITE, else the project's default_site
+    try:
+        return Executor(site=args.site, **resources)
+    except UnknownSiteError as exc:  # a site the user did not type: say where it came from
+        raise CliError(str(exc).strip().splitlines()[0], f"the site {args.site!r} came from {origin}; "
+                       "`hpcbridge sites list` shows the sites this machine knows (--site picks one)") from None
 
 
 # -- submit / render --------------------------------------------------------------------------------------------

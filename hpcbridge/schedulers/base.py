@@ -274,6 +274,19 @@ class Scheduler(abc.ABC):
         that the scheduler reports under another state. Default: the status as it is."""
         return status
 
+    def lookup_queries(self, job_ids: Sequence[str], facts: ClusterFacts) -> List[List[str]]:
+        """Commands that list jobs named by id (``after=``), asked in turn until every id is found: the first asks
+        what the scheduler holds now (it waits for those and handles their outcome itself), the later ones its
+        record of jobs that ended and that it no longer holds. Empty (the default): ids cannot be looked up, and
+        are not checked."""
+        return []
+
+    def parse_lookup(self, job_ids: Sequence[str], out: Output) -> Optional[Dict[str, JobState]]:
+        """Which of ``job_ids`` a :meth:`lookup_queries` command's output lists, with the state of each (an
+        array's: a live task's state while one runs, else the first that did not complete, else COMPLETED).
+        None: the command failed, nothing can be told."""
+        return None
+
 
 def expand_array_id(job_id: str) -> List[str]:
     """``123_[1-3,7%2]`` -> ``['123_1', '123_2', '123_3', '123_7']``; other ids are returned as they are."""

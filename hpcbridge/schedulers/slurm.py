@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import ResourceError, SchedulerError
 from ..state import JobState
@@ -300,3 +300,35 @@ class SlurmScheduler(Scheduler):
 
     def cancel_argv(self, job_ids: Sequence[str]) -> List[str]:
         return ["scancel", *job_ids]
+
+    # -- after= ids ---------------------------------------------------------------------------------------
+    def lookup_queries(self, job_ids: Sequence[str], facts: ClusterFacts) -> List[List[str]]:
+        """squeue (what slurmctld holds: queued, running, ended less than MinJobAge ago), then sacct for the jobs
+        it forgot. slurmctld takes a dependency on a job it does not hold for one long done, so without this
+        check ``after="12345"`` with a mistyped id would start at once (seen on Slurm 22.05)."""
+        ids = ",".join(job_ids)
+        queries = [["squeue", "--noheader", "--array", "--states=all", "--format=%i|%A|%T", f"--jobs={ids}"]]
+        if facts.accounting:  # sacct with --jobs and no --starttime: every record, however old
+            queries.append(["sacct", "--noheader", "--parsable2", "--allocations", "--format=JobID,JobIDRaw,State",
+                            f"--jobs={ids}"])
+        return queries
+
+    def parse_lookup(self, job_ids: Sequence[str], out: Output) -> Optional[Dict[str, JobState]]:
+        """Rows ``ID|RAW ID|STATE``; an id is found as itself, as an array's tasks (``123`` -> ``123_4``), or as
+        the raw id of an array task (``SLURM_JOB_ID`` inside one). squeue's "Invalid job id specified": none."""
+        if out.returncode != 0:
+            return {} if "Invalid job id specified" in out.stderr else None
+        rows: Dict[str, Tuple[str, JobState]] = {}  # job id -> (raw id, state); the last record of an id wins
+        for line in out.stdout.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) >= 3 and parts[0] and "." not in parts[0]:
+                rows[parts[0]] = (parts[1], normalise(parts[2]))
+        found: Dict[str, JobState] = {}
+        for want in job_ids:
+            states = [state for job_id, (raw, state) in rows.items()
+                      if job_id == want or raw == want or job_id.startswith(f"{want}_")]
+            if states:
+                live = [s for s in states if not s.is_final]
+                bad = [s for s in states if s is not JobState.COMPLETED]
+                found[want] = (live or bad or [JobState.COMPLETED])[0]
+        return found

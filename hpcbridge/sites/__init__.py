@@ -29,6 +29,7 @@ from .loading import (
     PROJECT_FILE,
     SYSTEM_DIR,
     default_site,
+    default_site_origin,
     find_project_file,
     known_sites,
     load_site,
@@ -46,7 +47,8 @@ from .model import BUILTIN, Site, builtin_local, site_from_mapping
 
 __all__ = [
     "BUILTIN", "ENTRY_POINT_GROUP", "ENV_PATH", "ENV_SITE", "KEYWORD", "Layer", "PROJECT_FILE", "Partition",
-    "SYSTEM_DIR", "Site", "builtin_local", "default_site", "find_project_file", "known_sites", "load_site",
-    "load_site_file", "merge_layers", "misnamed_site_files", "package_dirs", "read_project", "search_dirs",
+    "SYSTEM_DIR", "Site", "builtin_local", "default_site", "default_site_origin", "find_project_file",
+    "known_sites", "load_site", "load_site_file", "merge_layers", "misnamed_site_files", "package_dirs",
+    "read_project", "search_dirs",
     "site_from_mapping", "site_layers", "site_names", "system_dirs", "user_dir",
 ]

@@ -188,15 +188,21 @@ def known_sites() -> List[str]:
 
 def default_site() -> str:
     """The site the CLI uses without ``--site``: ``$HPCBRIDGE_SITE``, the project file's ``default_site``, ``local``."""
+    return default_site_origin()[0]
+
+
+def default_site_origin() -> Tuple[str, str]:
+    """:func:`default_site` and where it came from: ``$HPCBRIDGE_SITE``, ``default_site in PATH``, or ``the
+    built-in default``."""
     env = os.environ.get(ENV_SITE)
     if env:
-        return env
+        return env, f"${ENV_SITE}"
     project = find_project_file()
     if project is not None:
         value = read_project(project)[0].get("default_site")
         if isinstance(value, str) and value:
-            return value
-    return "local"
+            return value, f"default_site in {project}"
+    return "local", "the built-in default"
 
 
 def load_site(name: str, **overrides: Any) -> Site:

@@ -204,3 +204,73 @@ def test_a_dependent_the_wrappers_removed_without_a_word_names_its_dependency():
     with pytest.raises(errors.JobLostError, match=r"without writing a result; .*; it was to start after 608: if one "
                                                   r"of those failed, it never ran$"):
         job.result(timeout=0)
+
+
+# -- ids the scheduler does not know (checked just before each submission) -----------------------------------
+SQUEUE_LOOKUP = ["squeue", "--noheader", "--array", "--states=all", "--format=%i|%A|%T"]
+SACCT_LOOKUP = ["sacct", "--noheader", "--parsable2", "--allocations", "--format=JobID,JobIDRaw,State"]
+INVALID = (1, "", "slurm_load_jobs error: Invalid job id specified\n")  # squeue -j with no id it knows (22.05)
+
+
+def _lookup(ids, squeue, sacct=None, **site):
+    """check_known against scripted squeue/sacct answers; the commands it ran."""
+    from hpcbridge.after import check_known
+
+    answers = {"squeue": squeue} if sacct is None else {"squeue": squeue, "sacct": sacct}
+    transport = ScriptedTransport(answers=answers)
+    check_known(Backend(_site(**site), transport=transport), ids)
+    return transport.calls
+
+
+def test_ids_slurmctld_holds_pass_whatever_their_state_and_sacct_is_not_asked():
+    # a pending array (its tasks listed one by one with --array), a failed job slurmctld still holds (Slurm cancels
+    # a dependent of it: JobDependencyError), and an array task's raw id (SLURM_JOB_ID inside one)
+    listed = "700_0|700|PENDING\n700_1|701|PENDING\n702|702|FAILED\n23_76|100|RUNNING\n"
+    calls = _lookup(("700", "702", "100"), (0, listed, ""))
+    assert calls == [[*SQUEUE_LOOKUP, "--jobs=700,702,100"]]
+
+
+def test_an_id_neither_slurmctld_nor_accounting_knows_is_refused_before_anything_is_written():
+    with pytest.raises(errors.ResourceError) as info:
+        _lookup(("99999999",), INVALID, (0, "", ""))
+    assert str(info.value) == ("after: the scheduler of site 'after-slurm' does not know job 99999999: check the id "
+                               "(a job that completed long ago and was forgotten needs no after=)")
+    with pytest.raises(errors.ResourceError, match=r"does not know jobs 5_9, 8: check the id"):
+        _lookup(("7", "5_9", "8"), (0, "7|7|RUNNING\n", ""), (0, "", ""))  # 5_9: a task the array 5 lacks
+
+
+def test_a_forgotten_job_must_have_completed_since_slurm_takes_it_for_done():
+    calls = _lookup(("650", "651"), (0, "", ""), (0, "650|650|COMPLETED\n651_0|652|COMPLETED\n651_1|653|COMPLETED\n"
+                                                  "651_2|654|COMPLETED\n", ""))
+    assert calls[1] == [*SACCT_LOOKUP, "--jobs=650,651"]
+    with pytest.raises(errors.ResourceError, match=r"^after: job 651 failed \(FAILED\): a job to run after it would "
+                                                   r"never start$"):
+        _lookup(("651",), INVALID, (0, "651_0|652|COMPLETED\n651_1|653|FAILED\n", ""))
+    with pytest.raises(errors.ResourceError, match=r"^after: job 660 was cancelled: a job to run after it would"):
+        _lookup(("660",), INVALID, (0, "660|660|CANCELLED by 2001\n", ""))
+    # ids restart when a cluster's state is reset: the newest record of an id counts
+    _lookup(("670",), INVALID, (0, "670|670|FAILED\n670|670|COMPLETED\n", ""))
+
+
+def test_without_accounting_only_slurmctld_is_asked():
+    with pytest.raises(errors.ResourceError, match=r"does not know job 650"):
+        _lookup(("650",), INVALID, accounting=False)  # no sacct scripted: asking it would fail the test
+
+
+@pytest.mark.parametrize("squeue", [
+    (1, "", "squeue: error: Unable to contact slurm controller (connect failure)\n"),
+    errors.CommandTimeoutError("squeue did not finish in 30 s"),
+])
+def test_a_lookup_that_fails_is_logged_and_the_job_submitted_without_the_check(squeue, caplog):
+    assert _lookup(("99999999",), squeue) == [[*SQUEUE_LOOKUP, "--jobs=99999999"]]
+    assert "could not look up the jobs named in after= (" in caplog.text
+    assert "submitting without that check" in caplog.text
+
+
+def test_schedulers_without_a_lookup_are_not_asked():
+    from hpcbridge.after import check_known
+
+    transport = ScriptedTransport()
+    check_known(Backend(_site("pbs"), transport=transport), ("101.pbs01",))
+    check_known(Backend(_site(), transport=transport), ())  # nothing to wait for
+    assert transport.calls == []

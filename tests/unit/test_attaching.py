@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
@@ -57,3 +58,16 @@ def test_hpcbridge_attach_stays_the_function_once_the_modules_using_it_are_impor
             "print(callable(attach), attach is hpcbridge.attach is hpcbridge.executor.attach)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "True"]
+
+
+def test_an_array_id_or_a_missing_position_is_a_usage_error_exit_2_in_the_cli():
+    from hpcbridge.cli import explain
+    from hpcbridge.errors import UsageError
+
+    _record("14", ["14_0", "14_1"], chunks=[2, 2])
+    for kwargs in ({"job_id": "14"}, {"job_id": "14_1", "position": 2}, {"job_id": "14_1", "position": -1}):
+        with pytest.raises(UsageError) as info:
+            attach(site="local", **kwargs)
+        assert explain(info.value, argparse.Namespace())[2] == 2  # bad input, as docs/cli.md says
+    with pytest.raises(JobNotFoundError):
+        attach("14_2", site="local")  # a task past the array's end: no such job (exit 4)

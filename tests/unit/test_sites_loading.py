@@ -109,6 +109,14 @@ def test_the_env_variable_names_the_default_site_before_the_project_file(layers,
     assert loading.default_site() == "other"
 
 
+def test_the_default_site_says_where_it_came_from(layers, monkeypatch):
+    assert loading.default_site_origin() == ("local", "the built-in default")
+    projf = write(layers["project"] / "hpcbridge.toml", 'default_site = "hpc"\n')
+    assert loading.default_site_origin() == ("hpc", f"default_site in {projf}")
+    monkeypatch.setenv("HPCBRIDGE_SITE", "other")
+    assert loading.default_site_origin() == ("other", "$HPCBRIDGE_SITE")
+
+
 def test_a_project_file_alone_can_define_a_site_and_the_nearest_one_wins(layers):
     write(layers["project"] / "hpcbridge.toml", '[sites.far]\npython = "/far"\n')
     write(layers["project"] / "src" / "hpcbridge.toml", '[sites.near]\npython = "/near"\n')
