@@ -98,11 +98,18 @@ class Registry:
         conn = self._connect()
         try:
             with conn:
+                # columns by name: a registry that a newer hpcbridge extended (more columns, with defaults) stays
+                # writable by this one
                 conn.execute(
-                    "INSERT OR REPLACE INTO submissions VALUES (?,?,?,?,?,?,?,?,?)",
+                    "INSERT OR REPLACE INTO submissions (tag, site, job_id, folder, is_array, chunks, ranks, function, "
+                    "submit_time) VALUES (?,?,?,?,?,?,?,?,?)",
                     (tag, site, job_id, folder, int(is_array), json.dumps(chunks), ranks, function, submit_time),
                 )
-                conn.executemany("INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?)", rows)
+                conn.executemany(
+                    "INSERT OR REPLACE INTO jobs (site, job_id, position, tag, task, last_state, updated) "
+                    "VALUES (?,?,?,?,?,?,?)",
+                    rows,
+                )
         finally:
             conn.close()
 

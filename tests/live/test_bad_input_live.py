@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -171,8 +172,14 @@ def test_after_a_job_id_the_scheduler_does_not_know_is_refused_and_nothing_is_su
 
     child = ex.with_resources(after=array).submit(double, 21)  # the array's id, as a string: known, so it waits
     assert child.result(timeout=300) == 42 and parents.results(timeout=60) == [2, 4]
-    out = cluster.run(["squeue", "--noheader", "--array", "--states=all", "-j", f"{array},{child.job_id}", "-o",
-                       "%i|%T|%S|%e"], timeout=30).stdout  # slurmctld keeps ended jobs MinJobAge (300 s)
-    rows = {job_id: (state, start, end) for job_id, state, start, end in (x.split("|") for x in out.splitlines())}
+    deadline = time.monotonic() + 60  # the result is written before the job's last step ends: wait for its end
+    while True:
+        out = cluster.run(["squeue", "--noheader", "--array", "--states=all", "-j", f"{array},{child.job_id}", "-o",
+                           "%i|%T|%S|%e"], timeout=30).stdout  # slurmctld keeps ended jobs MinJobAge (300 s)
+        rows = {job_id: (state, start, end) for job_id, state, start, end in (x.split("|") for x in out.splitlines())}
+        ending = {"RUNNING", "COMPLETING"} & {state for state, _, _ in rows.values()}
+        if not ending or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert {state for state, _, _ in rows.values()} == {"COMPLETED"} and len(rows) == 3, rows
     assert rows[child.job_id][1] >= max(rows[j.job_id][2] for j in parents), rows  # ISO times: it waited

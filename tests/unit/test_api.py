@@ -27,3 +27,22 @@ def test_the_worker_imports_only_what_a_job_start_needs():
     loaded = _modules_after("import hpcbridge.worker")
     heavy = {"jinja2", "sqlite3", "hpcbridge.executor", "hpcbridge.poll", "hpcbridge.sites", "asyncio"}
     assert not heavy & loaded
+
+
+def test_a_registry_a_newer_hpcbridge_extended_stays_writable(tmp_path):
+    """A laptop may run an older and a newer hpcbridge against one ~/.hpcbridge: a column the newer one added (with
+    a default) must not stop the older one from recording its jobs (attach would not find them)."""
+    import sqlite3
+
+    from hpcbridge.registry import Registry
+
+    path = str(tmp_path / "registry.sqlite")
+    reg = Registry(path)
+    reg.jobs()  # creates the tables
+    with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE submissions ADD COLUMN image TEXT DEFAULT ''")
+        conn.execute("ALTER TABLE jobs ADD COLUMN attempts TEXT DEFAULT '[]'")
+    Registry(path).record(tag="t" * 16, site="s", job_id="7", folder="/w/t", is_array=False, chunks=[1], ranks=1,
+                          function="m.f", submit_time=1.0, task_ids=["7"])
+    rows = Registry(path).find("s", "7")
+    assert [(r["job_id"], r["folder"], r["image"]) for r in rows] == [("7", "/w/t", "")]
