@@ -135,10 +135,13 @@ class Backend:
         """Once per site and process: the cluster's python can run these jobs (:mod:`hpcbridge.remote_env`)."""
         remote_env.check(self.site, self.run)
 
-    def check_job_env(self, res: Resources, folder: str) -> Optional[container_check.ImageInfo]:
-        """Before a submission of ``res``: the cluster's python where the job runs hpcbridge on the host, and the
-        job's image where it runs in a container (:mod:`hpcbridge.container_check`); the image's records, or None."""
-        container = container_for(self.site, res, folder=folder)
+    def check_job_env(
+        self, res: Resources, folder: str, workdir: Optional[str] = None
+    ) -> Optional[container_check.ImageInfo]:
+        """Before a submission of ``res`` (job folder ``folder``, starting in ``workdir``): the cluster's python where
+        the job runs hpcbridge on the host, and the job's image where it runs in a container
+        (:mod:`hpcbridge.container_check`); the image's records, or None."""
+        container = container_for(self.site, res, folder=folder, workdir=workdir)
         if host_python_needed(self.site, res):
             self.check_remote_env()
         if container is None:

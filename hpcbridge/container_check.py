@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import sys
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -26,6 +27,7 @@ from .sites import Site
 from .transport.base import Completed
 
 Run = Callable[..., Completed]
+log = logging.getLogger("hpcbridge")
 
 #: run by the image's python: its version, cloudpickle's and hpcbridge's, and which bind targets are missing
 _CHECK = (
@@ -37,7 +39,8 @@ _CHECK = (
     "        return None\n"
     "print(json.dumps({'python': '%d.%d.%d' % sys.version_info[:3], 'executable': sys.executable,\n"
     "                  'cloudpickle': v('cloudpickle'), 'hpcbridge': v('hpcbridge'),\n"
-    "                  'missing': [p for p in sys.argv[1:] if not os.path.isdir(p)]}))\n"
+    "                  'missing': [p for p in sys.argv[1:] if not os.path.isdir(p)],\n"
+    "                  'hosts': os.path.exists('/etc/hosts')}))\n"
 )
 
 
@@ -171,6 +174,10 @@ def _probe(site: Site, probe: Container, targets: Tuple[str, ...], run: Run) -> 
             "a read-only image. Fix: create them in the image (e.g. mkdir -p IMAGE" + missing[0] + "; containers/"
             "charliecloud.sh makes /home /scratch /work /mnt/0-9), or bind to a directory it has (SRC:/mnt/0)"
         )
+    if probe.runtime == "charliecloud" and info.get("hosts") is False:
+        log.warning("hpcbridge: %s has no /etc/hosts: ch-run binds the host's only over an existing file, so node "
+                    "names do not resolve in it (a multi-node job's master address); create an empty one in the "
+                    "image", where)
     return info
 
 

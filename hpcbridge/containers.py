@@ -110,7 +110,9 @@ def allowed(site: Site, res: Resources) -> Tuple[str, ...]:
                               "a prefix such as 'MYAPP_*'")
     names = [*CONTAINER_ENV, *(f"{p}*" for p in scheduler_class(site.scheduler).scrub_prefixes), *site.env,
              *site.mpi.get("env", {}), *declared, *res.container_env]
-    return tuple(dict.fromkeys(names))
+    prefixes = tuple(p[:-1] for p in names if p.endswith("*"))
+    # a name that a prefix already allows is left out (OMPI_MCA_btl under OMPI_*)
+    return tuple(dict.fromkeys(n for n in names if n.endswith("*") or not n.startswith(prefixes)))
 
 
 def container_for(
@@ -200,6 +202,8 @@ def all_binds(c: Container) -> List[Bind]:
     in the read-only image, and images have mount points for the cluster's filesystems, not for every folder."""
     out = list(c.binds)
     for path in c.needed:
+        if path == "/":  # the root is never bound (a job that starts in / finds / of the image)
+            continue
         if c.runtime == "charliecloud":
             top = "/" + path.strip("/").split("/")[0]
             if top in ("/", "/tmp"):  # ch-run binds the host's /tmp (or $TMPDIR) itself
@@ -221,7 +225,9 @@ def bind_targets(c: Container) -> List[str]:
     (apptainer and enroot create theirs)."""
     if c.runtime != "charliecloud":
         return []
-    return list(dict.fromkeys([b.dst for b in all_binds(c)] + ([c.workdir] if c.workdir else [])))
+    targets = [b.dst for b in all_binds(c)]
+    inside = c.workdir is not None and any(c.workdir == t or c.workdir.startswith(t.rstrip("/") + "/") for t in targets)
+    return list(dict.fromkeys(targets + ([c.workdir] if c.workdir and not inside else [])))
 
 
 # -- argv --------------------------------------------------------------------------------------------------------

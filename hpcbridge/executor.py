@@ -30,7 +30,7 @@ from .schedulers import supports_after
 from .script import render_script, script_context
 from .sites import Site, load_site
 from .spec import Resources, resources_from
-from .store import JobFolder, pack_inputs
+from .store import SAFE_PATH, JobFolder, pack_inputs
 from .submission import Submission
 from .transport.base import Transport
 
@@ -202,6 +202,9 @@ class Executor(concurrent.futures.Executor):
         return self._render_script(f"{self._backend.root}/{tag}", tag, None, fn, 1)
 
     # -- internals ----------------------------------------------------------------------------------------
+    def _start_dir(self) -> Optional[str]:
+        return _start_dir_of(self._backend.site)
+
     def _batch_add(self, call: Call) -> Job:
         assert self._batch is not None
         pickle_task([call])
@@ -257,7 +260,8 @@ class Executor(concurrent.futures.Executor):
         backend = self._backend
         blobs = blobs if blobs is not None else [pickle_task(t) for t in tasks]
         fn = tasks[0][0][0]
-        image = backend.check_job_env(self.resources, sub.folder)  # the cluster's python, the job's image
+        # the cluster's python, the job's image
+        image = backend.check_job_env(self.resources, sub.folder, self._start_dir())
         backend.ensure_root()
         sub.script = self._render_script(
             sub.folder, sub.tag, len(tasks) if sub.is_array else None, fn, sum(len(t) for t in tasks),
@@ -335,8 +339,7 @@ class Executor(concurrent.futures.Executor):
         """The batch script of a submission (``array_size``: None for a plain job; ``container_binary``: the
         container runtime's program that the image check found)."""
         site = self._backend.site
-        # the job starts where the client is (on a login node the folder is shared with the nodes)
-        cwd = os.getcwd() if site.transport == "local" else None
+        cwd = self._start_dir()
         context = script_context(site, self._backend.scheduler, self.resources, folder=folder, tag=tag,
                                  array_size=array_size, fn=fn, ncalls=ncalls, cwd=cwd,
                                  container_binary=container_binary)
@@ -344,6 +347,13 @@ class Executor(concurrent.futures.Executor):
             os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "hpcbridge", "templates"
         )
         return render_script(self._backend.scheduler, context, [user_dir, *site.templates])
+
+
+def _start_dir_of(site: Site) -> Optional[str]:
+    """Where a job starts: where the client is, on a login node (it shares the folder with the nodes), if that
+    directory's name can stand in a directive; else None (the scheduler's default)."""
+    cwd = os.getcwd() if site.transport == "local" else None
+    return cwd if cwd is not None and SAFE_PATH.match(cwd) else None
 
 
 def _resources(base: Resources, kwargs: Mapping[str, Any], site: Site) -> Resources:
