@@ -172,7 +172,7 @@ def _probe(site: Site, probe: Container, targets: Tuple[str, ...], run: Run) -> 
         raise ContainerError(
             f"{where} has no directory for the bind target(s) {', '.join(missing)}, and ch-run cannot create one in "
             "a read-only image. Fix: create them in the image (e.g. mkdir -p IMAGE" + missing[0] + "; containers/"
-            "charliecloud.sh makes /home /scratch /work /mnt/0-9), or bind to a directory it has (SRC:/mnt/0)"
+            "charliecloud.sh makes /home /scratch /work /project /mnt/0-9), or bind to a directory it has (SRC:/mnt/0)"
         )
     if probe.runtime == "charliecloud" and info.get("hosts") is False:
         log.warning("hpcbridge: %s has no /etc/hosts: ch-run binds the host's only over an existing file, so node "

@@ -267,8 +267,8 @@ def test_bad_images_and_runtimes_are_refused_before_anything_is_submitted(
         ({"container_binds": [TOP, "/scratch:/no-such-target"]}, ContainerError,
          re.escape(f"{where} {WORKER} (charliecloud) has no directory for the bind target(s) /no-such-target, and "
                    "ch-run cannot create one in a read-only image. Fix: create them in the image (e.g. mkdir -p "
-                   "IMAGE/no-such-target; containers/charliecloud.sh makes /home /scratch /work /mnt/0-9), or bind "
-                   "to a directory it has (SRC:/mnt/0)")),
+                   "IMAGE/no-such-target; containers/charliecloud.sh makes /home /scratch /work /project /mnt/0-9), "
+                   "or bind to a directory it has (SRC:/mnt/0)")),
         ({"container_runtime": "apptainer"}, ContainerError,
          re.escape("site 'testcluster': the container runtime 'apptainer' is not installed on the cluster: neither "
                    "'apptainer' nor 'singularity' is on the login node's PATH. Fix: install it there, set "
