@@ -334,3 +334,18 @@ def test_a_missing_bind_source_stops_the_script_with_its_path(tmp_path):
     out = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30,
                          env={"PATH": "/usr/bin:/bin"})
     assert out.returncode == 0 and out.stdout.startswith("ch-run --unset-env=")
+
+
+def test_the_cli_flags_are_the_container_resources(capsys):
+    from hpcbridge.cli import main
+
+    assert main(["render", "--site", "local", "--container", "/img", "--container-runtime", "charliecloud",
+                 "--bind", "/data", "--bind", "/src:/mnt/0", "--container-env", "MY_*", "--", "true"]) == 0
+    last = capsys.readouterr().out.rstrip().splitlines()[-1]
+    assert last.startswith("exec ch-run '--unset-env=!(") and "|MY_*|" in last
+    assert " -b /data:/data -b /src:/mnt/0 " in last and last.endswith(" /img -- python3 -u -m hpcbridge.worker "
+                                                                    + last.split()[-1])
+    with pytest.raises(SystemExit) as info:  # argparse refuses an unknown runtime: exit code 2
+        main(["render", "--site", "local", "--container", "/img", "--container-runtime", "dockr", "--", "true"])
+    assert info.value.code == 2
+    assert "invalid choice: 'dockr'" in capsys.readouterr().err
