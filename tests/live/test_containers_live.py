@@ -196,8 +196,9 @@ def test_mpi4py_allreduce_3x2_with_srun_and_mpirun_starting_the_runtime_per_rank
 
 # -- 5. torch.distributed across nodes inside the image --------------------------------------------------------------
 def test_torch_gloo_all_reduce_on_3_nodes_inside_the_image_with_srun_and_torchrun(make: Any) -> None:
-    jobs = {launcher: make(nodes=3, tasks_per_node=1, launcher=launcher).submit(torch_sum)
-            for launcher in ("srun", "torchrun")}
+    # torch needs more than the site's default memory (torchrun: its agent too), as in test_multinode_live.py
+    jobs = {launcher: make(nodes=3, tasks_per_node=1, launcher=launcher, mem_gb=mem).submit(torch_sum)
+            for launcher, mem in (("srun", 1), ("torchrun", 1.5))}
     for launcher, job in jobs.items():
         ranks = job.results(WAIT_S)
         assert [(r["rank"], r["sum"], r["backend"]) for r in ranks] == [(i, 6.0, "gloo") for i in range(3)], launcher
