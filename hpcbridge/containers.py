@@ -220,6 +220,12 @@ def bind_sources(c: Container) -> List[str]:
     return list(dict.fromkeys(b.src for b in c.binds))
 
 
+def script_checks(c: Container) -> Dict[str, object]:
+    """What the batch script does before it starts the runtime: check the bind ``sources`` on the node, and set
+    ``$USER`` when it is missing (``needs_user``: ch-run refuses to start without it)."""
+    return {"runtime": c.runtime, "sources": bind_sources(c), "needs_user": c.runtime == "charliecloud"}
+
+
 def bind_targets(c: Container) -> List[str]:
     """The paths that must exist in the image: charliecloud cannot create a bind target in a read-only image
     (apptainer and enroot create theirs)."""

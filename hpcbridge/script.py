@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from ._version import __version__
-from .containers import bind_sources, container_for
+from .containers import container_for, script_checks
 from .launchers import plan as launch_plan
 from .launchers import with_site_launcher
 from .pickling import describe, job_name
@@ -58,11 +58,7 @@ def script_context(
         "logs_dir": JobFolder(folder).logs_dir,  # where the pbs template writes each task's log files
         "workdir": workdir,  # the directory the job starts in (None: the scheduler's default)
         # a container job: the bind sources the script checks on the node, whether the runtime needs $USER
-        "container": None if container is None else {
-            "runtime": container.runtime,
-            "sources": bind_sources(container),
-            "needs_user": container.runtime == "charliecloud",
-        },
+        "container": None if container is None else script_checks(container),
     }
 
 
