@@ -12,6 +12,7 @@ import posixpath
 from typing import Any, Dict, List, Optional, Union
 
 from .backend import Backend
+from .display import image_label
 from .errors import JobNotFoundError, UsageError
 from .job import Job
 from .registry import Registry
@@ -82,5 +83,7 @@ def attach(job_id: Union[str, int], site: Union[str, Site] = "local", position: 
     job: Job = sub.jobs[row["task"]][position]
     with contextlib.suppress(ValueError):
         job.state = JobState(row["last_state"])  # what was last seen, until the poller knows better
+    with contextlib.suppress(ValueError, TypeError):
+        job.image = image_label(json.loads(row.get("container") or "null"))  # its container image, if any
     backend.poller.add(sub)
     return job

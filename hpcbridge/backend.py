@@ -13,15 +13,18 @@ import threading
 import time
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from . import remote_env, submit_once
+from . import container_check, remote_env, submit_once
+from .containers import container_for
 from .errors import ConfigError, TransportError
 from .job import Job
 from .jobenv import RANK_VAR, TASK_VAR
+from .launchers import host_python_needed
 from .poll import Poller
 from .registry import Registry
 from .schedulers import scheduler_for, scrub_prefixes
 from .schedulers.base import NativeStatus, Verdict
 from .sites import Site
+from .spec import Resources
 from .store import SAFE_PATH
 from .transport import make_transport
 from .transport.base import Completed, Transport
@@ -131,6 +134,19 @@ class Backend:
     def check_remote_env(self) -> None:
         """Once per site and process: the cluster's python can run these jobs (:mod:`hpcbridge.remote_env`)."""
         remote_env.check(self.site, self.run)
+
+    def check_job_env(
+        self, res: Resources, folder: str, workdir: Optional[str] = None
+    ) -> Optional[container_check.ImageInfo]:
+        """Before a submission of ``res`` (job folder ``folder``, starting in ``workdir``): the cluster's python where
+        the job runs hpcbridge on the host, and the job's image where it runs in a container
+        (:mod:`hpcbridge.container_check`); the image's records, or None."""
+        container = container_for(self.site, res, folder=folder, workdir=workdir)
+        if host_python_needed(self.site, res):
+            self.check_remote_env()
+        if container is None:
+            return None
+        return container_check.check(self.site, container, self.run)
 
     # -- registry -----------------------------------------------------------------------------------------
     def note_final(self, job: Job) -> None:

@@ -75,18 +75,29 @@ def _badge(state: JobState) -> str:
     return f'<span style="color:{colour};font-weight:600">{html.escape(state.value)}</span>'
 
 
+def image_label(record: Optional[Dict[str, Any]]) -> str:
+    """``IMAGE@DIGEST12`` (the digest's first 12 hex digits) for a job's container record, '' for none."""
+    if not record:
+        return ""
+    digest = str(record.get("digest") or "")
+    return str(record.get("image", "")) + (f"@{digest.split(':')[-1][:12]}" if digest else "")
+
+
 def jobs_html(jobs: Sequence[JobView], max_rows: int = MAX_ROWS) -> str:
-    """A compact table: state, job id, nodes, elapsed (one row per job, at most ``max_rows``)."""
+    """A compact table: state, job id, nodes, elapsed (one row per job, at most ``max_rows``), and the image of
+    jobs that run in a container."""
     cell = 'style="text-align:left;padding:1px 8px"'
+    images = any(getattr(job, "image", "") for job in jobs)
     rows = []
     for job in list(jobs)[:max_rows]:
+        image = f"<td {cell}><code>{html.escape(getattr(job, 'image', ''))}</code></td>" if images else ""
         rows.append(
             f"<tr><td {cell}>{_badge(job.state)}</td><td {cell}><code>{html.escape(job.job_id)}</code></td>"
-            f"<td {cell}>{html.escape(job.nodes)}</td><td {cell}>{format_elapsed(job.elapsed)}</td></tr>"
+            f"<td {cell}>{html.escape(job.nodes)}</td><td {cell}>{format_elapsed(job.elapsed)}</td>{image}</tr>"
         )
     more = len(jobs) - max_rows
     if more > 0:
-        rows.append(f'<tr><td {cell} colspan="4">... {more} more</td></tr>')
+        rows.append(f'<tr><td {cell} colspan="{5 if images else 4}">... {more} more</td></tr>')
     sites = sorted({job.site for job in jobs})
     summary = ", ".join(f"{n} {s}" for s, n in state_counts(jobs).items())
     caption = (
@@ -94,7 +105,8 @@ def jobs_html(jobs: Sequence[JobView], max_rows: int = MAX_ROWS) -> str:
         if len(jobs) != 1
         else f"job on {html.escape(', '.join(sites))}"
     )
-    head = "".join(f"<th {cell}>{h}</th>" for h in ("state", "job id", "nodes", "elapsed"))
+    columns = ("state", "job id", "nodes", "elapsed") + (("image",) if images else ())
+    head = "".join(f"<th {cell}>{h}</th>" for h in columns)
     return (
         '<table class="hpcbridge-jobs" style="border-collapse:collapse;font-size:90%">'
         f'<caption style="text-align:left">{caption}</caption>'

@@ -11,6 +11,7 @@ Tree::
     │   └── HostlistError           a Slurm hostlist expression that cannot be read
     ├── SerializationError          the function or an argument cannot be pickled
     ├── RemoteEnvironmentError      cluster-side python / cloudpickle / hpcbridge missing or mismatched
+    │   └── ContainerError          a job's image or container runtime missing, or the image cannot run the worker
     ├── UsageError                  the API used in a way that cannot work (a nested batch() block)
     ├── JobNotFoundError            attach / the CLI: no job by that id (exit code 4 in the CLI)
     ├── RendezvousError             in the job: no master address or port could be agreed
@@ -71,6 +72,11 @@ class SerializationError(HpcBridgeError, TypeError):
 
 class RemoteEnvironmentError(HpcBridgeError):
     """The cluster-side Python environment cannot run hpcbridge jobs."""
+
+
+class ContainerError(RemoteEnvironmentError):
+    """A job's container cannot run it: the image or the runtime is missing on the cluster, or the image lacks what
+    the worker needs (docs/containers.md). Raised before anything is submitted."""
 
 
 class UsageError(HpcBridgeError, RuntimeError):

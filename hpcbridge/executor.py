@@ -19,7 +19,8 @@ from ._version import __version__
 from .after import check_known, dependency_ids
 from .attaching import attach as attach  # re-exported: hpcbridge.executor.attach keeps working
 from .backend import Backend
-from .display import describe, progress_for
+from .containers import container_for, job_files
+from .display import describe, image_label, progress_for
 from .errors import HpcBridgeError, ResourceError, TransportError, UsageError
 from .group import JobGroup, cancel_jobs
 from .job import Job, mark_cancelled
@@ -29,7 +30,7 @@ from .schedulers import supports_after
 from .script import render_script, script_context
 from .sites import Site, load_site
 from .spec import Resources, resources_from
-from .store import JobFolder, pack_inputs
+from .store import SAFE_PATH, JobFolder, pack_inputs
 from .submission import Submission
 from .transport.base import Transport
 
@@ -50,9 +51,10 @@ class Executor(concurrent.futures.Executor):
         of code that submits jobs (docs/testing.md).
     **resources
         ``nodes, tasks_per_node, cpus_per_task, gpus_per_node, mem_gb, walltime, partition, account, qos, name,
-        extra_directives, launcher, array_parallelism``, and ``after`` (Jobs or job ids this executor's jobs wait
-        for: they start only once every one of them completed successfully); unknown names fail with the list of
-        valid ones.
+        extra_directives, launcher, array_parallelism``, ``container, container_binds, container_runtime,
+        container_env`` (docs/containers.md; ``container=None`` opts out of the site's image), and ``after`` (Jobs
+        or job ids this executor's jobs wait for: they start only once every one of them completed successfully);
+        unknown names fail with the list of valid ones.
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class Executor(concurrent.futures.Executor):
         site_obj = load_site(site) if isinstance(site, str) else site
         self.resources: Resources = _resources(site_obj.default_resources(), resources, site_obj)
         site_obj.check_resources(self.resources)  # partition limits, before anything is submitted
+        container_for(site_obj, self.resources)  # the container's image, runtime and binds, likewise
         self._backend = Backend(site_obj, folder, transport=transport)
         self._batch: Optional[List[Tuple[Submission, List[Call]]]] = None
         self._submissions: List[Submission] = []
@@ -78,6 +81,7 @@ class Executor(concurrent.futures.Executor):
         """A copy with some resources changed; it shares this executor's connection and poller."""
         changed = _resources(self.resources, resources, self._backend.site)
         self._backend.site.check_resources(changed)
+        container_for(self._backend.site, changed)
         other = copy.copy(self)  # shares the backend (connection, poller) and the list of submissions
         other.resources = changed
         other._batch = None
@@ -198,6 +202,9 @@ class Executor(concurrent.futures.Executor):
         return self._render_script(f"{self._backend.root}/{tag}", tag, None, fn, 1)
 
     # -- internals ----------------------------------------------------------------------------------------
+    def _start_dir(self) -> Optional[str]:
+        return _start_dir_of(self._backend.site)
+
     def _batch_add(self, call: Call) -> Job:
         assert self._batch is not None
         pickle_task([call])
@@ -253,11 +260,13 @@ class Executor(concurrent.futures.Executor):
         backend = self._backend
         blobs = blobs if blobs is not None else [pickle_task(t) for t in tasks]
         fn = tasks[0][0][0]
-        backend.check_remote_env()
+        # the cluster's python, the job's image
+        image = backend.check_job_env(self.resources, sub.folder, self._start_dir())
         check_known(backend, sub.after)  # after= ids the scheduler does not know: refused, nothing written
         backend.ensure_root()
         sub.script = self._render_script(
-            sub.folder, sub.tag, len(tasks) if sub.is_array else None, fn, sum(len(t) for t in tasks)
+            sub.folder, sub.tag, len(tasks) if sub.is_array else None, fn, sum(len(t) for t in tasks),
+            container_binary=image.binary if image is not None else None,
         )
         transport = backend.transport
         meta = {
@@ -268,6 +277,8 @@ class Executor(concurrent.futures.Executor):
             "resources": dataclasses.asdict(with_site_launcher(backend.site, self.resources)),
             "client": {"host": socket.gethostname(), "user": _user(), "hpcbridge": __version__},
         }
+        if image is not None:  # the image and its digest (docs/containers.md, provenance)
+            meta["container"] = image.record()
         submitting = False
         try:
             paths = JobFolder(sub.folder)
@@ -277,6 +288,7 @@ class Executor(concurrent.futures.Executor):
                     paths.inputs: pack_inputs(blobs),
                     paths.meta: json.dumps(meta, indent=1, default=str).encode(),
                     paths.script: sub.script.encode(),
+                    **job_files(backend.site, self.resources, sub.folder),
                 }
             )
             sub.submit_time = time.time()
@@ -299,6 +311,9 @@ class Executor(concurrent.futures.Executor):
                     transport.remove_tree(sub.folder)
             raise
         self._submissions.append(sub)
+        if image is not None:
+            for job in sub.all_jobs:
+                job.image = image_label(image.record())
         backend.poller.add(sub)
         try:
             backend.registry.record(
@@ -312,24 +327,34 @@ class Executor(concurrent.futures.Executor):
                 function=qualname(fn),
                 submit_time=sub.submit_time,
                 task_ids=[sub.task_id(t) for t in range(len(sub.chunks))],
+                container=None if image is None else json.dumps(image.record()),
             )
         except Exception as exc:  # the job is submitted and watched; only attach from elsewhere is lost
             log.warning("hpcbridge: job %s is running but could not be recorded in %s (attach will not find "
                         "it): %s", sub.job_id, backend.registry.path, exc)
 
     def _render_script(
-        self, folder: str, tag: str, array_size: Optional[int], fn: Callable[..., Any], ncalls: int
+        self, folder: str, tag: str, array_size: Optional[int], fn: Callable[..., Any], ncalls: int,
+        container_binary: Optional[str] = None,
     ) -> str:
-        """The batch script of a submission (``array_size``: None for a plain job)."""
+        """The batch script of a submission (``array_size``: None for a plain job; ``container_binary``: the
+        container runtime's program that the image check found)."""
         site = self._backend.site
-        # the job starts where the client is (on a login node the folder is shared with the nodes)
-        cwd = os.getcwd() if site.transport == "local" else None
+        cwd = self._start_dir()
         context = script_context(site, self._backend.scheduler, self.resources, folder=folder, tag=tag,
-                                 array_size=array_size, fn=fn, ncalls=ncalls, cwd=cwd)
+                                 array_size=array_size, fn=fn, ncalls=ncalls, cwd=cwd,
+                                 container_binary=container_binary)
         user_dir = os.path.join(
             os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "hpcbridge", "templates"
         )
         return render_script(self._backend.scheduler, context, [user_dir, *site.templates])
+
+
+def _start_dir_of(site: Site) -> Optional[str]:
+    """Where a job starts: where the client is, on a login node (it shares the folder with the nodes), if that
+    directory's name can stand in a directive; else None (the scheduler's default)."""
+    cwd = os.getcwd() if site.transport == "local" else None
+    return cwd if cwd is not None and SAFE_PATH.match(cwd) else None
 
 
 def _resources(base: Resources, kwargs: Mapping[str, Any], site: Site) -> Resources:

@@ -49,6 +49,8 @@ class Job(concurrent.futures.Future):  # type: ignore[type-arg]
         self.result_hosts: List[str] = []
         #: when this process saw the job finish (epoch seconds)
         self.finished_at: Optional[float] = None
+        #: the container image it runs in and its digest (``IMAGE@DIGEST12``), '' when it runs on the host
+        self.image: str = ""
         self.add_done_callback(_note_finished)
 
     # -- identity -----------------------------------------------------------------------------------------

@@ -40,6 +40,12 @@ CPUS_PER_TASK_VAR = LOCAL.cpus_per_task_vars[0]  # HPCBRIDGE_CPUS_PER_TASK: the 
 
 # -- other programs' variables ---------------------------------------------------------------------------------
 CUDA_VISIBLE_DEVICES_VAR = "CUDA_VISIBLE_DEVICES"
+ROCR_VISIBLE_DEVICES_VAR = "ROCR_VISIBLE_DEVICES"
+#: what a job in a container sees of the host's environment, names or prefixes ending in ``*``: hpcbridge's own
+#: variables, a launcher's rank variables, the GPUs it was given and TMPDIR (hpcbridge.containers adds the
+#: scheduler's variables, the site's env and the names the site-config and the job declare)
+CONTAINER_ENV = ("HPCBRIDGE_*", "PMI*", "OMPI_*", "PRTE_*", "PALS_*", "MPI_LOCALRANKID", "MPI_LOCALNRANKS",
+                 CUDA_VISIBLE_DEVICES_VAR, ROCR_VISIBLE_DEVICES_VAR, "TMPDIR")
 #: torch.distributed's ``env://`` variables: torchrun sets them for its workers, hpcbridge.distributed for the rest
 TORCH_MASTER_ADDR_VAR = "MASTER_ADDR"
 TORCH_MASTER_PORT_VAR = "MASTER_PORT"

@@ -22,6 +22,7 @@ import dataclasses
 import json
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from .containers import Container, container_for, srun_flags, wrap
 from .errors import ConfigError, ResourceError
 from .jobenv import BIND_GPUS_VAR, LAUNCHER_VAR, NCCL_ENV_VAR
 from .ports import DEFAULT_PORT_RANGE
@@ -88,13 +89,30 @@ def worker_argv(python: str, folder: str) -> List[str]:
     return [python, "-u", "-m", "hpcbridge.worker", folder]
 
 
-def plan(site: Site, res: Resources, folder: str, tag: str) -> Tuple[List[str], Dict[str, str]]:
+def host_python_needed(site: Site, res: Resources) -> bool:
+    """Whether a job of ``res`` runs hpcbridge on the host: always without a container; with one, only for the
+    launch step of a launcher (hpcbridge.rendezvous). A container job without a launcher needs no python there."""
+    return container_for(site, res) is None or effective_launcher(site, res) is not None
+
+
+def plan(
+    site: Site,
+    res: Resources,
+    folder: str,
+    tag: str,
+    *,
+    workdir: Optional[str] = None,
+    container_binary: Optional[str] = None,
+) -> Tuple[List[str], Dict[str, str]]:
     """The job's command and the extra variables its script exports, for ``res`` on ``site``.
 
+    A job in a container (:mod:`hpcbridge.containers`) runs only its per-rank program there: ``workdir`` is where
+    the job starts, ``container_binary`` the runtime's program that the image check found.
     Raises :class:`ResourceError` (before anything is submitted) for a launcher the site cannot run.
     """
     res = with_site_launcher(site, res)
     options = site_options(site)
+    container = container_for(site, res, folder=folder, workdir=workdir, binary=container_binary)
     worker = worker_argv(site.python, folder)
     # the site's MPI environment in every job, whatever starts its MPI programs: hpcbridge's srun or mpirun, torchrun
     # (a callable may still use MPI, or start mpirun itself), or the job without a launcher
@@ -102,7 +120,13 @@ def plan(site: Site, res: Resources, folder: str, tag: str) -> Tuple[List[str], 
     if site.nccl and (res.launcher or res.gpus_per_node):
         env[NCCL_ENV_VAR] = json.dumps(dict(sorted(site.nccl.items())), separators=(",", ":"))
     if not res.launcher:
-        return worker, env
+        if container is None:
+            return worker, env
+        inner = worker_argv(container.python, folder)
+        if container.runtime == "pyxis":  # pyxis is srun's: one task, on the first node
+            one = dataclasses.replace(res, nodes=1, tasks_per_node=1)
+            return [*_pyxis_srun(site.scheduler, one, options, container), *inner], env
+        return wrap(container, inner), env
     env[LAUNCHER_VAR] = res.launcher
     if res.gpus_per_node and res.launcher in ("srun", "mpirun") and options.get("bind_gpus", True):
         env[BIND_GPUS_VAR] = str(res.gpus_per_node)
@@ -115,6 +139,7 @@ def plan(site: Site, res: Resources, folder: str, tag: str) -> Tuple[List[str], 
         mpi=options["mpi"],
         rdzv_id=tag,
         options=options,
+        container=container,
     )
     wrapper = [site.python, "-m", "hpcbridge.rendezvous", folder]
     if "master_port_range" in options:
@@ -133,14 +158,23 @@ def launcher_argv(
     mpi: Optional[str] = None,
     rdzv_id: str = "hpcbridge",
     options: Optional[Mapping[str, Any]] = None,
+    container: Optional[Container] = None,
 ) -> List[str]:
     """The argv that runs the worker on every rank of ``res`` (``{master_*}`` placeholders left in).
 
     ``scheduler`` names the site's; its adapter says which launchers it can run and how (per-node start, hostfile).
+    With a ``container`` the launcher stays on the host and starts the runtime per rank (torchrun: per node, its
+    agent runs in the image and starts the workers there); pyxis adds srun's flags instead.
     """
     options = options or {}
-    worker = worker_argv(python, folder)
     adapter = scheduler_class(scheduler)
+    pyxis = container is not None and container.runtime == "pyxis"
+    inside = container.python if container is not None else python
+
+    def run_inside(argv: List[str]) -> List[str]:
+        return argv if container is None else wrap(container, argv)
+
+    worker = run_inside(worker_argv(inside, folder))
     if adapter.one_machine and res.nodes > 1:
         raise ResourceError(
             f"nodes={res.nodes} with launcher={launcher!r}: the {scheduler} site is one machine; use nodes=1"
@@ -151,26 +185,38 @@ def launcher_argv(
             f"launcher={launcher!r} {needs} (this one is {scheduler!r}); use launcher="
             + " or ".join(repr(name) for name in adapter.launchers)
         )
+    if pyxis and (launcher == "mpirun" or (launcher == "torchrun" and adapter.per_node_launcher != "srun")):
+        raise ResourceError(
+            f"launcher={launcher!r} cannot start pyxis containers (pyxis adds srun's --container-image); use "
+            "launcher='srun'" + (" or 'torchrun'" if adapter.per_node_launcher == "srun" else "")
+        )
     if launcher == "srun":
-        return [*srun_argv(res, mpi=mpi, extra=options.get("srun_args", ())), *worker]
+        return [*srun_argv(res, mpi=mpi, extra=[*options.get("srun_args", ()), *srun_flags(container)]), *worker]
     if launcher == "mpirun":
         return [*mpirun_argv(res, scheduler=scheduler, options=options), *worker]
     if launcher == "torchrun":
         if adapter.per_node_launcher == "srun":
-            per_node = srun_per_node_argv(res, extra=options.get("srun_args", ()))
+            per_node = srun_per_node_argv(res, extra=[*options.get("srun_args", ()), *srun_flags(container)])
         elif adapter.per_node_launcher == "mpirun":
             one = dataclasses.replace(res, tasks_per_node=1, cpus_per_task=res.tasks_per_node * res.cpus_per_task)
             per_node = mpirun_argv(one, scheduler=scheduler, options=options)
         else:
             per_node = []  # one machine: torchrun starts the ranks itself
-        return [
-            *per_node,
-            *torchrun_argv(res, python=python, rdzv_id=rdzv_id, extra=options.get("torchrun_args", ())),
+        agent = [
+            *torchrun_argv(res, python=inside, rdzv_id=rdzv_id, extra=options.get("torchrun_args", ())),
             "-m",
             "hpcbridge.worker",
             folder,
         ]
+        return [*per_node, *run_inside(agent)]
     raise ResourceError(f"launcher={launcher!r} is not known; use srun, mpirun, torchrun or None")
+
+
+def _pyxis_srun(scheduler: str, res: Resources, options: Mapping[str, Any], container: Container) -> List[str]:
+    """srun for a one-task pyxis job (no launcher chosen): pyxis runs only srun steps in containers."""
+    if "srun" not in scheduler_class(scheduler).launchers:
+        raise ResourceError(f"container_runtime='pyxis' needs a Slurm site (srun); this one is {scheduler!r}")
+    return srun_argv(res, mpi=None, extra=[*options.get("srun_args", ()), *srun_flags(container)])
 
 
 def srun_argv(res: Resources, *, mpi: Optional[str] = None, extra: Sequence[str] = ()) -> List[str]:

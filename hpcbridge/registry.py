@@ -18,7 +18,8 @@ CREATE TABLE IF NOT EXISTS submissions (
     chunks TEXT NOT NULL,
     ranks INTEGER NOT NULL,
     function TEXT NOT NULL,
-    submit_time REAL NOT NULL
+    submit_time REAL NOT NULL,
+    container TEXT
 );
 CREATE TABLE IF NOT EXISTS jobs (
     site TEXT NOT NULL,
@@ -74,6 +75,7 @@ class Registry:
                     if "locked" not in str(exc) or attempt == 19:
                         raise
                     time.sleep(0.1 * (attempt + 1))
+            _add_columns(conn)
             _READY.add(self.path)
         return conn
 
@@ -90,7 +92,9 @@ class Registry:
         function: str,
         submit_time: float,
         task_ids: List[str],
+        container: Optional[str] = None,
     ) -> None:
+        """Record a submission; ``container``: its image's record (JSON: runtime, image, digest), if it has one."""
         now = time.time()
         rows: List[Tuple[str, str, int, str, int, str, float]] = []
         for task, (task_id, size) in enumerate(zip(task_ids, chunks)):
@@ -102,8 +106,9 @@ class Registry:
                 # writable by this one
                 conn.execute(
                     "INSERT OR REPLACE INTO submissions (tag, site, job_id, folder, is_array, chunks, ranks, function, "
-                    "submit_time) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (tag, site, job_id, folder, int(is_array), json.dumps(chunks), ranks, function, submit_time),
+                    "submit_time, container) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (tag, site, job_id, folder, int(is_array), json.dumps(chunks), ranks, function, submit_time,
+                     container),
                 )
                 conn.executemany(
                     "INSERT OR REPLACE INTO jobs (site, job_id, position, tag, task, last_state, updated) "
@@ -164,5 +169,18 @@ class Registry:
 #: one row per call, with its submission's fields (for status listings)
 _LISTING = (
     "SELECT j.site, j.job_id, j.position, j.task, j.last_state, j.updated, s.function, s.folder, "
-    "s.submit_time, s.tag, s.job_id AS submission_id, s.is_array FROM jobs j JOIN submissions s ON j.tag = s.tag"
+    "s.submit_time, s.tag, s.job_id AS submission_id, s.is_array, s.container FROM jobs j JOIN submissions s "
+    "ON j.tag = s.tag"
 )
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """Columns newer than a registry file: ``container`` (a job's image and digest) is added to an older one."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(submissions)")}
+    if "container" not in columns:
+        try:
+            with conn:
+                conn.execute("ALTER TABLE submissions ADD COLUMN container TEXT")
+        except sqlite3.OperationalError as exc:  # another process added it meanwhile
+            if "duplicate column" not in str(exc):
+                raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from ._version import __version__
+from .containers import container_for, script_checks
 from .launchers import plan as launch_plan
 from .launchers import with_site_launcher
 from .pickling import describe, job_name
@@ -31,14 +32,17 @@ def script_context(
     fn: Callable[..., Any],
     ncalls: int,
     cwd: Optional[str],
+    container_binary: Optional[str] = None,
 ) -> Dict[str, Any]:
     """The template's variables. ``cwd``: the client's directory when the job may start there (a login node shares
     it with the nodes), else None; a directory whose name cannot stand in a directive is left to the scheduler's
-    default (the submit directory)."""
+    default (the submit directory). ``container_binary``: the container runtime's program the image check found."""
     res = with_site_launcher(site, resources)
     workdir = cwd if cwd is not None and SAFE_PATH.match(cwd) else None
     req = ScriptRequest(res, folder, res.name or job_name(fn), tag, array_size, workdir=workdir)
-    command, job_env = launch_plan(site, res, folder, tag)  # the worker, or a launcher around it
+    # the worker, or a launcher around it; with a container, the per-rank program runs in the image
+    command, job_env = launch_plan(site, res, folder, tag, workdir=workdir, container_binary=container_binary)
+    container = container_for(site, res, folder=folder, workdir=workdir, binary=container_binary)
     return {
         "directives": scheduler.directives(req),
         "version": __version__,
@@ -53,6 +57,8 @@ def script_context(
         "folder": folder,  # the job folder
         "logs_dir": JobFolder(folder).logs_dir,  # where the pbs template writes each task's log files
         "workdir": workdir,  # the directory the job starts in (None: the scheduler's default)
+        # a container job: the bind sources the script checks on the node, whether the runtime needs $USER
+        "container": None if container is None else script_checks(container),
     }
 
 

@@ -12,6 +12,12 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from .errors import ResourceError
 
 LAUNCHERS = ("srun", "mpirun", "torchrun")
+#: container runtimes (docs/containers.md): pyxis is Slurm's SPANK plugin (srun --container-image), not a prefix
+CONTAINER_RUNTIMES = ("apptainer", "singularity", "charliecloud", "pyxis")
+#: a bind mount: SRC[:DST[:OPTS]], absolute paths without ':' ',' or spaces; OPTS ro or rw
+BIND = re.compile(r"^(/[^:,\s]*)(?::(/[^:,\s]*)(?::(ro|rw))?)?$")
+#: a variable name the container may see, or a prefix of names: WANDB_API_KEY, WANDB_*
+ENV_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
 _TOKEN = re.compile(r"^[A-Za-z0-9_.+\-]+$")
 _NAME = re.compile(r"^[A-Za-z0-9_.+\-]{1,100}$")
 #: a scheduler's job id as ``after=`` takes it: Slurm ``123``/``123_4``, PBS ``123.srv``/``123[].srv``
@@ -44,6 +50,17 @@ class Resources:
     #: whether ``launcher`` was chosen (by the user or the site-config's ``[defaults]``): ``launcher=None`` then
     #: means "run once", while an unchosen one lets the site decide (PBS: mpirun for several tasks; launchers.py)
     launcher_chosen: bool = dataclasses.field(default=False, repr=False)
+    #: the image the job runs in (docs/containers.md): a path on the cluster (SIF, SquashFS, directory) or a URI
+    container: Optional[str] = None
+    #: bind mounts besides the site-config's, ``SRC[:DST[:OPTS]]``
+    container_binds: Tuple[str, ...] = ()
+    #: the runtime, instead of the site-config's ``[container] runtime``
+    container_runtime: Optional[str] = None
+    #: variables (or ``PREFIX*``) the job may see inside the container besides hpcbridge's allow-list
+    container_env: Tuple[str, ...] = ()
+    #: whether ``container`` was chosen: ``container=None`` then runs on the host, while an unchosen one lets the
+    #: site-config's ``[container] image`` decide
+    container_chosen: bool = dataclasses.field(default=False, repr=False)
 
     @property
     def walltime_hms(self) -> Optional[str]:
@@ -78,6 +95,10 @@ RESOURCE_NAMES = (
     "extra_directives",
     "launcher",
     "array_parallelism",
+    "container",
+    "container_binds",
+    "container_runtime",
+    "container_env",
 )
 #: ... and the options that are not resources of a site-config's ``[defaults]``: ``after`` names jobs.
 OPTION_NAMES = (*RESOURCE_NAMES, "after")
@@ -136,6 +157,22 @@ def resources_from(base: Resources, kwargs: Mapping[str, Any], *, options: bool 
             fields["launcher_chosen"] = True
         elif key == "after":
             fields[key] = _job_ids(value)
+        elif key == "container":
+            fields[key] = _image(value)
+            fields["container_chosen"] = True
+        elif key == "container_binds":
+            fields[key] = _strings(key, value, BIND, "bind mounts such as ['/data', '/src:/dst:ro'] "
+                                   "(SRC[:DST[:ro|rw]], absolute paths without ':' ',' or spaces)")
+        elif key == "container_runtime":
+            if value is not None and value not in CONTAINER_RUNTIMES:
+                raise ResourceError(
+                    f"container_runtime={value!r} is not known{did_you_mean(str(value), CONTAINER_RUNTIMES)}; "
+                    f"use one of {', '.join(CONTAINER_RUNTIMES)} (or None: the site-config's [container] runtime)"
+                )
+            fields[key] = value
+        elif key == "container_env":
+            fields[key] = _strings(key, value, ENV_PATTERN, "variable names or prefixes such as ['WANDB_API_KEY', "
+                                   "'MYAPP_*']")
     return dataclasses.replace(base, **fields)
 
 
@@ -144,6 +181,32 @@ def _job_ids(value: Any) -> Tuple[str, ...]:
     if not isinstance(value, tuple) or not all(isinstance(v, str) and JOB_ID.match(v) for v in value):
         raise ResourceError(f"after={value!r} must be a tuple of job ids (hpcbridge.after.dependency_ids makes one)")
     return value
+
+
+def _image(value: Any) -> Optional[str]:
+    """``container``: None (no container), or an image: a path on the cluster or a URI (checked against the
+    runtime when the job's container is decided, :mod:`hpcbridge.containers`)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or any(c in value for c in "\n\r\0") or value != value.strip():
+        raise ResourceError(
+            f"container={value!r} must be an image: its path on the cluster (a .sif or SquashFS file, or a directory) "
+            "or a URI such as docker://python:3.11; None runs the job without a container"
+        )
+    return value
+
+
+def _strings(key: str, value: Any, pattern: re.Pattern[str], what: str) -> Tuple[str, ...]:
+    """A list of strings (one string is a list of one) that each match ``pattern``."""
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ResourceError(f"{key}={value!r} must be a list; give {what}")
+    for item in items:
+        if not isinstance(item, str) or not pattern.match(item):
+            raise ResourceError(f"{key}: {item!r} is not valid; give {what}")
+    return tuple(items)
 
 
 def _positive_int(key: str, value: Any, minimum: int = 1) -> int:

@@ -10,6 +10,7 @@ A submission folder ``<workdir>/<tag>/`` holds::
     log/<task>.out|.err     scheduler-captured stdout/stderr (PBS: log/pbs.out, then per task; log/nodefile.<task>
                             where the PBS template writes a node file from Slurm's node list)
     rdv/<task>.json         multi-rank jobs: the master address and port the launch step chose
+    container.env           apptainer/singularity jobs: the host variables the container sees (--env-file)
     submitted[.out|.err|.rc]  the submit command's marker and its record (exactly-once submission)
 """
 
@@ -127,6 +128,11 @@ class JobFolder(NamedTuple):
 
     def rendezvous(self, task: int) -> str:
         return posixpath.join(self.path, "rdv", f"{task}.json")
+
+    @property
+    def container_env(self) -> str:
+        """apptainer/singularity jobs: the ``--env-file`` naming the host variables the container sees."""
+        return posixpath.join(self.path, "container.env")
 
 
 def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:

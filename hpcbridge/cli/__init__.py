@@ -20,6 +20,7 @@ from .._version import __version__
 from ..errors import (
     CommandError,
     ConfigError,
+    ContainerError,
     HpcBridgeError,
     JobError,
     JobNotFoundError,
@@ -30,6 +31,7 @@ from ..errors import (
     UnknownSiteError,
     UsageError,
 )
+from ..spec import CONTAINER_RUNTIMES
 from . import sites
 from .jobs import cmd_cancel, cmd_logs, cmd_result, cmd_status
 from .output import INTERNAL, INTERRUPTED, JOB_FAILED, NOT_FOUND, OK, SCHEDULER, USAGE, CliError, Out, report
@@ -52,6 +54,13 @@ def _resource_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--launcher", choices=("srun", "mpirun", "torchrun"))
     g.add_argument("--directive", dest="extra_directives", action="append", metavar="OPT",
                    help="extra scheduler option, e.g. --directive=--constraint=a100 (repeatable)")
+    g.add_argument("--container", metavar="IMAGE", help="run in this container image (docs/containers.md)")
+    g.add_argument("--bind", dest="container_binds", action="append", metavar="SRC[:DST[:OPTS]]",
+                   help="bind mount for the container (repeatable)")
+    g.add_argument("--container-runtime", choices=CONTAINER_RUNTIMES,
+                   help="the container runtime (default: the site-config's [container] runtime)")
+    g.add_argument("--container-env", action="append", metavar="NAME",
+                   help="a variable (or PREFIX*) the container may see besides the allow-list (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,6 +178,8 @@ def explain(exc: BaseException, args: argparse.Namespace) -> Tuple[str, str, int
         return first, "", USAGE
     if isinstance(exc, SerializationError):
         return first, "the function and its arguments must be picklable", USAGE
+    if isinstance(exc, ContainerError):
+        return first, "docs/containers.md says how to build an image and set up a site's [container] table", SCHEDULER
     if isinstance(exc, RemoteEnvironmentError):
         return first, f"fix the site's `python` (hpcbridge sites show {site} --origin says where it is set)", SCHEDULER
     if isinstance(exc, CommandError):

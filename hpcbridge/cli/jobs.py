@@ -96,6 +96,7 @@ def cmd_status(args: argparse.Namespace, out: Out) -> int:
                 "job_id": r["job_id"], "site": r["site"], "state": r["last_state"], "function": r["function"],
                 "position": r["position"], "submitted": r["submit_time"], "folder": r["folder"],
                 "nodes": getattr(statuses.get((r["site"], r["job_id"])), "nodes", ""),
+                "container": _container(r),
             }
             for r in rows
         ])
@@ -110,9 +111,24 @@ def cmd_status(args: argparse.Namespace, out: Out) -> int:
             "%Y-%m-%dT%H:%M:%S", time.localtime(r["submit_time"]))
         nodes = getattr(statuses.get((r["site"], r["job_id"])), "nodes", "")
         table.append([job, r["site"], r["last_state"], r["function"], when, nodes if nodes != "None assigned" else ""])
-    out.table(["JOB", "SITE", "STATE", "FUNCTION", "SUBMITTED", "NODES"], table,
-              [state_style(r[2]) for r in table])
+    headers = ["JOB", "SITE", "STATE", "FUNCTION", "SUBMITTED", "NODES"]
+    if any(r.get("container") for r in rows):  # jobs that ran in a container: their image and its digest
+        from ..display import image_label
+
+        headers.append("IMAGE")
+        for line, r in zip(table, rows):
+            line.append(image_label(_container(r)))
+    out.table(headers, table, [state_style(r[2]) for r in table])
     return OK
+
+
+def _container(row: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """A registry row's container record (runtime, binary, image, digest, python), or None."""
+    try:
+        value = json.loads(row.get("container") or "null")
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def cmd_logs(args: argparse.Namespace, out: Out) -> int:

@@ -14,7 +14,15 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import ConfigError, ResourceError
 from ..schedulers import SCHEDULERS
-from ..spec import RESOURCE_NAMES, Resources, did_you_mean, parse_mem_gb, parse_walltime, resources_from
+from ..spec import (
+    CONTAINER_RUNTIMES,
+    RESOURCE_NAMES,
+    Resources,
+    did_you_mean,
+    parse_mem_gb,
+    parse_walltime,
+    resources_from,
+)
 from .source import Source
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -73,10 +81,15 @@ SLURM: Dict[str, Key] = {
 }
 
 CONTAINER: Dict[str, Key] = {
-    "runtime": Key("str", "container runtime", choices=("apptainer", "singularity", "charliecloud")),
-    "image": Key("str", "default image (path or URI)"),
+    "runtime": Key("str", "container runtime (docs/containers.md)", choices=CONTAINER_RUNTIMES),
+    "image": Key("str", "default image (path on the cluster or URI); container=None opts out"),
     "binds": Key("strlist", "bind mounts, 'src[:dst[:opts]]'"),
-    "options": Key("strlist", "extra runtime options, e.g. ['--nv']"),
+    "options": Key("strlist", "extra runtime options, e.g. ['--writable-tmpfs']"),
+    "env": Key("strlist", "variables (or 'PREFIX*') jobs may see inside the container besides the allow-list"),
+    "gpu": Key("str", "the GPUs' vendor: apptainer/singularity --nv or --rocm when GPUs are asked (default nvidia)",
+               choices=("nvidia", "amd")),
+    "python": Key("str", "the python inside the image (default python3)"),
+    "check": Key("bool", "check each image on the login node before its first job (default true)"),
 }
 
 MPI: Dict[str, Key] = {

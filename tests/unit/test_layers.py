@@ -28,7 +28,7 @@ LAYERS: List[List[str]] = [
      "hpcbridge.schedulers.local_limits"],
     # what decides (pure): site-configs, scheduler adapters, launchers, the batch script
     ["hpcbridge.sites", "hpcbridge.sites.*", "hpcbridge.schedulers", "hpcbridge.schedulers.*", "hpcbridge.launchers",
-     "hpcbridge.render", "hpcbridge.script", "hpcbridge.discover"],
+     "hpcbridge.render", "hpcbridge.script", "hpcbridge.discover", "hpcbridge.containers"],
     # what does: the one seam to the cluster side
     ["hpcbridge.transport", "hpcbridge.transport.*"],
     # the futures and how they look
@@ -36,7 +36,7 @@ LAYERS: List[List[str]] = [
     # watching submissions
     ["hpcbridge.outcome", "hpcbridge.submission", "hpcbridge.poll"],
     # one site at run time
-    ["hpcbridge.submit_once", "hpcbridge.remote_env", "hpcbridge.backend"],
+    ["hpcbridge.submit_once", "hpcbridge.remote_env", "hpcbridge.container_check", "hpcbridge.backend"],
     # the API
     ["hpcbridge.after", "hpcbridge.attaching", "hpcbridge.executor"],
     # the command line, test doubles for users, and the package root (which imports lazily)

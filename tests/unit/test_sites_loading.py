@@ -170,13 +170,14 @@ def test_sites_list_says_which_layers_define_each_site(layers):
          "unknown key 'hostname' in [ssh] (did you mean 'host'?); valid keys: host, user, port, identity_file, "
          "proxy_jump, known_hosts, config_file, connect_timeout_s, keepalive_s"),
         ('[container]\nimages = "a.sif"\n', 2,
-         "unknown key 'images' in [container] (did you mean 'image'?); valid keys: runtime, image, binds, options"),
+         "unknown key 'images' in [container] (did you mean 'image'?); valid keys: runtime, image, binds, options, "
+         "env, gpu, python, check"),
         ('[mpi]\nmpi_run = "x"\n', 2,
          "unknown key 'mpi_run' in [mpi] (did you mean 'mpirun'?); valid keys: mpirun, args, env, flavour"),
         ('[defaults]\nwall_time = "1:00:00"\n', 2,
          "unknown key 'wall_time' in [defaults] (did you mean 'walltime'?); valid keys: nodes, tasks_per_node, "
          "cpus_per_task, gpus_per_node, mem_gb, walltime, partition, account, qos, name, extra_directives, "
-         "launcher, array_parallelism"),
+         "launcher, array_parallelism, container, container_binds, container_runtime, container_env"),
     ],
 )
 def test_an_unknown_key_in_any_table_names_file_line_and_the_closest_key(layers, text, line, message):
