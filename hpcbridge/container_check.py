@@ -19,30 +19,14 @@ import sys
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ._version import __version__
 from .containers import BINARIES, Container, bind_targets, check_container, wrap
 from .errors import ContainerError, TransportError
-from .remote_env import remote_env_key
+from .remote_env import PROBE, python_matches, remote_env_key, version_problems, wanted_packages
 from .sites import Site
 from .transport.base import Completed
 
 Run = Callable[..., Completed]
 log = logging.getLogger("hpcbridge")
-
-#: run by the image's python: its version, cloudpickle's and hpcbridge's, and which bind targets are missing
-_CHECK = (
-    "import json, os, sys\n"
-    "def v(name):\n"
-    "    try:\n"
-    "        return __import__(name).__version__\n"
-    "    except Exception:\n"
-    "        return None\n"
-    "print(json.dumps({'python': '%d.%d.%d' % sys.version_info[:3], 'executable': sys.executable,\n"
-    "                  'cloudpickle': v('cloudpickle'), 'hpcbridge': v('hpcbridge'),\n"
-    "                  'missing': [p for p in sys.argv[1:] if not os.path.isdir(p)],\n"
-    "                  'hosts': os.path.exists('/etc/hosts')}))\n"
-)
-
 
 @dataclasses.dataclass(frozen=True)
 class ImageInfo:
@@ -131,9 +115,7 @@ def _kind(site: Site, c: Container, run: Run) -> str:
 
 def _probe(site: Site, probe: Container, targets: Tuple[str, ...], run: Run) -> Dict[str, Any]:
     """The image's python, its packages and the missing bind targets; a :class:`ContainerError` for any problem."""
-    import cloudpickle
-
-    argv = wrap(probe, [probe.python, "-c", _CHECK, *targets])
+    argv = wrap(probe, [probe.python, "-c", PROBE, *targets])
     out = _run(site, argv, run, "start the image's python")
     try:
         info: Optional[Dict[str, Any]] = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 \
@@ -147,22 +129,11 @@ def _probe(site: Site, probe: Container, targets: Tuple[str, ...], run: Run) -> 
             f"Fix: the image needs a python {sys.version_info[0]}.{sys.version_info[1]} on its PATH (or set "
             "[container] python to its path in the image)"
         )
-    ours = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    theirs = ".".join(str(info["python"]).split(".")[:2])
-    wanted = f"'hpcbridge=={__version__}' 'cloudpickle=={cloudpickle.__version__}'"
-    problems: List[str] = []
-    if theirs != ours:
-        problems.append(f"Python {info['python']} in the image, {sys.version.split()[0]} here (major.minor must "
-                        "match)")
-    if info.get("cloudpickle") is None:
-        problems.append("cloudpickle is not installed in it")
-    elif str(info["cloudpickle"]).split(".")[0] != cloudpickle.__version__.split(".")[0]:
-        problems.append(f"cloudpickle {info['cloudpickle']} in the image, {cloudpickle.__version__} here")
-    if info.get("hpcbridge") is None:
-        problems.append("hpcbridge is not installed in it")
+    problems = version_problems(info, at="in the image", inside="in it")
     if problems:
-        if theirs != ours:
-            remedy = f"build the image with Python {ours} and {wanted} installed"
+        wanted = wanted_packages()
+        if not python_matches(info):
+            remedy = f"build the image with Python {sys.version_info[0]}.{sys.version_info[1]} and {wanted} installed"
         else:
             remedy = f"install them into the image ({info.get('executable') or 'python3'} -m pip install {wanted})"
         raise ContainerError(f"{where} cannot run these jobs: " + "; ".join(problems) +

@@ -10,23 +10,56 @@ import json
 import os
 import sys
 import threading
-from typing import Callable, Dict, Set, Tuple
+from typing import Any, Callable, Dict, List, Set, Tuple
 
 from ._version import __version__
 from .errors import RemoteEnvironmentError, TransportError
 from .sites import Site
 from .transport.base import Completed
 
-_CHECK = (
-    "import json, sys\n"
+#: run by a cluster-side (or an image's) python, with folders as arguments: its version, cloudpickle's and
+#: hpcbridge's, which of the folders are missing, and whether it has an /etc/hosts (images)
+PROBE = (
+    "import json, os, sys\n"
     "def v(name):\n"
     "    try:\n"
     "        return __import__(name).__version__\n"
     "    except Exception:\n"
     "        return None\n"
     "print(json.dumps({'python': '%d.%d.%d' % sys.version_info[:3], 'executable': sys.executable,\n"
-    "                  'cloudpickle': v('cloudpickle'), 'hpcbridge': v('hpcbridge')}))\n"
+    "                  'cloudpickle': v('cloudpickle'), 'hpcbridge': v('hpcbridge'),\n"
+    "                  'missing': [p for p in sys.argv[1:] if not os.path.isdir(p)],\n"
+    "                  'hosts': os.path.exists('/etc/hosts')}))\n"
 )
+
+
+def python_matches(info: Dict[str, Any]) -> bool:
+    """Whether the probed python has this one's major.minor (no package installed into it can fix that)."""
+    return ".".join(str(info["python"]).split(".")[:2]) == f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+def version_problems(info: Dict[str, Any], at: str = "there", inside: str = "there") -> List[str]:
+    """What keeps the probed python from running these jobs ("Python 3.10.2 there, 3.11.7 here ..."); ``at`` and
+    ``inside`` name where it is ("in the image", "in it")."""
+    import cloudpickle
+
+    problems = []
+    if not python_matches(info):
+        problems.append(f"Python {info['python']} {at}, {sys.version.split()[0]} here (major.minor must match)")
+    if info.get("cloudpickle") is None:
+        problems.append(f"cloudpickle is not installed {inside}")
+    elif str(info["cloudpickle"]).split(".")[0] != cloudpickle.__version__.split(".")[0]:
+        problems.append(f"cloudpickle {info['cloudpickle']} {at}, {cloudpickle.__version__} here")
+    if info.get("hpcbridge") is None:
+        problems.append(f"hpcbridge is not installed {inside}")
+    return problems
+
+
+def wanted_packages() -> str:
+    """The pip arguments that give a python this side's hpcbridge and cloudpickle."""
+    import cloudpickle
+
+    return f"'hpcbridge=={__version__}' 'cloudpickle=={cloudpickle.__version__}'"
 
 
 #: cluster-side environments (remote_env_key) that passed Backend.check_remote_env in this process
@@ -59,12 +92,10 @@ def check(site: Site, run: Callable[..., Completed]) -> None:
         _ENV_PASSED.add(key)
 
 def _check(site: Site, run: Callable[..., Completed]) -> None:
-    import cloudpickle
-
     python = site.python
     fix = f"set `python = \"/path/to/python3.{sys.version_info[1]}\"` in the site-config of {site.name!r}"
     try:
-        out = run([python, "-c", _CHECK], timeout=120)
+        out = run([python, "-c", PROBE], timeout=120)
     except TransportError as exc:
         raise RemoteEnvironmentError(
             f"site {site.name!r}: the cluster-side python {python!r} could not be started ({exc}); {fix}"
@@ -78,21 +109,11 @@ def _check(site: Site, run: Callable[..., Completed]) -> None:
             f"site {site.name!r}: the cluster-side python {python!r} did not run "
             f"(exit code {out.returncode}: {out.stderr.strip()[-300:]}); {fix}"
         )
-    ours = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    theirs = ".".join(info["python"].split(".")[:2])
-    problems = []
-    if theirs != ours:
-        problems.append(f"Python {info['python']} there, {sys.version.split()[0]} here (major.minor must match)")
-    if info["cloudpickle"] is None:
-        problems.append("cloudpickle is not installed there")
-    elif info["cloudpickle"].split(".")[0] != cloudpickle.__version__.split(".")[0]:
-        problems.append(f"cloudpickle {info['cloudpickle']} there, {cloudpickle.__version__} here")
-    if info["hpcbridge"] is None:
-        problems.append("hpcbridge is not installed there")
+    problems = version_problems(info)
     if problems:
-        wanted = f"'hpcbridge=={__version__}' 'cloudpickle=={cloudpickle.__version__}'"
-        if theirs != ours:  # no package installed into that python can help
-            remedy = f"{fix}, a Python {ours} with {wanted} installed"
+        wanted = wanted_packages()
+        if not python_matches(info):  # no package installed into that python can help
+            remedy = f"{fix}, a Python {sys.version_info[0]}.{sys.version_info[1]} with {wanted} installed"
         else:
             remedy = f"install matching versions there ({info['executable']} -m pip install {wanted}), or {fix}"
         raise RemoteEnvironmentError(
