@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import socket
 import statistics
-import subprocess
 import time
 from typing import Any, Dict, List, Tuple
+
+from bench_rendezvous import allocation_start  # the same clock for both (benchmarks/ is on sys.path for its scripts)
 
 from hpcbridge import Executor
 
@@ -44,31 +44,6 @@ def _process_start() -> float:
 def entered() -> Dict[str, Any]:
     return {"callable": time.time(), "process": _process_start(), "host": socket.gethostname(),
             "in_image": os.environ.get("CH_RUNNING")}
-
-
-def allocation_start(job_id: str) -> Tuple[float, str]:
-    """When slurmctld allocated the job: its log line (ms) when readable, else sacct's Start (whole seconds)."""
-    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
-    m = re.search(r"^SlurmctldLogFile\s*=\s*(\S+)", config, re.M)
-    pattern = re.compile(rf"^\[(\S+?)(\.\d+)?\] sched: Allocate JobId={job_id} ")
-    for _ in range(10):  # the line may not be flushed yet
-        if not (m and os.access(m.group(1), os.R_OK)):
-            break
-        with open(m.group(1), errors="replace") as fh:
-            for line in fh:
-                hit = pattern.match(line)
-                if hit:
-                    whole = time.mktime(time.strptime(hit.group(1), "%Y-%m-%dT%H:%M:%S"))
-                    return whole + float(hit.group(2) or 0), "slurmctld log, ms"
-        time.sleep(0.5)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "Start"], capture_output=True,
-                             text=True, timeout=30).stdout.strip()
-        if out and out[0].isdigit():
-            return time.mktime(time.strptime(out.splitlines()[0], "%Y-%m-%dT%H:%M:%S")), "sacct Start, whole seconds"
-        time.sleep(0.5)
-    raise RuntimeError(f"sacct has no start time for job {job_id}")
 
 
 def one_job(ex: Executor, ranks: int, contained: bool) -> Dict[str, float]:
