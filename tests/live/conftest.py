@@ -116,6 +116,23 @@ class Job:
     sacct: dict[str, str] = field(default_factory=dict)
 
 
+#: defined for every laptop program: ``report(**kw)`` prints its RESULT line, ``error(fn)`` is ``[type, message]`` of
+#: what ``fn()`` raised, or None
+LAPTOP_HELPERS = r'''
+import json as _json
+
+def report(**kw):
+    print("RESULT " + _json.dumps(kw), flush=True)
+
+def error(fn):
+    try:
+        fn()
+    except Exception as exc:
+        return [type(exc).__name__, str(exc)]
+    return None
+'''
+
+
 @dataclass
 class LiveCluster:
     """Helpers around the Slurm commands of the live test cluster (run as the current user)."""
@@ -234,7 +251,8 @@ class LiveCluster:
         because tests/cluster/up run from another checkout (the stage) removes /etc/hpcbridge/sites files that
         checkout does not have."""
         env = ["env", f"PYTHONPATH={REPO}", f"HPCBRIDGE_SITES_PATH={REPO / 'site-configs'}"]
-        p = self.client([*env, str(STAGE / "venv" / "bin" / "python"), "-c", program], timeout=timeout)
+        p = self.client([*env, str(STAGE / "venv" / "bin" / "python"), "-c", LAPTOP_HELPERS + program],
+                        timeout=timeout)
         lines = [line for line in p.stdout.splitlines() if line.startswith("RESULT ")]
         if p.returncode != 0 or not lines:
             pytest.fail(f"laptop program failed (exit {p.returncode})\nstdout:\n{p.stdout}\n"

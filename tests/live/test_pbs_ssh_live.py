@@ -31,16 +31,6 @@ from hpcbridge.sites import load_site
 def site(**kw):
     return load_site("testcluster-pbs-ssh", env={"PYTHONPATH": "__REPO__"}, **kw)
 
-def report(**kw):
-    print("RESULT " + json.dumps(kw), flush=True)
-
-def error(fn):
-    try:
-        fn()
-    except Exception as exc:
-        return [type(exc).__name__, str(exc)]
-    return None
-
 def talk(x):
     print(f"out {x}")
     print(f"err {x}", file=sys.stderr)

@@ -29,15 +29,6 @@ from hpcbridge.transport import make_transport
 def site(host, **ssh_keys):
     return load_site("testcluster-ssh", env={"PYTHONPATH": "__REPO__"}, ssh={"host": host, **ssh_keys})
 
-def report(**kw):
-    print("RESULT " + json.dumps(kw), flush=True)
-
-def error(fn):
-    try:
-        fn()
-    except Exception as exc:
-        return [type(exc).__name__, str(exc)]
-    return None
 '''
 
 

@@ -47,16 +47,6 @@ def cut(conn):
     assert p.returncode == 0, p.stdout + p.stderr
     print("CUT " + p.stdout.strip(), file=sys.stderr, flush=True)
 
-def report(**kw):
-    print("RESULT " + json.dumps(kw), flush=True)
-
-def error(fn):
-    try:
-        fn()
-    except Exception as exc:
-        return [type(exc).__name__, str(exc)]
-    return None
-
 def secrets_in(roots, secret):
     """Where ``secret`` (str) is kept in the objects reachable from ``roots`` (attributes, containers, closures,
     bound methods, weak references, BytesIO buffers such as paramiko's Messages; not modules or classes)."""
