@@ -7,13 +7,15 @@ watching jobs (:mod:`hpcbridge.poll`).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import threading
 import time
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from . import container_check, remote_env, submit_once
+from . import attempts, container_check, remote_env, submit_once
 from .containers import container_for
 from .errors import ConfigError, TransportError
 from .job import Job
@@ -25,7 +27,8 @@ from .schedulers import scheduler_for, scrub_prefixes
 from .schedulers.base import NativeStatus, Verdict
 from .sites import Site
 from .spec import Resources
-from .store import SAFE_PATH
+from .state import Attempt
+from .store import SAFE_PATH, JobFolder
 from .transport import make_transport
 from .transport.base import Completed, Transport
 
@@ -75,6 +78,7 @@ class Backend:
         self.registry = Registry()
         self._root_ready = False
         self._final: List[Tuple[str, int, str]] = []
+        self._final_attempts: List[Tuple[str, int, str]] = []
         self._final_lock = threading.Lock()
 
     # -- commands -----------------------------------------------------------------------------------------
@@ -124,6 +128,40 @@ class Backend:
             return self.scheduler.show_job_failed(task_id, out.returncode, out.stderr)
         return self.scheduler.parse_show_job(task_id, out.stdout)
 
+    def confirm_end(self, status: NativeStatus) -> Optional[NativeStatus]:
+        """A final status the scheduler may still restart (PREEMPTED, NODE_FAIL of a requeueable job): slurmctld's
+        current one when it runs again, the status itself when it is the end, None when that cannot be told now
+        (asked again on the next query)."""
+        argv = self.scheduler.confirm_end_argv(status, self.facts)
+        if argv is None:
+            return status
+        try:
+            out = self.run(argv, timeout=30)
+        except TransportError as exc:
+            log.warning("hpcbridge: looking up %s failed, will retry: %s", status.job_id, exc)
+            return None
+        if out.returncode != 0:  # slurmctld forgot it (MinJobAge): sacct's record is the end
+            return status if "Invalid job id" in out.stderr else None
+        now = self.scheduler.parse_show_job(status.job_id, out.stdout)
+        return now if now is not None and not now.state.is_final else status
+
+    def attempts(self, task_id: str, folder: str, task: int) -> List[Attempt]:
+        """Every run of a task with requeue on (docs/requeue.md), oldest first; [] when they cannot be read."""
+        argv = self.scheduler.attempts_argv(task_id, self.facts)
+        if argv is None:
+            return []
+        try:
+            out = self.run(argv, timeout=30)
+            records = self.scheduler.parse_attempts(out.stdout) if out.returncode == 0 else []
+            paths = JobFolder(folder)
+            wanted = {paths.run_note(task, n): n for n in range(len(records))}
+            read = self.transport.read_files(wanted)
+            notes = {wanted[p]: data.decode("utf-8", "replace") for p, data in read.items()}
+        except Exception as exc:  # the runs are a record, never a reason to fail a job
+            log.warning("hpcbridge: could not read the runs of %s: %s", task_id, exc)
+            return []
+        return attempts.build(records, notes)
+
     # -- folders ------------------------------------------------------------------------------------------
     def ensure_root(self) -> None:
         if not self._root_ready:
@@ -153,16 +191,22 @@ class Backend:
         """Keep a finished job's state for the registry (written by :meth:`flush_states`)."""
         with self._final_lock:
             self._final.append((job.job_id, job.position, job.state.value))
+            if job.attempts:
+                runs = json.dumps([dataclasses.asdict(a) for a in job.attempts])
+                self._final_attempts.append((job.job_id, job.position, runs))
 
     def flush_states(self) -> None:
         """Write the final states noted so far to the registry; kept for the next flush if that fails."""
         with self._final_lock:
             rows, self._final = self._final, []
-        if not rows:
+            runs, self._final_attempts = self._final_attempts, []
+        if not rows and not runs:
             return
         try:
             self.registry.update_states(self.site.name, rows)
+            self.registry.update_attempts(self.site.name, runs)
         except Exception as exc:  # the registry is a convenience; never fail a job over it
             log.warning("hpcbridge: could not update the job registry (will retry): %s", exc)
             with self._final_lock:
                 self._final[:0] = rows
+                self._final_attempts[:0] = runs

@@ -20,13 +20,38 @@ def run_command(argv: List[str]) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        code = subprocess.call(list(argv))  # noqa: S603 - an argv list the user gave, no shell
+        child = subprocess.Popen(list(argv))  # noqa: S603 - an argv list the user gave, no shell
     except OSError as exc:
         print(f"hpcbridge: cannot run {argv[0]!r}: {exc.strerror or exc}", file=sys.stderr)
         raise _failed(argv, 127) from None
+    # requeue on: the worker has installed hpcbridge.checkpoint's warning handler (not imported otherwise)
+    warned = _forward_warning(child) if "hpcbridge.checkpoint" in sys.modules else None
+    code = child.wait()
+    if code != 0 and warned is not None and warned():
+        # requeue on (hpcbridge submit --requeue N): the command was warned and left; it is restarted from scratch
+        from .errors import StopForRequeue
+
+        raise StopForRequeue(f"the command exited {code} after the warning: it is requeued")
     if code != 0:
         raise _failed(argv, code)
     return 0
+
+
+def _forward_warning(child: subprocess.Popen[bytes]) -> Any:
+    """Forward the batch shell's warning (USR2, docs/requeue.md) to the command; returns whether it came."""
+    import signal
+
+    from . import checkpoint
+
+    def forward(signum: int, frame: Any) -> None:
+        checkpoint._on_warning(signum, frame)
+        try:
+            child.send_signal(signum)
+        except OSError:
+            pass
+
+    signal.signal(checkpoint.STOP_SIGNAL, forward)
+    return checkpoint.should_stop
 
 
 def run_script(path: str, source: str, args: List[str]) -> Any:

@@ -16,6 +16,7 @@ Tree::
     ├── JobNotFoundError            attach / the CLI: no job by that id (exit code 4 in the CLI)
     ├── RendezvousError             in the job: no master address or port could be agreed
     ├── UserCommandError            in the job: the command or script of ``hpcbridge submit`` exited non-zero
+    ├── StopForRequeue              in the job: the call was warned, saved its checkpoint and leaves to be requeued
     ├── CommandError                a command failed (argv, exit_code, stdout, stderr)
     │   └── SchedulerError          the scheduler refused or failed (sbatch, sacct, qsub ...)
     ├── TransportError              the transport could not run a command or move a file (``maybe_ran``)
@@ -102,6 +103,12 @@ class UserCommandError(HpcBridgeError):
     def __reduce__(self) -> Tuple[Any, ...]:
         # raised in the job and unpickled here: rebuilt from its fields (the default would pass only the message)
         return (type(self), (self.argv, self.returncode))
+
+
+class StopForRequeue(HpcBridgeError):
+    """In the job: raised by :func:`hpcbridge.checkpoint.save` once the job has been warned (``should_stop()``),
+    after the state is saved; the worker then leaves without a result and the batch shell requeues the job
+    (docs/requeue.md). Let it propagate: catching it keeps the call running until the scheduler kills it."""
 
 
 class TransportError(HpcBridgeError):

@@ -253,6 +253,7 @@ class Executor(concurrent.futures.Executor):
             submit_time=0.0,
         )
         sub.after = res.after  # what a cancellation before it started is blamed on
+        sub.requeue = res.requeue  # its runs are read when a task ends (docs/requeue.md)
         return sub
 
     def _send(self, sub: Submission, tasks: List[List[Call]], blobs: Optional[List[bytes]] = None) -> None:

@@ -7,7 +7,7 @@ import concurrent.futures
 import time
 from typing import Any, Generator, List, Optional, Protocol
 
-from .state import JobState
+from .state import Attempt, JobState
 
 
 class TaskOwner(Protocol):
@@ -51,6 +51,8 @@ class Job(concurrent.futures.Future):  # type: ignore[type-arg]
         self.finished_at: Optional[float] = None
         #: the container image it runs in and its digest (``IMAGE@DIGEST12``), '' when it runs on the host
         self.image: str = ""
+        #: requeue on (docs/requeue.md): one entry per run (nodes, start, end, how it ended), read when it ends
+        self.attempts: List[Attempt] = []
         self.add_done_callback(_note_finished)
 
     # -- identity -----------------------------------------------------------------------------------------

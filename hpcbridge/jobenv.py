@@ -35,6 +35,11 @@ MASTER_PORT_VAR = "HPCBRIDGE_MASTER_PORT"
 BIND_GPUS_VAR = "HPCBRIDGE_BIND_GPUS"  # N: the launcher does not bind the node's N GPUs, the worker does
 GPUS_BOUND_VAR = "HPCBRIDGE_GPUS_BOUND"  # "1" once the worker has narrowed CUDA_VISIBLE_DEVICES to its share
 NCCL_ENV_VAR = "HPCBRIDGE_NCCL_ENV"  # the site-config's nccl table (JSON)
+REQUEUE_VAR = "HPCBRIDGE_REQUEUE"  # N > 0: requeue on (docs/requeue.md), the call may be restarted N times
+GRACE_VAR = "HPCBRIDGE_SIGNAL_GRACE"  # seconds from the warning (USR2) to the job's end
+DEADLINE_VAR = "HPCBRIDGE_DEADLINE"  # epoch seconds at which the job's walltime ends (set by the batch shell)
+RESTART_VAR = "HPCBRIDGE_RESTART"  # this run: 0 the first, 1 after the first requeue ...
+CALL_VAR = "HPCBRIDGE_CALL"  # the worker's call within its task (bundled calls), for the checkpoint's name
 CLAIM_DIR_VAR = "HPCBRIDGE_PORT_CLAIM_DIR"  # node-local claims directory (default /dev/shm/hpcbridge-ports)
 CPUS_PER_TASK_VAR = LOCAL.cpus_per_task_vars[0]  # HPCBRIDGE_CPUS_PER_TASK: the local runner's cpus_per_task
 

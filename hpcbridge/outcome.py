@@ -192,11 +192,12 @@ def remote_exception(
 
 
 def end_error(
-    job_id: str, status: NativeStatus, tail: str, after: Sequence[str], for_dependency: bool
+    job_id: str, status: NativeStatus, tail: str, after: Sequence[str], for_dependency: bool, runs: str = ""
 ) -> BaseException:
     """The error of a task that ended without a result: a kill by its class, a dependency's cancel, else lost.
 
-    ``for_dependency``: the scheduler cancelled it before it started because a job in ``after`` did not succeed."""
+    ``for_dependency``: the scheduler cancelled it before it started because a job in ``after`` did not succeed.
+    ``runs``: a requeued job's runs (:func:`hpcbridge.attempts.describe`), named in a kill's message."""
     waited = " and ".join(after)
     if for_dependency:
         return errors.JobDependencyError(
@@ -210,7 +211,8 @@ def end_error(
         )
     if status.state in KILLED:
         cls, what = KILLED[status.state]
-        return cls(f"job {job_id} {what} (state {status.native})", job_id=job_id, state=status.native,
+        ran = f"; it ran {runs.count('run ')} times, requeue used up: {runs}" if runs else ""
+        return cls(f"job {job_id} {what} (state {status.native}){ran}", job_id=job_id, state=status.native,
                    stderr_tail=tail)
     code = "" if status.exit_code is None else f", exit code {status.exit_code}"
     # a scheduler that does not say why (the Slurm-backed PBS wrappers) may have removed it for its dependency

@@ -35,6 +35,8 @@ class StatusSource(SubmissionHost, Protocol):
 
     def show_job(self, task_id: str) -> Optional[NativeStatus]: ...
 
+    def confirm_end(self, status: NativeStatus) -> Optional[NativeStatus]: ...
+
 
 def next_query_delay(current_s: float, max_s: float) -> float:
     """The back-off between scheduler queries: doubled after each, up to the site's ``poll_interval_max_s``."""
@@ -164,6 +166,14 @@ class Poller:
         if statuses is None:
             self.failed_queries += 1
             return
+        # an end the scheduler may still undo (a requeue it does itself) is checked before it counts
+        for task_id, reported in list(statuses.items()):
+            if reported.state.is_final and backend.scheduler.confirm_end_argv(reported, backend.facts) is not None:
+                confirmed = backend.confirm_end(reported)
+                if confirmed is None:
+                    del statuses[task_id]
+                else:
+                    statuses[task_id] = confirmed
         now = time.monotonic()
         missing: List[Tuple[Submission, int]] = []
         with self.lock:

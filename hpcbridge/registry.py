@@ -133,6 +133,18 @@ class Registry:
         finally:
             conn.close()
 
+    def update_attempts(self, site: str, updates: Iterable[Tuple[str, int, str]]) -> None:
+        """``(job_id, position, attempts as JSON)`` rows: a requeued job's runs (docs/requeue.md)."""
+        rows = [(runs, site, job_id, pos) for job_id, pos, runs in updates]
+        if not rows:
+            return
+        conn = self._connect()
+        try:
+            with conn:
+                conn.executemany("UPDATE jobs SET runs=? WHERE site=? AND job_id=? AND position=?", rows)
+        finally:
+            conn.close()
+
     def _select(self, query: str, args: Tuple[Any, ...]) -> List[Dict[str, Any]]:
         conn = self._connect()
         conn.row_factory = sqlite3.Row
@@ -168,19 +180,22 @@ class Registry:
 
 #: one row per call, with its submission's fields (for status listings)
 _LISTING = (
-    "SELECT j.site, j.job_id, j.position, j.task, j.last_state, j.updated, s.function, s.folder, "
+    "SELECT j.site, j.job_id, j.position, j.task, j.last_state, j.updated, j.runs, s.function, s.folder, "
     "s.submit_time, s.tag, s.job_id AS submission_id, s.is_array, s.container FROM jobs j JOIN submissions s "
     "ON j.tag = s.tag"
 )
 
 
 def _add_columns(conn: sqlite3.Connection) -> None:
-    """Columns newer than a registry file: ``container`` (a job's image and digest) is added to an older one."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(submissions)")}
-    if "container" not in columns:
+    """Columns newer than a registry file, added to an older one: ``submissions.container`` (a job's image and
+    digest), ``jobs.runs`` (a requeued job's runs, ``job.attempts`` as JSON)."""
+    for table, column, kind in (("submissions", "container", "TEXT"), ("jobs", "runs", "TEXT")):
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column in columns:
+            continue
         try:
             with conn:
-                conn.execute("ALTER TABLE submissions ADD COLUMN container TEXT")
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         except sqlite3.OperationalError as exc:  # another process added it meanwhile
             if "duplicate column" not in str(exc):
                 raise

@@ -59,6 +59,31 @@ def script_context(
         "workdir": workdir,  # the directory the job starts in (None: the scheduler's default)
         # a container job: the bind sources the script checks on the node, whether the runtime needs $USER
         "container": None if container is None else script_checks(container),
+        "requeue": requeue_context(scheduler, res, folder),
+    }
+
+
+#: stands for the task's index in a job-folder path the batch shell completes (``"$HPCBRIDGE_TASK"``)
+_TASK = "\0task\0"
+
+
+def requeue_context(scheduler: Scheduler, res: Resources, folder: str) -> Optional[Dict[str, Any]]:
+    """With ``requeue`` on (docs/requeue.md): what the scheduler's requeue partial needs; None otherwise. Paths
+    that hold the task's index come as (before, after) pairs around it, each quoted by the template."""
+    if not res.requeue or scheduler.requeue_template is None:
+        return None
+    paths = JobFolder(folder)
+    marker = paths.checkpoint_marker(_TASK)
+    note = paths.run_note(_TASK, "")
+    return {
+        "template": scheduler.requeue_template,
+        "max": res.requeue,
+        "grace": res.grace_s,
+        "restartable": res.restartable,
+        "walltime_s": res.walltime_s,
+        "dir": paths.checkpoint_dir,
+        "marker": tuple(marker.split(_TASK, 1)),
+        "note": tuple(note.split(_TASK, 1)),
     }
 
 

@@ -61,6 +61,18 @@ class Resources:
     #: whether ``container`` was chosen: ``container=None`` then runs on the host, while an unchosen one lets the
     #: site-config's ``[container] image`` decide
     container_chosen: bool = dataclasses.field(default=False, repr=False)
+    #: how many times a call may be restarted after a warning (walltime, preemption) or a node failure (0: off;
+    #: docs/requeue.md)
+    requeue: int = 0
+    #: how long before its end the job is warned (None: DEFAULT_SIGNAL_GRACE_S); only with requeue on
+    signal_grace_s: Optional[int] = None
+    #: requeue on: the call may be restarted from scratch when it saved no checkpoint
+    restartable: bool = False
+
+    @property
+    def grace_s(self) -> int:
+        """The warning's lead: ``signal_grace_s`` or the default."""
+        return DEFAULT_SIGNAL_GRACE_S if self.signal_grace_s is None else self.signal_grace_s
 
     @property
     def walltime_hms(self) -> Optional[str]:
@@ -99,7 +111,12 @@ RESOURCE_NAMES = (
     "container_binds",
     "container_runtime",
     "container_env",
+    "requeue",
+    "signal_grace_s",
+    "restartable",
 )
+#: seconds between the warning and the job's end when ``signal_grace_s`` is not given (submitit's is 90)
+DEFAULT_SIGNAL_GRACE_S = 90
 #: ... and the options that are not resources of a site-config's ``[defaults]``: ``after`` names jobs.
 OPTION_NAMES = (*RESOURCE_NAMES, "after")
 
@@ -169,6 +186,16 @@ def resources_from(base: Resources, kwargs: Mapping[str, Any], *, options: bool 
                     f"container_runtime={value!r} is not known{did_you_mean(str(value), CONTAINER_RUNTIMES)}; "
                     f"use one of {', '.join(CONTAINER_RUNTIMES)} (or None: the site-config's [container] runtime)"
                 )
+            fields[key] = value
+        elif key == "requeue":
+            fields[key] = 0 if value is None else _positive_int(key, value, minimum=0)
+        elif key == "signal_grace_s":
+            fields[key] = None if value is None else _positive_int(key, value)
+            if fields[key] is not None and fields[key] > 65535:
+                raise ResourceError(f"signal_grace_s={value!r}: Slurm warns at most 65535 s before the end")
+        elif key == "restartable":
+            if not isinstance(value, bool):
+                raise ResourceError(f"restartable={value!r} must be True or False")
             fields[key] = value
         elif key == "container_env":
             fields[key] = _strings(key, value, ENV_PATTERN, "variable names or prefixes such as ['WANDB_API_KEY', "

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+from typing import Optional
 
 
 class JobState(str, enum.Enum):
@@ -25,3 +27,28 @@ class JobState(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+@dataclasses.dataclass(frozen=True)
+class Attempt:
+    """One run of a job that requeue may restart (docs/requeue.md): ``job.attempts`` holds one per run.
+
+    ``ended``: how the run ended, ``TIMEOUT``, ``PREEMPTED``, ``NODE_FAIL``, ``done`` (it completed), another final
+    state (``FAILED`` ...) or ``RUNNING``/``PENDING`` for the run still under way. ``start``/``end``: as the
+    scheduler prints them (``2026-12-06T12:45:06``, ``Unknown``). ``warned_at``/``requeued_at``: epoch seconds of the
+    warning and of hpcbridge's requeue, from the batch shell's note (None when the scheduler restarted the run
+    itself, e.g. after a node failure). ``recomputed_s``: the compute time of this run after its last checkpoint,
+    which the interruption wasted (None: not measured; the usage reports fill it in).
+    """
+
+    nodes: str
+    start: str
+    end: str
+    ended: str
+    native: str = ""
+    warned_at: Optional[float] = None
+    requeued_at: Optional[float] = None
+    recomputed_s: Optional[float] = None
+
+    def describe(self) -> str:
+        return f"{self.nodes or '-'} {self.start} - {self.end} {self.ended}"

@@ -10,6 +10,9 @@ A submission folder ``<workdir>/<tag>/`` holds::
     log/<task>.out|.err     scheduler-captured stdout/stderr (PBS: log/pbs.out, then per task; log/nodefile.<task>
                             where the PBS template writes a node file from Slurm's node list)
     rdv/<task>.json         multi-rank jobs: the master address and port the launch step chose
+    ckpt/<task>.<call>.pkl  requeue on: a call's last checkpoint (hpcbridge.checkpoint.save), written atomically
+    ckpt/<task>.saved       ... and its marker, which the batch shell checks before it requeues the task
+    ckpt/<task>.run<N>      ... what ended run N of the task (PREEMPTED, TIMEOUT) and when, written by the shell
     container.env           apptainer/singularity jobs: the host variables the container sees (--env-file)
     submitted[.out|.err|.rc]  the submit command's marker and its record (exactly-once submission)
 """
@@ -128,6 +131,25 @@ class JobFolder(NamedTuple):
 
     def rendezvous(self, task: int) -> str:
         return posixpath.join(self.path, "rdv", f"{task}.json")
+
+    @property
+    def checkpoint_dir(self) -> str:
+        """requeue on (docs/requeue.md): the calls' checkpoints, their markers and the runs' notes."""
+        return posixpath.join(self.path, "ckpt")
+
+    def checkpoint(self, task: int, call: int) -> str:
+        """The last state ``hpcbridge.checkpoint.save`` wrote for call ``call`` of task ``task``."""
+        return posixpath.join(self.path, "ckpt", f"{task}.{call}.pkl")
+
+    def checkpoint_marker(self, task: Union[int, str]) -> str:
+        """Written after each checkpoint of the task: the batch shell requeues only when it exists (or the call
+        is restartable from scratch)."""
+        return posixpath.join(self.path, "ckpt", f"{task}.saved")
+
+    def run_note(self, task: Union[int, str], restart: Union[int, str]) -> str:
+        """The batch shell's note of how run ``restart`` of the task ended (``REASON WARNED REQUEUED`` epochs);
+        ``task`` and ``restart`` may be shell expressions."""
+        return posixpath.join(self.path, "ckpt", f"{task}.run{restart}")
 
     @property
     def container_env(self) -> str:

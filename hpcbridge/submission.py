@@ -11,11 +11,11 @@ import os
 import threading
 from typing import Any, Dict, List, Optional, Protocol, Sequence, Set, Tuple
 
-from . import outcome
+from . import attempts, outcome
 from .job import Job, mark_cancelled
 from .schedulers.base import NativeStatus, Scheduler
 from .sites import Site
-from .state import JobState
+from .state import Attempt, JobState
 from .store import JobFolder
 from .transport.base import Completed, Transport
 
@@ -34,6 +34,8 @@ class SubmissionHost(Protocol):
     def run_checked(self, argv: Sequence[str], what: str) -> Completed: ...
 
     def note_final(self, job: Job) -> None: ...
+
+    def attempts(self, task_id: str, folder: str, task: int) -> List[Attempt]: ...
 
     def flush_states(self) -> None: ...
 
@@ -72,6 +74,8 @@ class Submission:
         self.final_at: Dict[int, Tuple[NativeStatus, float]] = {}
         #: the job ids it waits for (``after=``): a cancellation before it started is blamed on them
         self.after: Tuple[str, ...] = ()
+        #: requeue on (docs/requeue.md): how many restarts its tasks may have; their runs are read when they end
+        self.requeue = 0
 
     @property
     def all_jobs(self) -> List[Job]:
@@ -153,6 +157,10 @@ class Submission:
         self.resolved.add(task)
         if tail is None:
             tail = self._stderr_tail(task)
+        if self.requeue:  # every run of the task, before its futures resolve (the error names them)
+            runs = self.backend.attempts(self.task_id(task), self.folder, task)
+            for job in self.jobs[task]:
+                job.attempts = runs
         if got:
             self._resolve_from_payloads(task, got, tail)  # ranks that wrote nothing fail there
         else:
@@ -220,5 +228,6 @@ class Submission:
                 continue
             job.state = status.state
             job.native_state = status.native
-            job.set_exception(outcome.end_error(job.job_id, status, tail, self.after, for_dependency))
+            runs = attempts.describe(job.attempts) if len(job.attempts) > 1 else ""
+            job.set_exception(outcome.end_error(job.job_id, status, tail, self.after, for_dependency, runs))
             self.backend.note_final(job)

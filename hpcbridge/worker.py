@@ -16,6 +16,14 @@ from typing import Any, Dict, List, Optional, Tuple
 
 Outcome = Tuple[Any, ...]
 
+#: the worker's exit code when a call left to be requeued (hpcbridge.checkpoint.save after the warning): no result
+#: is written, and the batch shell requeues the task (docs/requeue.md)
+EXIT_REQUEUE = 75
+
+
+class _Requeue(Exception):
+    """A call raised StopForRequeue: the task leaves without a result."""
+
 
 def current_rank() -> int:
     """This process's rank from the launcher's variables (0 outside a multi-task launch; see hpcbridge.jobenv)."""
@@ -37,11 +45,16 @@ def _error_outcome(exc: BaseException, tb_text: str, dumps: Any) -> Outcome:
 
 
 def run_calls(calls: List[Tuple[Any, Tuple[Any, ...], Dict[str, Any]]], dumps: Any) -> List[Outcome]:
+    from hpcbridge.jobenv import CALL_VAR
+
     outcomes: List[Outcome] = []
-    for fn, args, kwargs in calls:
+    for i, (fn, args, kwargs) in enumerate(calls):
+        os.environ[CALL_VAR] = str(i)  # the checkpoint's name (hpcbridge.checkpoint)
         try:
             value = fn(*args, **kwargs)
         except BaseException as exc:  # noqa: B036 - SystemExit/KeyboardInterrupt in user code are reported too
+            if type(exc).__name__ == "StopForRequeue" and type(exc).__module__ == "hpcbridge.errors":
+                raise _Requeue() from exc
             outcomes.append(_error_outcome(exc, traceback.format_exc(), dumps))
             continue
         outcomes.append(("ok", value))
@@ -90,6 +103,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from hpcbridge.gpus import bind_gpus
 
         bind_gpus()
+    if os.environ.get(jobenv.REQUEUE_VAR):  # requeue on: the batch shell forwards the warning (USR2)
+        from hpcbridge import checkpoint
+
+        checkpoint.install()
     started = time.time()
     try:
         calls = cloudpickle.loads(store.read_input(store.JobFolder(folder).inputs, task))
@@ -102,7 +119,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         outcome = ("err", None, "hpcbridge.errors.RemoteEnvironmentError", hint, traceback.format_exc())
         outcomes: List[Outcome] = [outcome]
     else:
-        outcomes = run_calls(calls, cloudpickle.dumps)
+        try:
+            outcomes = run_calls(calls, cloudpickle.dumps)
+        except _Requeue:
+            print(f"hpcbridge: warned, checkpoint saved: leaving to be requeued (rank {rank})", file=sys.stderr)
+            return EXIT_REQUEUE
     payload = {
         "outcomes": outcomes,
         "rank": rank,

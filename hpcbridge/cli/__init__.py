@@ -61,6 +61,13 @@ def _resource_flags(p: argparse.ArgumentParser) -> None:
                    help="the container runtime (default: the site-config's [container] runtime)")
     g.add_argument("--container-env", action="append", metavar="NAME",
                    help="a variable (or PREFIX*) the container may see besides the allow-list (repeatable)")
+    g.add_argument("--requeue", type=int, metavar="N",
+                   help="requeue the job after a warning (walltime, preemption) or a node failure, at most N times; "
+                   "a command is restarted from scratch (docs/requeue.md)")
+    g.add_argument("--signal-grace", dest="signal_grace_s", type=int, metavar="S",
+                   help="with --requeue: warn the job S seconds before its end")
+    g.add_argument("--restartable", action="store_true", default=None,
+                   help="with --requeue: a function or file that saved no checkpoint restarts from scratch")
 
 
 def build_parser() -> argparse.ArgumentParser:

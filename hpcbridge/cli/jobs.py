@@ -97,6 +97,7 @@ def cmd_status(args: argparse.Namespace, out: Out) -> int:
                 "position": r["position"], "submitted": r["submit_time"], "folder": r["folder"],
                 "nodes": getattr(statuses.get((r["site"], r["job_id"])), "nodes", ""),
                 "container": _container(r),
+                "attempts": _attempts(r),
             }
             for r in rows
         ])
@@ -118,8 +119,21 @@ def cmd_status(args: argparse.Namespace, out: Out) -> int:
         headers.append("IMAGE")
         for line, r in zip(table, rows):
             line.append(image_label(_container(r)))
+    if any(r.get("runs") for r in rows):  # requeued jobs (docs/requeue.md): each run and how it ended
+        headers.append("RUNS")
+        for line, r in zip(table, rows):
+            line.append(", ".join(f"{a.get('nodes') or '-'} {a.get('ended')}" for a in _attempts(r)))
     out.table(headers, table, [state_style(r[2]) for r in table])
     return OK
+
+
+def _attempts(row: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """A requeued job's runs as the registry keeps them (docs/requeue.md); [] for any other job."""
+    try:
+        runs = json.loads(row.get("runs") or "[]")
+    except ValueError:
+        return []
+    return runs if isinstance(runs, list) else []
 
 
 def _container(row: Dict[str, Any]) -> Optional[Dict[str, Any]]:

@@ -140,6 +140,8 @@ def _executor(args: argparse.Namespace) -> Any:
 
     # the resource flags' dests are resource names (those without a flag, e.g. array_parallelism, are absent)
     resources = {k: getattr(args, k) for k in RESOURCE_NAMES if getattr(args, k, None) is not None}
+    if resources.get("requeue") and getattr(args, "target", None) is None:  # -- CMD: restarted from scratch
+        resources.setdefault("restartable", True)
     if args.site:
         return Executor(site=args.site, **resources)
     args.site, origin = default_site_origin()  # --site, else $HPCBRIDGE_SITE, else the project's default_site

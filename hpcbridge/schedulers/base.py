@@ -157,6 +157,9 @@ class Scheduler(abc.ABC):
     scrub_prefixes: Tuple[str, ...] = ()
     #: its commands without side effects: safe to run again after a dropped connection
     safe_commands: FrozenSet[str] = frozenset()
+    #: requeue on (docs/requeue.md): the template partial that runs the job's command under the warning trap and
+    #: requeues it (None: ``requeue`` must not be in :attr:`supported_resources`)
+    requeue_template: Optional[str] = None
 
     @classmethod
     @abc.abstractmethod
@@ -185,6 +188,19 @@ class Scheduler(abc.ABC):
             shown = res.walltime_hms if key == "walltime" else list(value) if isinstance(value, tuple) else value
             why = cls.why_not.get(key, f"the {cls.name} scheduler cannot give it; drop it")
             raise ResourceError(f"{key}={shown!r}: {why}")
+
+    def confirm_end_argv(self, status: NativeStatus, facts: ClusterFacts) -> Optional[List[str]]:
+        """A command that says whether a job reported in this final state will still run again (a requeue the
+        scheduler does itself: preemption, node failure), or None when the state is the end (the default)."""
+        return None
+
+    def attempts_argv(self, task_id: str, facts: ClusterFacts) -> Optional[List[str]]:
+        """A command listing every run of a task (requeue on, docs/requeue.md), or None: not known."""
+        return None
+
+    def parse_attempts(self, stdout: str) -> List[Tuple[str, str, str, str]]:
+        """``(native state, nodes, start, end)`` of each run, oldest first, from :meth:`attempts_argv`'s output."""
+        return []
 
     def initial_facts(self) -> ClusterFacts:
         """The facts to start from (what the site-config says), before any answer."""

@@ -59,7 +59,7 @@ class LocalScheduler(Scheduler):
     task_index_expr = "${HPCBRIDGE_TASK:-0}"
     one_machine = True
     supported_resources: FrozenSet[str] = frozenset(RESOURCE_NAMES) - {
-        "partition", "account", "qos", "gpus_per_node", "extra_directives"
+        "partition", "account", "qos", "gpus_per_node", "extra_directives", "requeue"
     }
     why_not: Mapping[str, str] = {
         "partition": f"the local site has no partitions; {_DROP}",
@@ -67,6 +67,8 @@ class LocalScheduler(Scheduler):
         "qos": f"the local site has no QOS; {_DROP}",
         "gpus_per_node": f"the local site hands out no GPUs (a job sees this machine's GPUs as they are); {_DROP}",
         "extra_directives": f"the local site has no scheduler to read directives; {_DROP}",
+        "requeue": "the local site cannot requeue a job (it has no walltime warning, preemption or requeue); use "
+        "requeue=0 here, or a Slurm site (docs/requeue.md)",
     }
 
     def __init__(self, python: str, root: str, parallel: int = 0) -> None:

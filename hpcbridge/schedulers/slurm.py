@@ -102,6 +102,8 @@ class SlurmScheduler(Scheduler):
     #: an enclosing job's (JupyterHub-on-HPC notebooks run inside one): srun/sbatch read SLURM_* as input
     scrub_prefixes = ("SLURM_", "SRUN_", "SALLOC_")
     safe_commands = frozenset({"sacct", "squeue", "sinfo", "sshare", "sprio", "sstat", "sdiag", "scontrol show"})
+    #: requeue on (docs/requeue.md): the batch shell's trap, forwarding and ``scontrol requeue``
+    requeue_template = "partials/requeue_slurm.sh.j2"
 
     def __init__(self, accounting: bool = True, gpu_directive: str = "gpus-per-node") -> None:
         #: what the site-config says; what the cluster says is in the backend's ClusterFacts
@@ -150,6 +152,8 @@ class SlurmScheduler(Scheduler):
             out.append(f"--chdir={req.workdir}")
         if r.after:
             out += dependency_directives(r.after)
+        if r.requeue:  # docs/requeue.md: requeueable (node failure), warned in the batch shell, logs of every run kept
+            out += ["--requeue", f"--signal=B:USR2@{r.grace_s}", "--open-mode=append"]
         out.extend(r.extra_directives)
         return out
 
@@ -297,6 +301,31 @@ class SlurmScheduler(Scheduler):
         if status.state in (JobState.FAILED, JobState.CANCELLED) and MEMORY_KILL.search(stderr_tail):
             return dataclasses.replace(status, state=JobState.OUT_OF_MEMORY)
         return status
+
+    def confirm_end_argv(self, status: NativeStatus, facts: ClusterFacts) -> Optional[List[str]]:
+        """sacct's newest record of a job that Slurm requeues itself (PreemptMode=REQUEUE, a node failure of a
+        requeueable job) says PREEMPTED or NODE_FAIL until slurmctld has made the next record: ``scontrol show job``
+        says whether it is pending again (squeue and scontrol, without accounting, show slurmctld's state)."""
+        if facts.accounting and status.state in (JobState.PREEMPTED, JobState.NODE_FAIL):
+            return ["scontrol", "--oneliner", "show", "job", status.job_id]
+        return None
+
+    def attempts_argv(self, task_id: str, facts: ClusterFacts) -> Optional[List[str]]:
+        """``sacct --duplicates``: every record of the job id, one per run (a requeue starts a new one)."""
+        if not facts.accounting:
+            return None
+        return ["sacct", "--noheader", "--parsable2", "--allocations", "--duplicates",
+                "--format=JobID,State,NodeList,Submit,Start,End", f"--jobs={task_id}"]
+
+    def parse_attempts(self, stdout: str) -> List[Tuple[str, str, str, str]]:
+        rows = []
+        for line in stdout.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) < 6 or "." in parts[0] or not parts[0]:
+                continue
+            rows.append((parts[3], parts[4], parts[1], parts[2], parts[4], parts[5]))
+        rows.sort()  # by submit time (a requeue resets it), then start
+        return [(native, nodes, start, end) for _, _, native, nodes, start, end in rows]
 
     def cancel_argv(self, job_ids: Sequence[str]) -> List[str]:
         return ["scancel", *job_ids]

@@ -26,6 +26,8 @@ class Partition:
     max_walltime: Optional[str] = None
     default: bool = False
     description: str = ""
+    #: False: the site-config forbids requeued jobs here (requeue=N is refused)
+    requeue: bool = True
 
     @property
     def max_walltime_s(self) -> Optional[int]:
@@ -93,6 +95,27 @@ def check_limits(site_name: str, partitions: Mapping[str, Partition], res: Resou
             most = max(getattr(p, attr) for p in partitions.values())
             tail = f"no partition of site {site_name!r} allows more than {fmt(most)}"
         raise ResourceError(f"{label} exceeds partition {name!r} (max {fmt(limit)}); {tail}")
+
+
+def check_requeue(site_name: str, partitions: Mapping[str, Partition], res: Resources) -> None:
+    """Raise :class:`ResourceError` for ``requeue=N`` on a partition that forbids it, or a warning
+    (``signal_grace_s``) that would come before the job starts (docs/requeue.md)."""
+    if not res.requeue:
+        return
+    name = res.partition or default_partition(partitions)
+    part = partitions.get(name) if name else None
+    if part is not None and not part.requeue:
+        allowed = sorted(p.name for p in partitions.values() if p.requeue)
+        tail = f"partitions that allow it: {', '.join(map(repr, allowed))}" if allowed else "use requeue=0"
+        raise ResourceError(
+            f"requeue={res.requeue}: partition {name!r} of site {site_name!r} does not allow requeued jobs (its "
+            f"site-config says requeue = false); {tail}"
+        )
+    if res.walltime_s is not None and res.grace_s >= res.walltime_s:
+        raise ResourceError(
+            f"signal_grace_s={res.grace_s} is not shorter than walltime={res.walltime_hms}: the job would be warned "
+            f"before it starts; give signal_grace_s under {res.walltime_s} (or a longer walltime)"
+        )
 
 
 def _allows(part: Partition, attr: str, value: float) -> bool:

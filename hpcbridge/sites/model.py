@@ -15,7 +15,7 @@ from ..errors import ConfigError, ResourceError
 from ..ports import DEFAULT_PORT_RANGE
 from ..schedulers import SCHEDULERS, scheduler_class
 from ..spec import Resources, parse_mem_gb, parse_walltime, resources_from
-from .limits import Partition, check_limits, default_partition
+from .limits import Partition, check_limits, check_requeue, default_partition
 from .schema import SCHEMA, validate
 
 #: the origin of a key no layer set
@@ -69,6 +69,7 @@ class Site:
         exceeds its partition's limits, naming partitions that fit."""
         scheduler_class(self.scheduler).check_resources(res)
         check_limits(self.name, self.partitions, res)
+        check_requeue(self.name, self.partitions, res)
 
     def where(self, key: str) -> str:
         """Where ``key`` (dotted) was set; for messages."""

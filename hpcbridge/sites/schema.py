@@ -59,6 +59,7 @@ PARTITION: Dict[str, Key] = {
     "max_walltime": Key("walltime", "longest walltime, e.g. '2-00:00:00'"),
     "default": Key("bool", "the scheduler's default partition: its limits apply to jobs that name no partition"),
     "description": Key("str", "one line for users"),
+    "requeue": Key("bool", "whether jobs here may be requeued (requeue=N, docs/requeue.md); default true"),
 }
 
 SSH: Dict[str, Key] = {

@@ -174,7 +174,7 @@ def test_sites_check_names_file_and_line_and_exits_2(cli, tmp_path):
     assert p.stderr.splitlines()[0] == (
         f"hpcbridge: error: {bad}:4: unknown key 'max_node' in [partitions.a] (did you mean 'max_nodes'?); "
         "valid keys: max_nodes, cpus_per_node, mem_gb_per_node, gpus_per_node, gpu_type, max_walltime, default, "
-        "description"
+        "description, requeue"
     )
     assert cli("sites", "check", str(good), check_rc=0).stderr == ""
     for name in os.listdir(os.path.join(REPO, "site-configs")):

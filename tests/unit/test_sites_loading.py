@@ -162,7 +162,7 @@ def test_sites_list_says_which_layers_define_each_site(layers):
          "slurm, container, mpi, nccl, distributed"),
         ('[partitions.gpu]\nmax_node = 3\n', 2,
          "unknown key 'max_node' in [partitions.gpu] (did you mean 'max_nodes'?); valid keys: max_nodes, "
-         "cpus_per_node, mem_gb_per_node, gpus_per_node, gpu_type, max_walltime, default, description"),
+         "cpus_per_node, mem_gb_per_node, gpus_per_node, gpu_type, max_walltime, default, description, requeue"),
         ('[slurm]\ngpu_directiv = "gres"\n', 2,
          "unknown key 'gpu_directiv' in [slurm] (did you mean 'gpu_directive'?); valid keys: mpi, gpu_directive, "
          "srun_args"),
@@ -177,7 +177,8 @@ def test_sites_list_says_which_layers_define_each_site(layers):
         ('[defaults]\nwall_time = "1:00:00"\n', 2,
          "unknown key 'wall_time' in [defaults] (did you mean 'walltime'?); valid keys: nodes, tasks_per_node, "
          "cpus_per_task, gpus_per_node, mem_gb, walltime, partition, account, qos, name, extra_directives, "
-         "launcher, array_parallelism, container, container_binds, container_runtime, container_env"),
+         "launcher, array_parallelism, container, container_binds, container_runtime, container_env, requeue, "
+         "signal_grace_s, restartable"),
     ],
 )
 def test_an_unknown_key_in_any_table_names_file_line_and_the_closest_key(layers, text, line, message):

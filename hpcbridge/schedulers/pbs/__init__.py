@@ -36,10 +36,10 @@ from __future__ import annotations
 import dataclasses
 import posixpath
 import re
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence
 
 from ...errors import ConfigError, ConnectionLostError, ResourceError, SchedulerError
-from ...spec import Resources
+from ...spec import RESOURCE_NAMES, Resources
 from ...state import JobState
 from ...store import JobFolder
 from ..base import (
@@ -80,6 +80,12 @@ class PBSScheduler(Scheduler):
     hostfile = True
     scrub_prefixes = ("PBS_",)
     safe_commands = frozenset({"qstat", "pbsnodes", "tracejob"})
+    #: requeue (docs/requeue.md): qrerun is for operators only; the follow-up job chain is not built yet
+    supported_resources: FrozenSet[str] = frozenset(RESOURCE_NAMES) - {"requeue"}
+    why_not: Mapping[str, str] = {
+        "requeue": "PBS lets only operators requeue a job (qrerun), and hpcbridge's follow-up-job chain for PBS is "
+        "not built yet; use requeue=0 on PBS sites, or a Slurm site (docs/requeue.md)",
+    }
 
     def __init__(self, flavour: str = "pbspro", accounting: bool = True) -> None:
         if flavour not in FLAVOURS:
