@@ -15,6 +15,7 @@ from .backend import Backend
 from .display import image_label
 from .errors import JobNotFoundError, UsageError
 from .job import Job
+from .jobenv import REQUEUE_VAR
 from .registry import Registry
 from .sites import Site, load_site
 from .state import JobState
@@ -79,6 +80,7 @@ def attach(job_id: Union[str, int], site: Union[str, Site] = "local", position: 
     )
     script = backend.transport.read_files([JobFolder(row["folder"]).script])
     sub.script = next(iter(script.values()), b"").decode("utf-8", "replace")
+    sub.requeue = int(f"export {REQUEUE_VAR}=" in sub.script)  # requeue on: its runs are read when it ends
     sub.resolved = set(range(len(chunks))) - {row["task"]}
     job: Job = sub.jobs[row["task"]][position]
     with contextlib.suppress(ValueError):
