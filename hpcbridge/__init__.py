@@ -39,11 +39,18 @@ _LAZY = {
     "errors": ("hpcbridge.errors", None),
     "environment": ("hpcbridge.jobenv", "environment"),
     "init_torch_distributed": ("hpcbridge.distributed", "init_torch_distributed"),
+    # in the job, requeue on (docs/requeue.md); not in the pinned __all__
+    "checkpoint": ("hpcbridge.checkpoint", None),
+    "should_stop": ("hpcbridge.checkpoint", "should_stop"),
+    "time_left": ("hpcbridge.checkpoint", "time_left"),
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from . import checkpoint as checkpoint
     from . import errors
     from .attaching import attach
+    from .checkpoint import should_stop as should_stop
+    from .checkpoint import time_left as time_left
     from .distributed import init_torch_distributed
     from .executor import Executor
     from .job import Job

@@ -1,0 +1,56 @@
+"""hpcbridge.checkpoint in a job folder (no scheduler: the functions read the in-job variables)."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+import hpcbridge
+from hpcbridge import checkpoint
+from hpcbridge.errors import SerializationError, StopForRequeue, UsageError
+from hpcbridge.store import JobFolder
+
+
+def test_the_in_job_names_are_the_package_s(monkeypatch):
+    assert hpcbridge.should_stop is checkpoint.should_stop and hpcbridge.time_left is checkpoint.time_left
+    assert hpcbridge.checkpoint is checkpoint
+
+
+def test_save_load_and_the_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("HPCBRIDGE_FOLDER", str(tmp_path))
+    monkeypatch.setenv("HPCBRIDGE_TASK", "2")
+    monkeypatch.setenv("HPCBRIDGE_CALL", "1")
+    monkeypatch.setattr(checkpoint, "_warned_at", None)
+    assert checkpoint.load(default="first run") == "first run"
+    checkpoint.save({"step": 3})
+    assert checkpoint.load() == {"step": 3}
+    assert os.path.exists(JobFolder(str(tmp_path)).checkpoint_marker(2))
+    with pytest.raises(SerializationError, match=r"^checkpoint.save: the state cannot be pickled \(generator: "):
+        checkpoint.save(x for x in ())
+    assert checkpoint.load() == {"step": 3}  # the last good checkpoint stays
+    monkeypatch.setenv("HPCBRIDGE_DEADLINE", "99999999999")
+    monkeypatch.setenv("HPCBRIDGE_SIGNAL_GRACE", "30")
+    assert not checkpoint.should_stop() and checkpoint.time_left() > 30
+    checkpoint.install()
+    try:
+        os.kill(os.getpid(), signal.SIGUSR2)
+    finally:
+        signal.signal(signal.SIGUSR2, signal.SIG_DFL)
+    assert checkpoint.should_stop() and 29 <= checkpoint.time_left() <= 30
+    with pytest.raises(StopForRequeue):
+        checkpoint.save({"step": 4})
+    assert checkpoint.load() == {"step": 4}
+
+
+def test_outside_a_job_it_says_so(monkeypatch):
+    monkeypatch.delenv("HPCBRIDGE_FOLDER", raising=False)
+    with pytest.raises(UsageError, match="inside an hpcbridge job only"):
+        checkpoint.load()
+    assert checkpoint.time_left() is None or "HPCBRIDGE_DEADLINE" in os.environ
+
+
+def test_importing_the_worker_does_not_import_checkpoint():
+    code = "import sys, hpcbridge.worker; print('hpcbridge.checkpoint' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout == "False\n"
