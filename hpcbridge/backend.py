@@ -78,7 +78,6 @@ class Backend:
         self.registry = Registry()
         self._root_ready = False
         self._final: List[Tuple[str, int, str]] = []
-        self._final_attempts: List[Tuple[str, int, str]] = []
         self._final_lock = threading.Lock()
 
     # -- commands -----------------------------------------------------------------------------------------
@@ -191,22 +190,24 @@ class Backend:
         """Keep a finished job's state for the registry (written by :meth:`flush_states`)."""
         with self._final_lock:
             self._final.append((job.job_id, job.position, job.state.value))
-            if job.attempts:
-                runs = json.dumps([dataclasses.asdict(a) for a in job.attempts])
-                self._final_attempts.append((job.job_id, job.position, runs))
+
+    def save_attempts(self, jobs: Sequence[Job]) -> None:
+        """Write the runs of a requeued task's jobs to the registry (docs/requeue.md); a failure is only logged."""
+        rows = [(j.job_id, j.position, json.dumps([dataclasses.asdict(a) for a in j.attempts])) for j in jobs]
+        try:
+            self.registry.update_attempts(self.site.name, rows)
+        except Exception as exc:  # the registry is a convenience; never fail a job over it
+            log.warning("hpcbridge: could not record the runs of %s in the job registry: %s", rows[0][0], exc)
 
     def flush_states(self) -> None:
         """Write the final states noted so far to the registry; kept for the next flush if that fails."""
         with self._final_lock:
             rows, self._final = self._final, []
-            runs, self._final_attempts = self._final_attempts, []
-        if not rows and not runs:
+        if not rows:
             return
         try:
             self.registry.update_states(self.site.name, rows)
-            self.registry.update_attempts(self.site.name, runs)
         except Exception as exc:  # the registry is a convenience; never fail a job over it
             log.warning("hpcbridge: could not update the job registry (will retry): %s", exc)
             with self._final_lock:
                 self._final[:0] = rows
-                self._final_attempts[:0] = runs

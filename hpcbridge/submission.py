@@ -37,6 +37,8 @@ class SubmissionHost(Protocol):
 
     def attempts(self, task_id: str, folder: str, task: int) -> List[Attempt]: ...
 
+    def save_attempts(self, jobs: Sequence[Job]) -> None: ...
+
     def flush_states(self) -> None: ...
 
 
@@ -161,6 +163,7 @@ class Submission:
             runs = self.backend.attempts(self.task_id(task), self.folder, task)
             for job in self.jobs[task]:
                 job.attempts = runs
+            self.backend.save_attempts(self.jobs[task])  # now: a CLI may exit as soon as the future is set
         if got:
             self._resolve_from_payloads(task, got, tail)  # ranks that wrote nothing fail there
         else:

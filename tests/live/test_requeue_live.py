@@ -127,7 +127,7 @@ def test_a_walltime_shorter_than_the_work_is_warned_saved_and_requeued(slow_jobs
 def test_requeue_1_and_a_second_interruption_end_the_job_naming_both_runs(slow_jobs, cluster):
     """Test 4: requeue=1, interrupted twice: the second warning ends it with the timeout error naming both runs."""
     job = slow_jobs["twice"]
-    with pytest.raises(JobTimeoutError, match=rf"^job {job.job_id} timed out \(state TIMEOUT\); it ran 2 times, "
+    with pytest.raises(JobTimeoutError, match=rf"^job {job.job_id} hit its walltime \(state TIMEOUT\); it ran 2 times, "
                        r"requeue used up: run 1: node\d \S+ - \S+ TIMEOUT; run 2: node\d \S+ - \S+ TIMEOUT"):
         job.result(timeout=480)
     assert [a.ended for a in job.attempts] == ["TIMEOUT", "TIMEOUT"]
