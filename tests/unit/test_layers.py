@@ -21,7 +21,7 @@ LAYERS: List[List[str]] = [
     ["hpcbridge._version", "hpcbridge.errors", "hpcbridge.state", "hpcbridge.store", "hpcbridge.hostlist",
      "hpcbridge._proc", "hpcbridge.registry", "hpcbridge.transport.base"],
     # the pure model: resource requests, the in-job allocation tables, pickling of calls
-    ["hpcbridge.spec", "hpcbridge.schedulers.allocation", "hpcbridge.pickling"],
+    ["hpcbridge.spec", "hpcbridge.schedulers.allocation", "hpcbridge.pickling", "hpcbridge.advice", "hpcbridge.waste"],
     # inside the job (what the worker start pays for: nothing above this layer)
     ["hpcbridge.jobenv", "hpcbridge.ports", "hpcbridge.gpus", "hpcbridge.rendezvous", "hpcbridge.distributed",
      "hpcbridge.worker", "hpcbridge.commands", "hpcbridge.schedulers.local_runner",
@@ -32,7 +32,7 @@ LAYERS: List[List[str]] = [
     # what does: the one seam to the cluster side
     ["hpcbridge.transport", "hpcbridge.transport.*"],
     # the futures and how they look
-    ["hpcbridge.display", "hpcbridge.job", "hpcbridge.group"],
+    ["hpcbridge.display", "hpcbridge.usage_figure", "hpcbridge.job", "hpcbridge.group"],
     # watching submissions
     ["hpcbridge.outcome", "hpcbridge.submission", "hpcbridge.poll"],
     # one site at run time
