@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime
 import re
 
 import pytest
@@ -141,3 +142,17 @@ def test_matplotlib_picture_when_installed():
     plt = pytest.importorskip("matplotlib.pyplot")
     out = usage_figure.usage_figure([("11", usage())])
     assert out.startswith('<div class="hpcbridge-usage"><svg') and plt is not None
+
+
+# -- hpcbridge report's arguments --------------------------------------------------------------------------------
+def test_since_takes_spans_and_dates_and_refuses_the_rest():
+    from hpcbridge.cli.output import CliError
+    from hpcbridge.cli.usage_report import since_epoch
+
+    assert since_epoch("7d", 1_000_000.0) == 1_000_000.0 - 7 * 86400
+    assert since_epoch("30m", 10_000.0) == 10_000.0 - 1800
+    assert since_epoch("2026-12-01", 0.0) == datetime.datetime(2026, 12, 1).timestamp()
+    with pytest.raises(CliError) as err:
+        since_epoch("last week", 0.0)
+    assert str(err.value) == "--since 'last week' is neither a span nor a date"
+    assert err.value.hint == "give a span such as 30m, 12h, 7d or 2w, or a date such as 2026-12-01"

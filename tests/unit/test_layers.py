@@ -38,7 +38,7 @@ LAYERS: List[List[str]] = [
     # one site at run time
     ["hpcbridge.submit_once", "hpcbridge.remote_env", "hpcbridge.container_check", "hpcbridge.backend"],
     # the API
-    ["hpcbridge.after", "hpcbridge.attaching", "hpcbridge.executor"],
+    ["hpcbridge.after", "hpcbridge.attaching", "hpcbridge.right_size", "hpcbridge.executor"],
     # the command line, test doubles for users, and the package root (which imports lazily)
     ["hpcbridge.cli", "hpcbridge.cli.*", "hpcbridge.testing", "hpcbridge"],
 ]
