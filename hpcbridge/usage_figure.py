@@ -123,3 +123,26 @@ def matplotlib_figure(jobs: Sequence[Tuple[str, UsageView]], plt: Any) -> str:
     plt.close(fig)
     svg = buf.getvalue()
     return f'<div class="hpcbridge-usage">{svg[svg.find("<svg"):]}</div>'
+
+
+# -- the job tables' efficiency columns ----------------------------------------------------------------------------
+EFFICIENCY_COLUMNS = ("CPU", "mem", "time", "GPU")
+
+
+def known_usage(job: Any) -> Optional[UsageView]:
+    """A job's usage if it is known already (never a query: a table is drawn without waiting); None otherwise."""
+    known = getattr(job, "known_usage", None)
+    value = known() if callable(known) else known
+    return value if value is not None and hasattr(value, "elapsed_s") else None
+
+
+def efficiency_cells(usage: Optional[UsageView]) -> List[str]:
+    """CPU, memory, time and GPU efficiency as ``48%`` (``-``: unknown), for one row of a job table."""
+    if usage is None:
+        return ["", "", "", ""]
+    out: List[str] = []
+    for resource in EFFICIENCY_COLUMNS:
+        found = [b for b in bars(usage) if b[0] == {"mem": "memory"}.get(resource, resource)]
+        fraction = found[0][1] if found else None
+        out.append("-" if fraction is None else f"{fraction * 100:.0f}%")
+    return out

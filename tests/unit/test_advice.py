@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import datetime
 import re
+import sys
 
 import pytest
 from usage_values import rank, usage
 
-from hpcbridge import advice, usage_figure, waste
+from hpcbridge import advice, display, usage_figure, waste
+from hpcbridge.state import JobState
 
 
 def test_the_issues_examples_word_for_word():
@@ -156,3 +158,34 @@ def test_since_takes_spans_and_dates_and_refuses_the_rest():
         since_epoch("last week", 0.0)
     assert str(err.value) == "--since 'last week' is neither a span nor a date"
     assert err.value.hint == "give a span such as 30m, 12h, 7d or 2w, or a date such as 2026-12-01"
+
+
+# -- the job tables ------------------------------------------------------------------------------------------------
+class View:
+    """A job as the table reads it."""
+
+    def __init__(self, job_id: str, known: object = None) -> None:
+        self.job_id, self.site, self.nodes, self.elapsed = job_id, "hpc", "node1", 12.0
+        self.state = JobState.COMPLETED
+        self._known = known
+
+    def done(self) -> bool:
+        return True
+
+    def known_usage(self) -> object:
+        return self._known
+
+
+def test_tables_gain_the_efficiency_columns_and_the_picture_once_usage_is_known(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)  # the plain SVG, whether matplotlib is here or not
+    plain = display.jobs_html([View("7")])
+    assert re.findall(r"<th[^>]*>([^<]+)</th>", plain) == ["state", "job id", "nodes", "elapsed"]
+    assert "<svg" not in plain
+    measured = display.jobs_html([View("7", usage(cpus=2, elapsed_s=100, cpu_time_s=50, mem_gb=1, peak_mem_gb=0.3,
+                                                  walltime_s=1000)), View("8")])
+    assert re.findall(r"<th[^>]*>([^<]+)</th>", measured) == ["state", "job id", "nodes", "elapsed", "CPU", "mem",
+                                                              "time", "GPU"]
+    cells = [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", measured)]
+    assert cells == ["COMPLETED", "7", "node1", "12.0s", "25%", "30%", "10%", "-",
+                     "COMPLETED", "8", "node1", "12.0s", "", "", "", ""]
+    assert measured.endswith("</svg>") and ">7</tspan>" in measured and ">8</tspan>" not in measured
