@@ -189,3 +189,17 @@ def test_tables_gain_the_efficiency_columns_and_the_picture_once_usage_is_known(
     assert cells == ["COMPLETED", "7", "node1", "12.0s", "25%", "30%", "10%", "-",
                      "COMPLETED", "8", "node1", "12.0s", "", "", "", ""]
     assert measured.endswith("</svg>") and ">7</tspan>" in measured and ">8</tspan>" not in measured
+
+
+def test_right_sized_says_what_it_changes_against_the_executors_request():
+    from hpcbridge.right_size import right_sized
+    from hpcbridge.spec import Resources
+
+    res = Resources(cpus_per_task=2, mem_gb=1.5, walltime_s=1800)
+    runs = [usage(cpus=2, mem_gb=1.5, walltime_s=1800, elapsed_s=14, cpu_time_s=0.4, peak_mem_gb=0.17)]
+    advice, said = right_sized("hpc", res, "work", runs)
+    assert advice.resources() == {"mem_gb": 0.5, "walltime": "0:05:00", "cpus_per_task": 1}
+    assert said == ("hpcbridge: right_size: work on hpc, from 1 earlier run: peak 0.17 GB of 1.5 GB asked -> "
+                    "mem_gb=0.5 (peak x 1.5, rounded up); used 0:14 of 0:30:00 -> walltime 0:05:00 (longest run x "
+                    "1.5, rounded up); 0.03 of 2 CPUs busy -> cpus_per_task=1")
+    assert right_sized("hpc", Resources(mem_gb=0.5, walltime_s=300), "work", runs)[1] == ""
