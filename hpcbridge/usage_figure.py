@@ -62,20 +62,26 @@ def usage_figure(jobs: Sequence[Tuple[str, UsageView]], prefer_matplotlib: bool 
     return svg_figure(jobs)
 
 
+def shown_resources(jobs: Sequence[Tuple[str, UsageView]]) -> Tuple[str, ...]:
+    """The resources drawn: GPU only when a job was given GPUs."""
+    return tuple(r for r in RESOURCES if r != "GPU" or any(u.gpus for _, u in jobs))
+
+
 def svg_figure(jobs: Sequence[Tuple[str, UsageView]]) -> str:
     """A plain SVG: for each job a label, then a bar per resource (grey: allocated, coloured: used)."""
     bar_w, label_w, text_w, row_h, gap = 160, 90, 170, 14, 6
     col_w = bar_w + text_w
-    width = label_w + col_w * len(RESOURCES)
+    resources = shown_resources(jobs)
+    width = label_w + col_w * len(resources)
     parts: List[str] = []
-    for i, name in enumerate(RESOURCES):
+    for i, name in enumerate(resources):
         x = label_w + i * col_w
         parts.append(f'<text x="{x}" y="12" font-weight="600">{name}</text>')
     y = 20
     for label, usage in jobs:
         parts.append(f'<text x="0" y="{y + 11}"><tspan font-family="monospace">{html.escape(label)}</tspan></text>')
         for resource, fraction, text in bars(usage):
-            x = label_w + RESOURCES.index(resource) * col_w
+            x = label_w + resources.index(resource) * col_w
             parts.append(f'<rect x="{x}" y="{y}" width="{bar_w}" height="{row_h}" fill="{ALLOCATED}">'
                          f"<title>{html.escape(resource)} allocated</title></rect>")
             if fraction is not None:
@@ -93,20 +99,23 @@ def svg_figure(jobs: Sequence[Tuple[str, UsageView]]) -> str:
 
 def matplotlib_figure(jobs: Sequence[Tuple[str, UsageView]], plt: Any) -> str:
     """The same picture drawn by matplotlib (``plt``: ``matplotlib.pyplot``), as inline SVG in a ``div``."""
-    fig, axes = plt.subplots(1, len(RESOURCES), figsize=(3 * len(RESOURCES), 0.4 * len(jobs) + 1), sharey=True,
+    resources = shown_resources(jobs)
+    fig, axes = plt.subplots(1, len(resources), figsize=(3 * len(resources), 0.4 * len(jobs) + 1), sharey=True,
                              squeeze=False)
     labels = [label for label, _ in jobs]
     positions = list(range(len(jobs)))
-    for col, resource in enumerate(RESOURCES):
+    for col, resource in enumerate(resources):
         ax = axes[0][col]
         fractions: List[float] = []
+        allocated: List[float] = []
         texts: List[str] = []
         for _, usage in jobs:
             found = [b for b in bars(usage) if b[0] == resource]
-            fraction, text = (found[0][1], found[0][2]) if found else (None, "")
+            fraction, text = (found[0][1], found[0][2]) if found else (None, "none allocated")
             fractions.append(0.0 if fraction is None else max(0.0, min(1.0, fraction)))
+            allocated.append(1.0 if found else 0.0)
             texts.append(text)
-        ax.barh(positions, [1.0] * len(jobs), color=ALLOCATED)
+        ax.barh(positions, allocated, color=ALLOCATED)
         ax.barh(positions, fractions, color=COLOURS[resource])
         for pos, text in zip(positions, texts):
             ax.text(0.02, pos, text, va="center", fontsize=7)
