@@ -19,7 +19,7 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "hpcbridge")
 LAYERS: List[List[str]] = [
     # foundations: standard library only (and cloudpickle/jinja2 where named)
     ["hpcbridge._version", "hpcbridge.errors", "hpcbridge.state", "hpcbridge.store", "hpcbridge.hostlist",
-     "hpcbridge._proc", "hpcbridge.registry", "hpcbridge.transport.base"],
+     "hpcbridge._proc", "hpcbridge.registry", "hpcbridge.transport.base", "hpcbridge.usage"],
     # the pure model: resource requests, the in-job allocation tables, pickling of calls
     ["hpcbridge.spec", "hpcbridge.schedulers.allocation", "hpcbridge.pickling", "hpcbridge.advice", "hpcbridge.waste"],
     # inside the job (what the worker start pays for: nothing above this layer)
