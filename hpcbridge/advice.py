@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .usage import Usage
 
 MEM_FACTOR = 1.5
 TIME_FACTOR = 1.5
@@ -29,35 +31,6 @@ TIME_FACTOR = 1.5
 BUSY_TOLERANCE = 0.1
 #: a GPU less busy than this gets a note
 GPU_IDLE_NOTE = 0.5
-
-
-class RankView(Protocol):
-    """What the advice reads of one rank's usage (:class:`hpcbridge.usage.RankUsage` is one)."""
-
-    node: str
-    rank: int
-    cpu_time_s: Optional[float]
-    peak_rss_gb: Optional[float]
-
-
-class UsageView(Protocol):
-    """What the advice reads of one job's usage (:class:`hpcbridge.usage.Usage` is one)."""
-
-    job_id: str
-    state: Any
-    nodes: Optional[int]
-    cpus: Optional[int]
-    mem_gb: Optional[float]
-    walltime_s: Optional[float]
-    gpus: Optional[int]
-    elapsed_s: Optional[float]
-    cpu_time_s: Optional[float]
-    peak_mem_gb: Optional[float]
-    gpu_utilization: Optional[float]
-    gpu_mem_peak_gb: Optional[float]
-
-    @property
-    def ranks(self) -> Sequence[Any]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,12 +138,12 @@ def whole(busy: float) -> int:
 
 
 # -- reading runs --------------------------------------------------------------------------------------------
-def state_name(usage: UsageView) -> str:
+def state_name(usage: Usage) -> str:
     """The run's end as text (``COMPLETED``, ``TIMEOUT``, ...), whatever type ``state`` holds."""
-    return str(getattr(usage.state, "value", usage.state) or "")
+    return usage.state
 
 
-def node_peak_gb(usage: UsageView) -> Optional[float]:
+def node_peak_gb(usage: Usage) -> Optional[float]:
     """The largest memory peak of one node: the ranks on a node added up, and the job's own figure."""
     per_node: Dict[str, float] = {}
     for rank in usage.ranks:
@@ -180,7 +153,7 @@ def node_peak_gb(usage: UsageView) -> Optional[float]:
     return max(peaks) if peaks else None
 
 
-def busy_cpus_per_task(usage: UsageView, tasks: int) -> Optional[float]:
+def busy_cpus_per_task(usage: Usage, tasks: int) -> Optional[float]:
     """The busiest task's CPU time / elapsed (from its rank's figure, else the job's spread over its tasks)."""
     if not usage.elapsed_s:
         return None
@@ -192,7 +165,7 @@ def busy_cpus_per_task(usage: UsageView, tasks: int) -> Optional[float]:
     return usage.cpu_time_s / usage.elapsed_s / max(1, tasks)
 
 
-def asked_of(usage: UsageView) -> Asked:
+def asked_of(usage: Usage) -> Asked:
     """What a run asked for, read from its usage's allocation (when nothing better is known)."""
     tasks = max(1, len(usage.ranks))
     nodes = max(1, usage.nodes or 1)
@@ -207,7 +180,7 @@ def asked_of(usage: UsageView) -> Asked:
 
 
 # -- the advice ----------------------------------------------------------------------------------------------
-def advise(runs: Iterable[UsageView], asked: Optional[Asked] = None, function: str = "") -> Advice:
+def advise(runs: Iterable[Usage], asked: Optional[Asked] = None, function: str = "") -> Advice:
     """The advice for the next run of the job(s) ``runs`` describe.
 
     ``asked``: the request to change (an executor's); by default the latest run's allocation.
@@ -231,7 +204,7 @@ def _of(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _memory(runs: Sequence[UsageView], asked: Asked) -> Tuple[Optional[Change], str]:
+def _memory(runs: Sequence[Usage], asked: Asked) -> Tuple[Optional[Change], str]:
     if asked.mem_gb is None:
         return None, ""
     oom = [u for u in runs if state_name(u) == "OUT_OF_MEMORY"]
@@ -250,7 +223,7 @@ def _memory(runs: Sequence[UsageView], asked: Asked) -> Tuple[Optional[Change], 
                   f"mem_gb={gb(new)} (peak x {MEM_FACTOR:g}, rounded up)"), ""
 
 
-def _walltime(runs: Sequence[UsageView], asked: Asked) -> Tuple[Optional[Change], str]:
+def _walltime(runs: Sequence[Usage], asked: Asked) -> Tuple[Optional[Change], str]:
     if asked.walltime_s is None:
         return None, ""
     if any(state_name(u) == "TIMEOUT" for u in runs):
@@ -267,7 +240,7 @@ def _walltime(runs: Sequence[UsageView], asked: Asked) -> Tuple[Optional[Change]
                   f"(longest run x {TIME_FACTOR:g}, rounded up)"), ""
 
 
-def _cpus(runs: Sequence[UsageView], asked: Asked) -> Tuple[Optional[Change], str]:
+def _cpus(runs: Sequence[Usage], asked: Asked) -> Tuple[Optional[Change], str]:
     if asked.cpus_per_task is None:
         return None, ""
     busy = [b for b in (busy_cpus_per_task(u, asked.tasks) for u in runs) if b is not None]
@@ -281,7 +254,7 @@ def _cpus(runs: Sequence[UsageView], asked: Asked) -> Tuple[Optional[Change], st
                   f"{most:.2f} of {_of(asked.cpus_per_task, 'CPU')} busy -> cpus_per_task={new}"), ""
 
 
-def _gpus(runs: Sequence[UsageView], asked: Asked) -> Tuple[Optional[Change], str]:
+def _gpus(runs: Sequence[Usage], asked: Asked) -> Tuple[Optional[Change], str]:
     gpus = asked.gpus_per_node or 0
     if not gpus:
         return None, ""

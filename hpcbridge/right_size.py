@@ -13,12 +13,13 @@ import concurrent.futures
 import logging
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from .advice import Advice, Asked, UsageView, advise
+from .advice import Advice, Asked, advise
 from .errors import HpcBridgeError
 from .pickling import qualname
 from .registry import Registry
 from .spec import Resources
 from .state import JobState
+from .usage import Usage
 
 log = logging.getLogger("hpcbridge")
 
@@ -46,18 +47,18 @@ def suggest(what: Any, *, site: Optional[str] = None, timeout: Optional[float] =
     return advise(usages, function=", ".join(names))
 
 
-def _job_usages(jobs: Sequence[Any]) -> List[UsageView]:
+def _job_usages(jobs: Sequence[Any]) -> List[Usage]:
     """The usage of each job that has one (a group's in one query when the group can give it)."""
     from .group import JobGroup
 
     group = JobGroup(jobs)
     got = group.usage() if hasattr(group, "usage") else [j.usage() for j in jobs]
-    out: List[UsageView] = list(getattr(got, "jobs", got)) if not isinstance(got, list) else got
+    out: List[Usage] = list(getattr(got, "jobs", got)) if not isinstance(got, list) else got
     return [u for u in out if u is not None]
 
 
 def history(function: str, site: Optional[str] = None, limit: int = HISTORY,
-            registry: Optional[Registry] = None) -> List[Tuple[Dict[str, Any], UsageView]]:
+            registry: Optional[Registry] = None) -> List[Tuple[Dict[str, Any], Usage]]:
     """The registry's most recent finished runs of ``function`` (its qualified name), oldest first, each with its
     usage: ``(registry row, usage)``; runs without usage figures are left out."""
     registry = registry or Registry()
@@ -74,11 +75,11 @@ def _final(state: str) -> bool:
 
 
 def usages_of_rows(rows: Sequence[Dict[str, Any]], registry: Optional[Registry] = None
-                   ) -> List[Tuple[Dict[str, Any], UsageView]]:
+                   ) -> List[Tuple[Dict[str, Any], Usage]]:
     """The usage of each registry row that has one (rows without figures are left out)."""
     from .attaching import attach
 
-    out: List[Tuple[Dict[str, Any], UsageView]] = []
+    out: List[Tuple[Dict[str, Any], Usage]] = []
     for row in rows:
         try:
             job = attach(row["job_id"], row["site"], row["position"])
@@ -98,7 +99,7 @@ def asked_from(res: Resources) -> Asked:
 
 
 def right_sized(site: str, res: Resources, function: str,
-                runs: Optional[Iterable[UsageView]] = None) -> Tuple[Advice, str]:
+                runs: Optional[Iterable[Usage]] = None) -> Tuple[Advice, str]:
     """The advice for ``function``'s next jobs against the request ``res``, and the line that says what changes
     (empty when nothing does)."""
     if runs is None:

@@ -12,7 +12,8 @@ import importlib
 import io
 from typing import Any, List, Optional, Sequence, Tuple
 
-from .advice import UsageView, gb, hms, node_peak_gb
+from .advice import gb, hms, node_peak_gb
+from .usage import Usage
 
 RESOURCES = ("CPU", "memory", "time", "GPU")
 #: used colour per resource; the allocated part is grey
@@ -23,7 +24,7 @@ MAX_JOBS = 20
 Bar = Tuple[str, Optional[float], str]  # resource, used fraction of allocated (None: unknown), label
 
 
-def bars(usage: UsageView) -> List[Bar]:
+def bars(usage: Usage) -> List[Bar]:
     """The bars of one job: resource, used/allocated (None when unknown), and the figures as text."""
     out: List[Bar] = []
     elapsed = usage.elapsed_s or 0.0
@@ -34,7 +35,9 @@ def bars(usage: UsageView) -> List[Bar]:
         out.append(("CPU", None, "no CPU time figure"))
     peak = node_peak_gb(usage)
     if usage.mem_gb and peak is not None:
-        out.append(("memory", peak / usage.mem_gb, f"peak {gb(peak)} of {gb(usage.mem_gb)} GB"))
+        per_node = usage.mem_gb / max(1, usage.nodes)  # peak_mem_gb is one node's; mem_gb the job's
+        out.append(("memory", peak / per_node, f"peak {gb(peak)} of {gb(per_node)} GB"
+                    + (" per node" if usage.nodes > 1 else "")))
     else:
         out.append(("memory", None, "no memory figure"))
     if usage.walltime_s and elapsed:
@@ -47,7 +50,7 @@ def bars(usage: UsageView) -> List[Bar]:
     return out
 
 
-def usage_figure(jobs: Sequence[Tuple[str, UsageView]], prefer_matplotlib: bool = True) -> str:
+def usage_figure(jobs: Sequence[Tuple[str, Usage]], prefer_matplotlib: bool = True) -> str:
     """The picture as HTML: matplotlib's SVG when it imports (and ``prefer_matplotlib``), else plain SVG."""
     jobs = list(jobs)[:MAX_JOBS]
     if not jobs:
@@ -62,12 +65,12 @@ def usage_figure(jobs: Sequence[Tuple[str, UsageView]], prefer_matplotlib: bool 
     return svg_figure(jobs)
 
 
-def shown_resources(jobs: Sequence[Tuple[str, UsageView]]) -> Tuple[str, ...]:
+def shown_resources(jobs: Sequence[Tuple[str, Usage]]) -> Tuple[str, ...]:
     """The resources drawn: GPU only when a job was given GPUs."""
     return tuple(r for r in RESOURCES if r != "GPU" or any(u.gpus for _, u in jobs))
 
 
-def svg_figure(jobs: Sequence[Tuple[str, UsageView]]) -> str:
+def svg_figure(jobs: Sequence[Tuple[str, Usage]]) -> str:
     """A plain SVG: for each job a label, then a bar per resource (grey: allocated, coloured: used)."""
     bar_w, label_w, text_w, row_h, gap = 160, 90, 170, 14, 6
     col_w = bar_w + text_w
@@ -97,7 +100,7 @@ def svg_figure(jobs: Sequence[Tuple[str, UsageView]]) -> str:
             f"<title>allocated (grey) against used (colour), per resource and job</title>{''.join(parts)}</svg>")
 
 
-def matplotlib_figure(jobs: Sequence[Tuple[str, UsageView]], plt: Any) -> str:
+def matplotlib_figure(jobs: Sequence[Tuple[str, Usage]], plt: Any) -> str:
     """The same picture drawn by matplotlib (``plt``: ``matplotlib.pyplot``), as inline SVG in a ``div``."""
     resources = shown_resources(jobs)
     fig, axes = plt.subplots(1, len(resources), figsize=(3 * len(resources), 0.4 * len(jobs) + 1), sharey=True,
@@ -138,14 +141,14 @@ def matplotlib_figure(jobs: Sequence[Tuple[str, UsageView]], plt: Any) -> str:
 EFFICIENCY_COLUMNS = ("CPU", "mem", "time", "GPU")
 
 
-def known_usage(job: Any) -> Optional[UsageView]:
+def known_usage(job: Any) -> Optional[Usage]:
     """A job's usage if it is known already (never a query: a table is drawn without waiting); None otherwise."""
     known = getattr(job, "known_usage", None)
     value = known() if callable(known) else known
     return value if value is not None and hasattr(value, "elapsed_s") else None
 
 
-def efficiency_cells(usage: Optional[UsageView]) -> List[str]:
+def efficiency_cells(usage: Optional[Usage]) -> List[str]:
     """CPU, memory, time and GPU efficiency as ``48%`` (``-``: unknown), for one row of a job table."""
     if usage is None:
         return ["", "", "", ""]

@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from .advice import Advice, UsageView, state_name
+from .advice import Advice, state_name
+from .usage import Usage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,19 +83,9 @@ class Report:
         }
 
 
-def _ratio(num: Optional[float], den: Optional[float]) -> Optional[float]:
-    return None if num is None or not den else num / den
-
-
-def row_of(usage: UsageView, site: str = "", function: str = "") -> Row:
-    """One report row from a job's usage."""
-    hours = (usage.elapsed_s or 0.0) / 3600
-    alloc = (usage.cpus or 0) * hours
-    used = None if usage.cpu_time_s is None else usage.cpu_time_s / 3600
-    gpu_alloc = (usage.gpus or 0) * hours
-    gpu_used = None if usage.gpu_utilization is None else gpu_alloc * usage.gpu_utilization
+def row_of(usage: Usage, site: str = "", function: str = "") -> Row:
+    """One report row from a job's usage (its own hours and efficiencies, :class:`~hpcbridge.usage.Usage`)."""
     state = state_name(usage)
-    mem_alloc = usage.mem_gb
     return Row(
         job_id=usage.job_id,
         site=site,
@@ -103,14 +94,14 @@ def row_of(usage: UsageView, site: str = "", function: str = "") -> Row:
         cpus=usage.cpus,
         gpus=usage.gpus,
         elapsed_s=usage.elapsed_s,
-        core_hours_allocated=alloc,
-        core_hours_used=used,
-        core_hours_wasted=None if used is None else max(0.0, alloc - used),
-        gpu_hours_allocated=gpu_alloc,
-        gpu_hours_used=gpu_used if usage.gpus else (0.0 if usage.gpus == 0 else None),
-        cpu_efficiency=_ratio(used, alloc),
-        mem_efficiency=_ratio(usage.peak_mem_gb, mem_alloc),
-        time_efficiency=_ratio(usage.elapsed_s, usage.walltime_s),
+        core_hours_allocated=usage.core_hours_allocated or 0.0,
+        core_hours_used=usage.core_hours_used,
+        core_hours_wasted=usage.core_hours_wasted,
+        gpu_hours_allocated=usage.gpu_hours_allocated or 0.0,
+        gpu_hours_used=usage.gpu_hours_used if usage.gpus else 0.0,
+        cpu_efficiency=usage.cpu_efficiency,
+        mem_efficiency=usage.mem_efficiency,
+        time_efficiency=usage.time_efficiency,
         gpu_utilization=usage.gpu_utilization,
         completed=state == "COMPLETED",
     )
