@@ -26,8 +26,10 @@ from .schedulers.base import NativeStatus, Verdict
 from .sites import Site
 from .spec import Resources
 from .store import SAFE_PATH
+from .submission import Submission
 from .transport import make_transport
 from .transport.base import Completed, Transport
+from .usage import Usage
 
 log = logging.getLogger("hpcbridge")
 
@@ -123,6 +125,10 @@ class Backend:
         if out.returncode != 0:
             return self.scheduler.show_job_failed(task_id, out.returncode, out.stderr)
         return self.scheduler.parse_show_job(task_id, out.stdout)
+
+    def usage_of(self, sub: Submission, tasks: Sequence[int]) -> Dict[int, Usage]:
+        """The usage of finished tasks of ``sub`` (:meth:`hpcbridge.measure.UsageGatherer.fetch`)."""
+        return self.poller.usage.fetch(sub, tasks)
 
     # -- folders ------------------------------------------------------------------------------------------
     def ensure_root(self) -> None:

@@ -36,6 +36,7 @@ BIND_GPUS_VAR = "HPCBRIDGE_BIND_GPUS"  # N: the launcher does not bind the node'
 GPUS_BOUND_VAR = "HPCBRIDGE_GPUS_BOUND"  # "1" once the worker has narrowed CUDA_VISIBLE_DEVICES to its share
 NCCL_ENV_VAR = "HPCBRIDGE_NCCL_ENV"  # the site-config's nccl table (JSON)
 CLAIM_DIR_VAR = "HPCBRIDGE_PORT_CLAIM_DIR"  # node-local claims directory (default /dev/shm/hpcbridge-ports)
+SAMPLE_INTERVAL_VAR = "HPCBRIDGE_SAMPLE_S"  # the in-job sampler's seconds between GPU samples (default 5)
 CPUS_PER_TASK_VAR = LOCAL.cpus_per_task_vars[0]  # HPCBRIDGE_CPUS_PER_TASK: the local runner's cpus_per_task
 
 # -- other programs' variables ---------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ FIGURES = (
 )
 NO_NVML = "no GPU data (NVML not available)"
 NO_GPU = "no GPU data (no GPU visible to the job)"
+GIB = float(1 << 30)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,9 +251,9 @@ def rank_usage(summary: Mapping[str, Any]) -> RankUsage:
         node=str(summary.get("node", "")),
         rank=int(summary.get("rank", 0)),
         cpu_time_s=_float(summary.get("cpu_time_s")),
-        peak_rss_gb=None if summary.get("peak_rss_bytes") is None else float(summary["peak_rss_bytes"]) / 1e9,
+        peak_rss_gb=None if summary.get("peak_rss_bytes") is None else float(summary["peak_rss_bytes"]) / GIB,
         gpu_utilization=_float(gpu.get("utilization_mean")),
-        gpu_mem_peak_gb=None if mem is None else float(mem) / 1e9,
+        gpu_mem_peak_gb=None if mem is None else float(mem) / GIB,
         started=_float(summary.get("started")),
         finished=_float(summary.get("finished")),
         sampler_cpu_s=_float(summary.get("sampler_cpu_s")),

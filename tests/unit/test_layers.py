@@ -24,7 +24,7 @@ LAYERS: List[List[str]] = [
     ["hpcbridge.spec", "hpcbridge.schedulers.allocation", "hpcbridge.pickling", "hpcbridge.advice", "hpcbridge.waste"],
     # inside the job (what the worker start pays for: nothing above this layer)
     ["hpcbridge.jobenv", "hpcbridge.ports", "hpcbridge.gpus", "hpcbridge.rendezvous", "hpcbridge.distributed",
-     "hpcbridge.worker", "hpcbridge.commands", "hpcbridge.schedulers.local_runner",
+     "hpcbridge.worker", "hpcbridge.sampler", "hpcbridge.commands", "hpcbridge.schedulers.local_runner",
      "hpcbridge.schedulers.local_limits"],
     # what decides (pure): site-configs, scheduler adapters, launchers, the batch script
     ["hpcbridge.sites", "hpcbridge.sites.*", "hpcbridge.schedulers", "hpcbridge.schedulers.*", "hpcbridge.launchers",
@@ -34,7 +34,7 @@ LAYERS: List[List[str]] = [
     # the futures and how they look
     ["hpcbridge.display", "hpcbridge.usage_figure", "hpcbridge.job", "hpcbridge.group"],
     # watching submissions
-    ["hpcbridge.outcome", "hpcbridge.submission", "hpcbridge.poll"],
+    ["hpcbridge.outcome", "hpcbridge.submission", "hpcbridge.measure", "hpcbridge.poll"],
     # one site at run time
     ["hpcbridge.submit_once", "hpcbridge.remote_env", "hpcbridge.container_check", "hpcbridge.backend"],
     # the API

@@ -55,11 +55,11 @@ def test_total_sums_over_members() -> None:
 
 
 def test_combine_takes_each_figure_from_the_first_source_that_has_it() -> None:
-    ranks = [rank_usage({"node": "n1", "rank": 0, "cpu_time_s": 9.0, "peak_rss_bytes": 2e8, "started": 100.0,
+    ranks = [rank_usage({"node": "n1", "rank": 0, "cpu_time_s": 9.0, "peak_rss_bytes": 0.2 * 2**30, "started": 100.0,
                          "finished": 120.0}),
-             rank_usage({"node": "n1", "rank": 1, "cpu_time_s": 11.0, "peak_rss_bytes": 1e8, "started": 101.0,
+             rank_usage({"node": "n1", "rank": 1, "cpu_time_s": 11.0, "peak_rss_bytes": 0.1 * 2**30, "started": 101.0,
                          "finished": 119.0}),
-             rank_usage({"node": "n2", "rank": 2, "cpu_time_s": 10.0, "peak_rss_bytes": 2.5e8})]
+             rank_usage({"node": "n2", "rank": 2, "cpu_time_s": 10.0, "peak_rss_bytes": 0.25 * 2**30})]
     accounting = Measured("accounting", {"cpus": 6, "elapsed_s": 22.0, "cpu_time_s": 31.0})
     asked = requested({"nodes": 2, "tasks_per_node": 2, "cpus_per_task": 1, "mem_gb": 1.0, "walltime_s": 600})
     u = combine("7", "COMPLETED", [accounting, sampled(ranks), asked], ranks, ["no GPU data (NVML not available)"])
