@@ -208,7 +208,7 @@ class Executor(concurrent.futures.Executor):
         """The exact batch script ``submit(fn, *args, **kwargs)`` would submit; nothing is submitted."""
         pickle_task([(fn, args, kwargs)])
         tag = _new_tag()
-        return self._render_script(f"{self._backend.root}/{tag}", tag, None, fn, 1)
+        return self._sized_for(fn)._render_script(f"{self._backend.root}/{tag}", tag, None, fn, 1)
 
     # -- internals ----------------------------------------------------------------------------------------
     def _sized_for(self, fn: Callable[..., Any]) -> Executor:

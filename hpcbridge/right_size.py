@@ -9,16 +9,14 @@ function's first job: the same advice, against the executor's own request.
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .advice import Advice, Asked, advise
-from .errors import HpcBridgeError
+from .errors import HpcBridgeError, UsageError
 from .pickling import qualname
 from .registry import Registry
 from .spec import Resources
-from .state import JobState
 from .usage import Usage
 
 log = logging.getLogger("hpcbridge")
@@ -33,62 +31,66 @@ def suggest(what: Any, *, site: Optional[str] = None, timeout: Optional[float] =
     ``what``: a :class:`~hpcbridge.job.Job`, a list of them (a ``JobGroup``), or a function (its finished runs in
     this machine's registry, on ``site`` or on every site). Jobs still running are waited for (``timeout``).
     """
-    if callable(what) and not hasattr(what, "job_id"):
+    from .group import JobGroup
+    from .job import Job
+
+    if isinstance(what, Job):
+        return advise([what.usage(timeout)], function=_function_of([what]))
+    if isinstance(what, (list, tuple)) and what and all(isinstance(j, Job) for j in what):
+        return advise(JobGroup(what).usage(timeout).jobs, function=_function_of(what))
+    if callable(what):
         name = qualname(what)
         return advise([u for _, u in history(name, site)], function=name)
-    jobs = [what] if hasattr(what, "job_id") else list(what)
-    if not jobs or not all(hasattr(j, "job_id") and hasattr(j, "usage") for j in jobs):
-        from .errors import UsageError
-
-        raise UsageError(f"suggest() takes a Job, a list of Jobs or a function, not {type(what).__name__}")
-    concurrent.futures.wait(jobs, timeout)
-    usages = _job_usages(jobs)
-    names = sorted({str(getattr(j, "function", "") or "") for j in jobs} - {""})
-    return advise(usages, function=", ".join(names))
+    raise UsageError(f"suggest() takes a Job, a list of Jobs (a JobGroup) or a function, not {what!r:.80}")
 
 
-def _job_usages(jobs: Sequence[Any]) -> List[Usage]:
-    """The usage of each job that has one (a group's in one query when the group can give it)."""
-    from .group import JobGroup
-
-    group = JobGroup(jobs)
-    got = group.usage() if hasattr(group, "usage") else [j.usage() for j in jobs]
-    out: List[Usage] = list(getattr(got, "jobs", got)) if not isinstance(got, list) else got
-    return [u for u in out if u is not None]
+def _function_of(jobs: Sequence[Any]) -> str:
+    """The function the jobs ran (from the registry), or '' when they ran several or it is not known."""
+    registry = Registry()
+    names: Set[str] = set()
+    for job in jobs:
+        rows = registry.find(job.site, job.job_id)
+        names.update(r["function"] for r in rows if r["position"] == job.position)
+    return names.pop() if len(names) == 1 else ""
 
 
 def history(function: str, site: Optional[str] = None, limit: int = HISTORY,
             registry: Optional[Registry] = None) -> List[Tuple[Dict[str, Any], Usage]]:
-    """The registry's most recent finished runs of ``function`` (its qualified name), oldest first, each with its
-    usage: ``(registry row, usage)``; runs without usage figures are left out."""
-    registry = registry or Registry()
-    rows = [r for r in registry.jobs(site, limit=100_000) if r["function"] == function
-            and _final(r["last_state"])][:limit]
-    return list(reversed(usages_of_rows(rows, registry)))
+    """The registry's most recent runs of ``function`` (its qualified name) with a stored usage, oldest first:
+    ``(registry row, usage)``. A run's usage is stored once it was gathered (the poller does after the job ended,
+    while the process that submitted it runs; ``job.usage()`` and ``hpcbridge report`` too)."""
+    rows = one_per_task(r for r in (registry or Registry()).usages(site) if r["function"] == function)[:limit]
+    return [(r, Usage.from_json(r["usage"])) for r in reversed(rows)]
 
 
-def _final(state: str) -> bool:
-    try:
-        return JobState(state).is_final
-    except ValueError:
-        return False
+def one_per_task(rows: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The first row of each task: calls bundled in one task (``chunksize``) share its allocation and usage."""
+    seen: Set[Tuple[str, str]] = set()
+    out = []
+    for row in rows:
+        if (row["site"], row["job_id"]) not in seen:
+            seen.add((row["site"], row["job_id"]))
+            out.append(row)
+    return out
 
 
-def usages_of_rows(rows: Sequence[Dict[str, Any]], registry: Optional[Registry] = None
+def usages_of_rows(rows: Sequence[Dict[str, Any]], registry: Optional[Registry] = None, timeout: float = 120
                    ) -> List[Tuple[Dict[str, Any], Usage]]:
-    """The usage of each registry row that has one (rows without figures are left out)."""
+    """The usage of each registry row: the stored one, else gathered now (the job attached, ``job.usage()``, which
+    stores it); rows for which none can be had are left out (logged)."""
     from .attaching import attach
 
+    registry = registry or Registry()
     out: List[Tuple[Dict[str, Any], Usage]] = []
     for row in rows:
-        try:
-            job = attach(row["job_id"], row["site"], row["position"])
-            usage = job.usage()  # type: ignore[attr-defined]
-        except HpcBridgeError as exc:
-            log.info("hpcbridge: no usage for job %s: %s", row["job_id"], exc)
+        stored = registry.usage(row["site"], row["job_id"], row["position"])
+        if stored is not None:
+            out.append((row, Usage.from_json(stored)))
             continue
-        if usage is not None:
-            out.append((row, usage))
+        try:
+            out.append((row, attach(row["job_id"], row["site"], row["position"]).usage(timeout)))
+        except (HpcBridgeError, TimeoutError) as exc:
+            log.info("hpcbridge: no usage for job %s: %s", row["job_id"], exc)
     return out
 
 
@@ -110,7 +112,3 @@ def right_sized(site: str, res: Resources, function: str,
     what = "; ".join(c.why for c in advice.changes)
     return advice, (f"hpcbridge: right_size: {function} on {site}, from {advice.runs} earlier "
                     f"run{'s' if advice.runs != 1 else ''}: {what}")
-
-
-def describe_fn(fn: Union[Callable[..., Any], Any]) -> str:
-    return qualname(fn)

@@ -142,10 +142,10 @@ EFFICIENCY_COLUMNS = ("CPU", "mem", "time", "GPU")
 
 
 def known_usage(job: Any) -> Optional[Usage]:
-    """A job's usage if it is known already (never a query: a table is drawn without waiting); None otherwise."""
-    known = getattr(job, "known_usage", None)
-    value = known() if callable(known) else known
-    return value if value is not None and hasattr(value, "elapsed_s") else None
+    """A job's usage if it is known already (gathered by ``job.usage()`` or its group's): never a query, a table is
+    drawn without waiting; None otherwise."""
+    value = getattr(job, "_usage", None)
+    return value if isinstance(value, Usage) else None
 
 
 def efficiency_cells(usage: Optional[Usage]) -> List[str]:

@@ -59,12 +59,13 @@ def rows_for(args: argparse.Namespace, now: float) -> List[Dict[str, Any]]:
 def cmd_report(args: argparse.Namespace, out: Out) -> int:
     from .. import waste
     from ..advice import advise
-    from ..right_size import usages_of_rows
+    from ..right_size import one_per_task, usages_of_rows
     from ..state import JobState
     from .jobs import refresh
 
     rows = rows_for(args, time.time())
     refresh(rows)  # states of unfinished jobs first: a job that ended since the last look is counted
+    rows = one_per_task(rows)  # bundled calls share their task's allocation: counted once
     finished = [r for r in rows if JobState(r["last_state"]).is_final]
     running = len(rows) - len(finished)
     pairs = usages_of_rows(finished)

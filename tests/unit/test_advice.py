@@ -4,13 +4,19 @@
 from __future__ import annotations
 
 import datetime
+import json
+import logging
 import re
 import sys
+import time
 
 import pytest
 from usage_values import rank, usage
 
+import hpcbridge
 from hpcbridge import advice, display, usage_figure, waste
+from hpcbridge.pickling import qualname
+from hpcbridge.registry import Registry
 from hpcbridge.state import JobState
 
 
@@ -167,13 +173,10 @@ class View:
     def __init__(self, job_id: str, known: object = None) -> None:
         self.job_id, self.site, self.nodes, self.elapsed = job_id, "hpc", "node1", 12.0
         self.state = JobState.COMPLETED
-        self._known = known
+        self._usage = known  # as hpcbridge.job.Job keeps it once gathered
 
     def done(self) -> bool:
         return True
-
-    def known_usage(self) -> object:
-        return self._known
 
 
 def test_tables_gain_the_efficiency_columns_and_the_picture_once_usage_is_known(monkeypatch: pytest.MonkeyPatch):
@@ -203,3 +206,61 @@ def test_right_sized_says_what_it_changes_against_the_executors_request():
                     "mem_gb=0.5 (peak x 1.5, rounded up); used 0:14 of 0:30:00 -> walltime 0:05:00 (longest run x "
                     "1.5, rounded up); 0.03 of 2 CPUs busy -> cpus_per_task=1")
     assert right_sized("hpc", Resources(mem_gb=0.5, walltime_s=300), "work", runs)[1] == ""
+
+
+# -- right_size and report from the registry -----------------------------------------------------------------------
+def work(seconds: float) -> None:
+    """The function whose history the registry holds."""
+
+
+def _recorded(function: str, runs: list) -> Registry:
+    """A registry holding finished jobs of ``function`` on site 'hpc', each with its stored usage."""
+    registry = Registry()
+    for i, u in enumerate(runs):
+        registry.record(tag=f"tag{i}", site="hpc", job_id=u.job_id, folder=f"/w/tag{i}", is_array=False, chunks=[1],
+                        ranks=1, function=function, submit_time=time.time() - 100 + i, task_ids=[u.job_id])
+        registry.update_states("hpc", [(u.job_id, 0, u.state)])
+        registry.store_usage("hpc", [(u.job_id, 0, u.to_json())])
+    return registry
+
+
+def test_right_size_applies_the_registrys_history_and_says_it_once(caplog: pytest.LogCaptureFixture):
+    from hpcbridge.executor import Executor
+    from hpcbridge.sites import site_from_mapping
+    from hpcbridge.testing import ScriptedTransport
+
+    _recorded(qualname(work), [usage(job_id="41", cpus=2, mem_gb=1.5, walltime_s=1800, elapsed_s=14, cpu_time_s=0.4,
+                             peak_mem_gb=0.17)])
+    site = site_from_mapping("hpc", {"scheduler": "slurm", "workdir": "/w", "right_size": True})
+    ex = Executor(site, transport=ScriptedTransport(), cpus_per_task=2, mem_gb=1.5, walltime=30)
+    assert ex.right_size
+    with caplog.at_level(logging.INFO, logger="hpcbridge"):
+        script = ex.render(work, 1)
+        again = ex.render(work, 2)
+    for directive in ("#SBATCH --cpus-per-task=1", "#SBATCH --mem=512M", "#SBATCH --time=00:05:00"):
+        assert directive in script and directive in again, script
+    said = [r.getMessage() for r in caplog.records if "right_size" in r.getMessage()]
+    assert said == ["hpcbridge: right_size: test_advice.work on hpc, from 1 earlier run: peak 0.17 GB of 1.5 GB asked "
+                    "-> mem_gb=0.5 (peak x 1.5, rounded up); used 0:14 of 0:30:00 -> walltime 0:05:00 (longest run x "
+                    "1.5, rounded up); 0.03 of 2 CPUs busy -> cpus_per_task=1"]
+    plain = Executor(site, transport=ScriptedTransport(), right_size=False, cpus_per_task=2, mem_gb=1.5, walltime=30)
+    assert "#SBATCH --cpus-per-task=2" in plain.render(work, 1)
+    # another function has no history: its request stands
+    assert "#SBATCH --cpus-per-task=2" in ex.render(pow, 2, 3)
+    assert hpcbridge.suggest(work).resources() == {"mem_gb": 0.5, "walltime": "0:05:00", "cpus_per_task": 1}
+
+
+def test_report_json_from_the_registry(capsys: pytest.CaptureFixture[str]):
+    from hpcbridge.cli import main
+
+    _recorded("f", [e["usage"] for e in mixed()])
+    assert main(["report", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [j["job_id"] for j in data["jobs"]] == ["4", "3", "2", "1"]  # newest first
+    assert data["total"]["not_completed"] == {"CANCELLED": 1, "FAILED": 1, "TIMEOUT": 1}
+    assert data["total"]["core_hours_allocated"] == pytest.approx(2 + 1 + 1 / 6 + 0.4)
+    assert data["not_counted"] == {"running": 0, "no_usage": 0}
+    assert main(["report", "--json", "3"]) == 0
+    assert [j["job_id"] for j in json.loads(capsys.readouterr().out)["jobs"]] == ["3"]
+    assert main(["report", "--since", "soon"]) == 2
+    assert "hpcbridge: error: --since 'soon' is neither a span nor a date" in capsys.readouterr().err
