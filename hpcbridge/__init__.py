@@ -25,6 +25,7 @@ __all__ = [
     "errors",
     "init_torch_distributed",
     "load_site",
+    "suggest",
     "__version__",
 ]
 
@@ -36,6 +37,7 @@ _LAZY = {
     "Resources": ("hpcbridge.spec", "Resources"),
     "Site": ("hpcbridge.sites", "Site"),
     "load_site": ("hpcbridge.sites", "load_site"),
+    "suggest": ("hpcbridge.right_size", "suggest"),
     "errors": ("hpcbridge.errors", None),
     "environment": ("hpcbridge.jobenv", "environment"),
     "init_torch_distributed": ("hpcbridge.distributed", "init_torch_distributed"),
@@ -55,6 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .executor import Executor
     from .job import Job
     from .jobenv import environment
+    from .right_size import suggest
     from .sites import Site, load_site
     from .spec import Resources
     from .state import JobState

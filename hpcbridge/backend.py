@@ -29,8 +29,10 @@ from .sites import Site
 from .spec import Resources
 from .state import Attempt
 from .store import SAFE_PATH, JobFolder
+from .submission import Submission
 from .transport import make_transport
 from .transport.base import Completed, Transport
+from .usage import Usage
 
 log = logging.getLogger("hpcbridge")
 
@@ -160,6 +162,9 @@ class Backend:
             log.warning("hpcbridge: could not read the runs of %s: %s", task_id, exc)
             return []
         return attempts.build(records, notes)
+    def usage_of(self, sub: Submission, tasks: Sequence[int]) -> Dict[int, Usage]:
+        """The usage of finished tasks of ``sub`` (:meth:`hpcbridge.measure.UsageGatherer.fetch`)."""
+        return self.poller.usage.fetch(sub, tasks)
 
     # -- folders ------------------------------------------------------------------------------------------
     def ensure_root(self) -> None:

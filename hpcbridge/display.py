@@ -84,20 +84,27 @@ def image_label(record: Optional[Dict[str, Any]]) -> str:
 
 
 def jobs_html(jobs: Sequence[JobView], max_rows: int = MAX_ROWS) -> str:
-    """A compact table: state, job id, nodes, elapsed (one row per job, at most ``max_rows``), and the image of
-    jobs that run in a container."""
+    """A compact table: state, job id, nodes, elapsed (one row per job, at most ``max_rows``), the image of
+    jobs that run in a container, and, once jobs' usage is known, the CPU, memory, time and GPU efficiency columns
+    and the picture of allocated against used (:mod:`hpcbridge.usage_figure`)."""
+    from .usage_figure import EFFICIENCY_COLUMNS, efficiency_cells, known_usage, usage_figure
+
     cell = 'style="text-align:left;padding:1px 8px"'
     images = any(getattr(job, "image", "") for job in jobs)
+    usages = [known_usage(job) for job in list(jobs)[:max_rows]]
+    measured = any(u is not None for u in usages)
     rows = []
-    for job in list(jobs)[:max_rows]:
+    for job, usage in zip(list(jobs)[:max_rows], usages):
         image = f"<td {cell}><code>{html.escape(getattr(job, 'image', ''))}</code></td>" if images else ""
+        eff = "".join(f"<td {cell}>{c}</td>" for c in efficiency_cells(usage)) if measured else ""
         rows.append(
             f"<tr><td {cell}>{_badge(job.state)}</td><td {cell}><code>{html.escape(job.job_id)}</code></td>"
-            f"<td {cell}>{html.escape(job.nodes)}</td><td {cell}>{format_elapsed(job.elapsed)}</td>{image}</tr>"
+            f"<td {cell}>{html.escape(job.nodes)}</td><td {cell}>{format_elapsed(job.elapsed)}</td>{image}{eff}</tr>"
         )
     more = len(jobs) - max_rows
     if more > 0:
-        rows.append(f'<tr><td {cell} colspan="{5 if images else 4}">... {more} more</td></tr>')
+        span = 4 + bool(images) + (len(EFFICIENCY_COLUMNS) if measured else 0)
+        rows.append(f'<tr><td {cell} colspan="{span}">... {more} more</td></tr>')
     sites = sorted({job.site for job in jobs})
     summary = ", ".join(f"{n} {s}" for s, n in state_counts(jobs).items())
     caption = (
@@ -106,11 +113,13 @@ def jobs_html(jobs: Sequence[JobView], max_rows: int = MAX_ROWS) -> str:
         else f"job on {html.escape(', '.join(sites))}"
     )
     columns = ("state", "job id", "nodes", "elapsed") + (("image",) if images else ())
+    columns += EFFICIENCY_COLUMNS if measured else ()
     head = "".join(f"<th {cell}>{h}</th>" for h in columns)
+    figure = usage_figure([(job.job_id, u) for job, u in zip(jobs, usages) if u is not None]) if measured else ""
     return (
         '<table class="hpcbridge-jobs" style="border-collapse:collapse;font-size:90%">'
         f'<caption style="text-align:left">{caption}</caption>'
-        f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{figure}"
     )
 
 

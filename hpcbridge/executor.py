@@ -13,7 +13,7 @@ import os
 import socket
 import time
 import uuid
-from typing import Any, Callable, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 from ._version import __version__
 from .after import check_known, dependency_ids
@@ -55,6 +55,11 @@ class Executor(concurrent.futures.Executor):
         container_env`` (docs/containers.md; ``container=None`` opts out of the site's image), and ``after`` (Jobs
         or job ids this executor's jobs wait for: they start only once every one of them completed successfully);
         unknown names fail with the list of valid ones.
+    right_size
+        Size each function's jobs from the registry's history of its earlier runs on this site (memory, walltime,
+        CPUs and GPUs: :func:`hpcbridge.suggest`'s arithmetic, against this executor's request), and say once
+        per function what changed (a warning on the ``hpcbridge`` logger). None: the site-config's
+        ``right_size`` (default False). Jobs gathered by ``batch()`` keep the executor's request.
     """
 
     def __init__(
@@ -63,6 +68,7 @@ class Executor(concurrent.futures.Executor):
         *,
         folder: Optional[str] = None,
         transport: Optional[Transport] = None,
+        right_size: Optional[bool] = None,
         **resources: Any,
     ) -> None:
         site_obj = load_site(site) if isinstance(site, str) else site
@@ -72,6 +78,8 @@ class Executor(concurrent.futures.Executor):
         self._backend = Backend(site_obj, folder, transport=transport)
         self._batch: Optional[List[Tuple[Submission, List[Call]]]] = None
         self._submissions: List[Submission] = []
+        self.right_size = site_obj.right_size if right_size is None else bool(right_size)
+        self._sized: Dict[str, Executor] = {}  # function -> this executor right-sized for it (right_size)
 
     @property
     def site(self) -> Site:
@@ -85,6 +93,7 @@ class Executor(concurrent.futures.Executor):
         other = copy.copy(self)  # shares the backend (connection, poller) and the list of submissions
         other.resources = changed
         other._batch = None
+        other._sized = {}
         return other
 
     # -- the Executor interface ---------------------------------------------------------------------------
@@ -93,7 +102,7 @@ class Executor(concurrent.futures.Executor):
         call: Call = (fn, args, kwargs)
         if self._batch is not None:
             return self._batch_add(call)
-        return self._submit([[call]], is_array=False)[0]
+        return self._sized_for(fn)._submit([[call]], is_array=False)[0]
 
     def map_jobs(self, fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int = 1) -> JobGroup:
         """One job per call, as one array job (split when longer than the site's max array size).
@@ -107,7 +116,7 @@ class Executor(concurrent.futures.Executor):
         if not calls:
             return JobGroup()
         tasks = [calls[i : i + chunksize] for i in range(0, len(calls), chunksize)]
-        return JobGroup(self._submit(tasks, is_array=True))
+        return JobGroup(self._sized_for(fn)._submit(tasks, is_array=True))
 
     def map(
         self,
@@ -199,9 +208,36 @@ class Executor(concurrent.futures.Executor):
         """The exact batch script ``submit(fn, *args, **kwargs)`` would submit; nothing is submitted."""
         pickle_task([(fn, args, kwargs)])
         tag = _new_tag()
-        return self._render_script(f"{self._backend.root}/{tag}", tag, None, fn, 1)
+        return self._sized_for(fn)._render_script(f"{self._backend.root}/{tag}", tag, None, fn, 1)
 
     # -- internals ----------------------------------------------------------------------------------------
+    def _sized_for(self, fn: Callable[..., Any]) -> Executor:
+        """This executor, or (``right_size``) a copy sized for ``fn`` from its history: computed once per function."""
+        if not self.right_size:
+            return self
+        name = qualname(fn)
+        if name not in self._sized:
+            self._sized[name] = self._right_sized(name)
+        return self._sized[name]
+
+    def _right_sized(self, name: str) -> Executor:
+        from .right_size import right_sized
+
+        advice, message = right_sized(self.site.name, self.resources, name)
+        sized = self
+        if advice.changes:
+            try:
+                sized = self.with_resources(**advice.resources())
+            except ResourceError as exc:  # more than the site gives (an increase after a timeout or OOM)
+                log.warning("hpcbridge: right_size: %s: %s; the request is kept", name, exc)
+                return self
+            log.warning("%s", message)
+        else:
+            log.info("hpcbridge: right_size: %s: %s", name, "; ".join(advice.notes) or "the request fits")
+        sized = copy.copy(sized)
+        sized.right_size = False
+        return sized
+
     def _start_dir(self) -> Optional[str]:
         return _start_dir_of(self._backend.site)
 

@@ -8,6 +8,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, SupportsIndex,
 from .display import jobs_html, state_counts
 from .errors import HpcBridgeError
 from .job import Job, TaskOwner
+from .usage import Usage
 
 
 class JobGroup(List[Job]):
@@ -44,6 +45,20 @@ class JobGroup(List[Job]):
     def cancel(self) -> int:
         """Cancel every unfinished job on the cluster (one cancel command per array job); how many were live."""
         return cancel_jobs(self)
+
+    def usage(self, timeout: Optional[float] = None) -> Usage:
+        """The group's total (:meth:`hpcbridge.usage.Usage.total`; each job's usage in its ``jobs``): waits until
+        every job finished, then gathers their figures with one scheduler command per submission."""
+        done, not_done = concurrent.futures.wait(self, timeout)
+        if not_done:
+            raise TimeoutError(f"{len(not_done)} of {len(self)} jobs not finished after {timeout} s")
+        by_sub: Dict[int, Tuple[TaskOwner, List[int]]] = {}
+        for job in self:
+            if job._usage is None:
+                by_sub.setdefault(id(job.submission), (job.submission, []))[1].append(job.task)
+        for sub, tasks in by_sub.values():
+            sub.usage_of(sorted(set(tasks)))
+        return Usage.total(job.usage() for job in self)
 
     def states(self) -> Dict[str, int]:
         """How many jobs are in each state, e.g. ``{'COMPLETED': 8, 'RUNNING': 2}``."""

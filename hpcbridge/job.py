@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
-from typing import Any, Generator, List, Optional, Protocol
+from typing import Any, Dict, Generator, List, Optional, Protocol
 
 from .state import Attempt, JobState
+from .usage import Usage
 
 
 class TaskOwner(Protocol):
@@ -26,6 +27,8 @@ class TaskOwner(Protocol):
     def read_log(self, task: int, kind: str, max_bytes: int) -> str: ...
 
     def cancel_tasks(self, tasks: List[int]) -> bool: ...
+
+    def usage_of(self, tasks: List[int]) -> Dict[int, Usage]: ...
 
 
 class Job(concurrent.futures.Future):  # type: ignore[type-arg]
@@ -53,6 +56,8 @@ class Job(concurrent.futures.Future):  # type: ignore[type-arg]
         self.image: str = ""
         #: requeue on (docs/requeue.md): one entry per run (nodes, start, end, how it ended), read when it ends
         self.attempts: List[Attempt] = []
+        #: what it was given and used, once gathered (:meth:`usage`)
+        self._usage: Optional[Usage] = None
         self.add_done_callback(_note_finished)
 
     # -- identity -----------------------------------------------------------------------------------------
@@ -107,6 +112,22 @@ class Job(concurrent.futures.Future):  # type: ignore[type-arg]
         """Every rank's return value, by rank (one item for single-task jobs)."""
         value = self.result(timeout)
         return list(self._rank_values) if self._rank_values is not None else [value]
+
+    def usage(self, timeout: Optional[float] = None) -> Usage:
+        """What the job was given against what it used (:class:`hpcbridge.usage.Usage`): waits until it finished
+        (``timeout``: ``TimeoutError`` after that many seconds), then for its figures (the poller gathers them
+        once it ended: the scheduler's accounting, the in-job sampler's summary, the request; docs/usage.md)."""
+        if self._usage is None:
+            if concurrent.futures.wait([self], timeout).not_done:
+                raise TimeoutError(f"job {self.job_id} not finished after {timeout} s: its usage is not known yet")
+            got = self._submission.usage_of([self.task]).get(self.task)
+            if got is not None:
+                self._usage = got
+        if self._usage is None:
+            from .errors import JobLostError
+
+            raise JobLostError(f"job {self.job_id}: no usage figures could be gathered")
+        return self._usage
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self._wait_async().__await__()

@@ -41,6 +41,7 @@ DEADLINE_VAR = "HPCBRIDGE_DEADLINE"  # epoch seconds at which the job's walltime
 RESTART_VAR = "HPCBRIDGE_RESTART"  # this run: 0 the first, 1 after the first requeue ...
 CALL_VAR = "HPCBRIDGE_CALL"  # the worker's call within its task (bundled calls), for the checkpoint's name
 CLAIM_DIR_VAR = "HPCBRIDGE_PORT_CLAIM_DIR"  # node-local claims directory (default /dev/shm/hpcbridge-ports)
+SAMPLE_INTERVAL_VAR = "HPCBRIDGE_SAMPLE_S"  # the in-job sampler's seconds between GPU samples (default 5)
 CPUS_PER_TASK_VAR = LOCAL.cpus_per_task_vars[0]  # HPCBRIDGE_CPUS_PER_TASK: the local runner's cpus_per_task
 
 # -- other programs' variables ---------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import time
 from typing import Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 from . import errors, outcome
+from .measure import UsageGatherer, UsageHost
 from .schedulers.base import ClusterFacts, NativeStatus
 from .store import parse_result_name
 from .submission import Submission, SubmissionHost
@@ -23,7 +24,7 @@ from .submission import Submission, SubmissionHost
 log = logging.getLogger("hpcbridge")
 
 
-class StatusSource(SubmissionHost, Protocol):
+class StatusSource(SubmissionHost, UsageHost, Protocol):
     """What the poller needs of its site at run time (:class:`hpcbridge.backend.Backend` is one)."""
 
     #: what the scheduler's answers taught about the cluster
@@ -64,6 +65,8 @@ class Poller:
         #: how many scheduler status queries this poller made, and how many of them failed (retried later)
         self.queries = 0
         self.failed_queries = 0
+        #: the usage of the tasks it resolved: one batched scheduler command per tick (hpcbridge.measure)
+        self.usage = UsageGatherer(backend)
 
     def add(self, sub: Submission) -> None:
         with self.lock:
@@ -80,10 +83,14 @@ class Poller:
 
     def _live(self) -> List[Submission]:
         with self.lock:
+            for sub in self._subs.values():  # newly resolved tasks (cancelled ones too): gather their usage
+                for task in sub.resolved - sub.usage_wanted:
+                    sub.usage_wanted.add(task)
+                    self.usage.want(sub, task)
             live = [s for s in self._subs.values() if s.live_tasks()]
             for tag in [t for t, s in self._subs.items() if not s.live_tasks()]:
                 del self._subs[tag]
-            if not live:
+            if not live and not self.usage.pending:
                 self._thread = None
             return live
 
@@ -92,7 +99,7 @@ class Poller:
         tick = site.poll_interval_min_s
         while True:
             live = self._live()
-            if not live:
+            if not live and not self.usage.pending:
                 self.backend.flush_states()
                 return
             try:
@@ -102,6 +109,7 @@ class Poller:
                     self._query_every = next_query_delay(self._query_every, site.poll_interval_max_s)
                     self._next_query = time.monotonic() + self._query_every
                 progressed |= self._resolve_finished(live)
+                self.usage.tick()  # one batched query for the jobs that newly finished
             except Exception as exc:  # a poll must never kill the poller
                 log.warning("hpcbridge: status check failed, will retry: %s", exc)
                 progressed = False

@@ -32,6 +32,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     PRIMARY KEY (site, job_id, position)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_tag ON jobs (tag);
+CREATE TABLE IF NOT EXISTS usage (
+    site TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    usage TEXT NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (site, job_id, position)
+);
 """
 
 
@@ -144,6 +152,38 @@ class Registry:
                 conn.executemany("UPDATE jobs SET runs=? WHERE site=? AND job_id=? AND position=?", rows)
         finally:
             conn.close()
+
+    def store_usage(self, site: str, rows: Iterable[Tuple[str, int, str]]) -> None:
+        """``(job_id, position, usage JSON)`` rows (:meth:`hpcbridge.usage.Usage.to_json`): a finished job's usage,
+        kept for ``attach(...).usage()`` and ``hpcbridge report``. Its own table: an older registry gains it when
+        first opened (``CREATE TABLE IF NOT EXISTS``), and an older hpcbridge ignores it."""
+        now = time.time()
+        data = [(site, job_id, pos, text, now) for job_id, pos, text in rows]
+        if not data:
+            return
+        conn = self._connect()
+        try:
+            with conn:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO usage (site, job_id, position, usage, updated) VALUES (?,?,?,?,?)", data
+                )
+        finally:
+            conn.close()
+
+    def usage(self, site: str, job_id: str, position: int = 0) -> Optional[str]:
+        """The stored usage JSON of a job, or None."""
+        rows = self._select("SELECT usage FROM usage WHERE site=? AND job_id=? AND position=?",
+                            (site, job_id, position))
+        return str(rows[0]["usage"]) if rows else None
+
+    def usages(self, site: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Every stored usage with its job's row (as :meth:`jobs`, plus ``usage``: the JSON), newest first."""
+        where, args = (" WHERE j.site=?", (site,)) if site else ("", ())
+        return self._select(
+            _LISTING.replace("FROM jobs j", "FROM jobs j JOIN usage u ON u.site = j.site AND u.job_id = j.job_id "
+                             "AND u.position = j.position", 1).replace("SELECT ", "SELECT u.usage, ", 1)
+            + where + " ORDER BY s.submit_time DESC, j.task, j.position", args
+        )
 
     def _select(self, query: str, args: Tuple[Any, ...]) -> List[Dict[str, Any]]:
         conn = self._connect()

@@ -7,6 +7,7 @@ A submission folder ``<workdir>/<tag>/`` holds::
     inputs.bin              every task's pickled calls in one file (index + blobs)
     meta.json               what was submitted (for attach and the CLI)
     res/<task>.<rank>.pkl   one result file per task and rank, written atomically
+    use/<task>.<rank>.json  the in-job sampler's summary of that rank (hpcbridge.sampler; it makes the folder)
     log/<task>.out|.err     scheduler-captured stdout/stderr (PBS: log/pbs.out, then per task; log/nodefile.<task>
                             where the PBS template writes a node file from Slurm's node list)
     rdv/<task>.json         multi-rank jobs: the master address and port the launch step chose
@@ -115,6 +116,10 @@ class JobFolder(NamedTuple):
 
     def result(self, task: int, rank: int) -> str:
         return posixpath.join(self.path, "res", result_name(task, rank))
+
+    def usage(self, task: int, rank: int) -> str:
+        """The in-job sampler's summary of a task's rank (JSON, beside its result; :mod:`hpcbridge.sampler`)."""
+        return posixpath.join(self.path, "use", f"{task}.{rank}.json")
 
     def log(self, task: Union[int, str], kind: str) -> str:
         """A task's captured ``out`` or ``err``; ``task`` may be a scheduler's pattern (``%a``)."""

@@ -18,6 +18,7 @@ from .sites import Site
 from .state import Attempt, JobState
 from .store import JobFolder
 from .transport.base import Completed, Transport
+from .usage import Usage
 
 log = logging.getLogger("hpcbridge")
 
@@ -40,6 +41,8 @@ class SubmissionHost(Protocol):
     def save_attempts(self, jobs: Sequence[Job]) -> None: ...
 
     def flush_states(self) -> None: ...
+
+    def usage_of(self, sub: Submission, tasks: Sequence[int]) -> Dict[int, Usage]: ...
 
 
 class Submission:
@@ -73,6 +76,8 @@ class Submission:
         self.payloads: Dict[int, outcome.Payloads] = {}
         self.seen: Set[str] = set()
         self.resolved: Set[int] = set()
+        #: resolved tasks handed to the poller's usage gatherer
+        self.usage_wanted: Set[int] = set()
         self.final_at: Dict[int, Tuple[NativeStatus, float]] = {}
         #: the job ids it waits for (``after=``): a cancellation before it started is blamed on them
         self.after: Tuple[str, ...] = ()
@@ -94,6 +99,10 @@ class Submission:
     def read_log(self, task: int, kind: str, max_bytes: int) -> str:
         data = self.backend.transport.read_tail(self.paths.log(task, kind), max_bytes)
         return "" if data is None else data.decode("utf-8", "replace")
+
+    def usage_of(self, tasks: List[int]) -> Dict[int, Usage]:
+        """The usage of finished ``tasks`` (``job.usage()``), gathered now if the poller has not yet."""
+        return self.backend.usage_of(self, tasks)
 
     # -- cancel -------------------------------------------------------------------------------------------
     def cancel_tasks(self, tasks: List[int]) -> bool:

@@ -108,6 +108,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         checkpoint.install()
     started = time.time()
+    from hpcbridge import sampler
+
+    meter = sampler.start(store.JobFolder(folder).usage(task, rank), rank)
     try:
         calls = cloudpickle.loads(store.read_input(store.JobFolder(folder).inputs, task))
     except BaseException as exc:
@@ -132,6 +135,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "finished": time.time(),
     }
     data = dump_payload(payload, cloudpickle.dumps)
+    meter.stop()  # before the result: a client that sees the result finds the summary
     store.write_atomic(store.JobFolder(folder).result(task, rank), data)
     failed = [o for o in outcomes if o[0] == "err"]
     for o in failed:

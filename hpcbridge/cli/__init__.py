@@ -1,4 +1,4 @@
-"""The ``hpcbridge`` command: submit, status, logs, cancel, result, render, sites.
+"""The ``hpcbridge`` command: submit, status, logs, cancel, result, render, sites, report.
 
 Exit codes (docs/cli.md): 0 ok; 1 the job failed; 2 bad input or site-config (nothing was submitted); 3 the
 scheduler, the connection or the cluster-side python failed; 4 no such job; 5 still running when the wait timed
@@ -6,8 +6,8 @@ out; 130 interrupted. A user error prints one line and a hint on stderr, not a t
 On a terminal output is a rich table; piped, it is tab-separated without a header (``--json`` for programs).
 
 This module holds the parser, ``main`` and the one mapping of errors to exit codes; the commands live in ``jobs``
-(status, logs, cancel, result), ``submit`` (submit, render) and ``sites`` (sites ...), and what they share in
-``output`` (exit codes, ``CliError``, printing).
+(status, logs, cancel, result), ``submit`` (submit, render), ``sites`` (sites ...) and ``usage_report``
+(report), and what they share in ``output`` (exit codes, ``CliError``, printing).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from . import sites
 from .jobs import cmd_cancel, cmd_logs, cmd_result, cmd_status
 from .output import INTERNAL, INTERRUPTED, JOB_FAILED, NOT_FOUND, OK, SCHEDULER, USAGE, CliError, Out, report
 from .submit import cmd_render, cmd_submit
+from .usage_report import add_parser as add_report_parser
 
 
 # -- parser -----------------------------------------------------------------------------------------------------
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_result)
 
     sites.add_parser(sub)
+    add_report_parser(sub)
     return parser
 
 

@@ -11,6 +11,7 @@ from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Protocol, Sequ
 from ..errors import ResourceError
 from ..spec import RESOURCE_NAMES, Resources
 from ..state import JobState
+from ..usage import Measured
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,6 +304,19 @@ class Scheduler(abc.ABC):
         None: the command failed, nothing can be told."""
         return None
 
+
+    # -- usage of finished jobs (docs/usage.md) ------------------------------------------------------------------
+    def usage_argv(
+        self, job_ids: Sequence[str], since_epoch: float, now_epoch: float, facts: ClusterFacts
+    ) -> Optional[List[str]]:
+        """One command for the figures of the finished jobs ``job_ids`` (an array's id: all its tasks), run by the
+        poller once per tick for the jobs that newly finished; None: the scheduler says nothing (the sampler
+        does)."""
+        return None
+
+    def parse_usage(self, out: Output, facts: ClusterFacts) -> Dict[str, Tuple[Measured, bool]]:
+        """task id -> (its figures, complete: final, nothing more to come); a task not listed: no news yet."""
+        return {}
 
 def expand_array_id(job_id: str) -> List[str]:
     """``123_[1-3,7%2]`` -> ``['123_1', '123_2', '123_3', '123_7']``; other ids are returned as they are."""

@@ -9,6 +9,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from ..errors import ResourceError, SchedulerError
 from ..state import JobState
 from ..store import JobFolder
+from ..usage import Measured
+from . import slurm_usage
 from .base import (
     ClusterFacts,
     NativeStatus,
@@ -361,3 +363,17 @@ class SlurmScheduler(Scheduler):
                 bad = [s for s in states if s is not JobState.COMPLETED]
                 found[want] = (live or bad or [JobState.COMPLETED])[0]
         return found
+
+    # -- usage of finished jobs ---------------------------------------------------------------------------
+    def usage_argv(
+        self, job_ids: Sequence[str], since_epoch: float, now_epoch: float, facts: ClusterFacts
+    ) -> Optional[List[str]]:
+        """sacct with the steps (accounting), else ``scontrol show job`` (every job slurmctld holds: one command)."""
+        if facts.accounting:
+            return slurm_usage.sacct_argv(job_ids, since_epoch, now_epoch)
+        return slurm_usage.scontrol_argv()
+
+    def parse_usage(self, out: Output, facts: ClusterFacts) -> Dict[str, Tuple[Measured, bool]]:
+        if facts.accounting:
+            return slurm_usage.parse_sacct(out)
+        return slurm_usage.parse_scontrol(out)

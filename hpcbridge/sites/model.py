@@ -50,6 +50,8 @@ class Site:
     nccl: Mapping[str, str] = dataclasses.field(default_factory=dict)
     distributed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     local_parallel: int = 0
+    #: ``Executor(right_size=None)`` takes this: jobs sized from their function's earlier runs
+    right_size: bool = False
     description: str = ""
     #: the files (layers) that define this site, lowest precedence first
     origin: Tuple[str, ...] = ()

@@ -129,6 +129,8 @@ SCHEMA: Dict[str, Key] = {
     "result_grace_s": Key(
         "number", "how long a finished job's result file may take to show on the shared filesystem", minimum=0
     ),
+    "right_size": Key("bool", "Executor(right_size=...)'s default: size each function's jobs from the registry's "
+                              "history of its earlier runs (docs/usage-advice.md)"),
     "local_parallel": Key("int", "local site: tasks run at once (0: as many as this machine's CPUs hold, "
                                  "cpus_per_task x tasks_per_node each)", minimum=0),
     "modules": Key("strlist", "`module load` lines at the top of every job"),

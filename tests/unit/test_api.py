@@ -7,7 +7,7 @@ import hpcbridge
 def test_public_names_are_pinned():
     assert hpcbridge.__all__ == [
         "Executor", "Job", "JobState", "Resources", "Site", "attach", "environment", "errors",
-        "init_torch_distributed", "load_site", "__version__",
+        "init_torch_distributed", "load_site", "suggest", "__version__",
     ]
     for name in hpcbridge.__all__:
         assert getattr(hpcbridge, name) is not None

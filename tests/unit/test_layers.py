@@ -19,12 +19,13 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "hpcbridge")
 LAYERS: List[List[str]] = [
     # foundations: standard library only (and cloudpickle/jinja2 where named)
     ["hpcbridge._version", "hpcbridge.errors", "hpcbridge.state", "hpcbridge.store", "hpcbridge.hostlist",
-     "hpcbridge._proc", "hpcbridge.registry", "hpcbridge.transport.base"],
+     "hpcbridge._proc", "hpcbridge.registry", "hpcbridge.transport.base", "hpcbridge.usage"],
     # the pure model: resource requests, the in-job allocation tables, pickling of calls
-    ["hpcbridge.spec", "hpcbridge.schedulers.allocation", "hpcbridge.pickling"],
+    ["hpcbridge.spec", "hpcbridge.schedulers.allocation", "hpcbridge.pickling", "hpcbridge.advice", "hpcbridge.waste"],
     # inside the job (what the worker start pays for: nothing above this layer)
     ["hpcbridge.jobenv", "hpcbridge.checkpoint", "hpcbridge.ports", "hpcbridge.gpus", "hpcbridge.rendezvous",
-     "hpcbridge.distributed", "hpcbridge.worker", "hpcbridge.commands", "hpcbridge.schedulers.local_runner",
+     "hpcbridge.distributed", "hpcbridge.worker", "hpcbridge.sampler", "hpcbridge.commands",
+     "hpcbridge.schedulers.local_runner",
      "hpcbridge.schedulers.local_limits"],
     # what decides (pure): site-configs, scheduler adapters, launchers, the batch script
     ["hpcbridge.sites", "hpcbridge.sites.*", "hpcbridge.schedulers", "hpcbridge.schedulers.*", "hpcbridge.launchers",
@@ -32,13 +33,13 @@ LAYERS: List[List[str]] = [
     # what does: the one seam to the cluster side
     ["hpcbridge.transport", "hpcbridge.transport.*"],
     # the futures and how they look
-    ["hpcbridge.display", "hpcbridge.job", "hpcbridge.group"],
+    ["hpcbridge.display", "hpcbridge.usage_figure", "hpcbridge.job", "hpcbridge.group"],
     # watching submissions
-    ["hpcbridge.outcome", "hpcbridge.attempts", "hpcbridge.submission", "hpcbridge.poll"],
+    ["hpcbridge.outcome", "hpcbridge.attempts", "hpcbridge.submission", "hpcbridge.measure", "hpcbridge.poll"],
     # one site at run time
     ["hpcbridge.submit_once", "hpcbridge.remote_env", "hpcbridge.container_check", "hpcbridge.backend"],
     # the API
-    ["hpcbridge.after", "hpcbridge.attaching", "hpcbridge.executor"],
+    ["hpcbridge.after", "hpcbridge.attaching", "hpcbridge.right_size", "hpcbridge.executor"],
     # the command line, test doubles for users, and the package root (which imports lazily)
     ["hpcbridge.cli", "hpcbridge.cli.*", "hpcbridge.testing", "hpcbridge"],
 ]

@@ -158,8 +158,8 @@ def test_sites_list_says_which_layers_define_each_site(layers):
         ('pyhton = "/x"\n', 1,
          "unknown key 'pyhton' in the top level (did you mean 'python'?); valid keys: description, scheduler, "
          "flavour, transport, ssh, python, workdir, accounting, max_array_size, poll_interval_min_s, "
-         "poll_interval_max_s, result_grace_s, local_parallel, modules, setup, templates, defaults, partitions, env, "
-         "slurm, container, mpi, nccl, distributed"),
+         "poll_interval_max_s, result_grace_s, right_size, local_parallel, modules, setup, templates, defaults, "
+         "partitions, env, slurm, container, mpi, nccl, distributed"),
         ('[partitions.gpu]\nmax_node = 3\n', 2,
          "unknown key 'max_node' in [partitions.gpu] (did you mean 'max_nodes'?); valid keys: max_nodes, "
          "cpus_per_node, mem_gb_per_node, gpus_per_node, gpu_type, max_walltime, default, description, requeue"),

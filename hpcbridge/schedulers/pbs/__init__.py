@@ -36,12 +36,13 @@ from __future__ import annotations
 import dataclasses
 import posixpath
 import re
-from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence
+from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 from ...errors import ConfigError, ConnectionLostError, ResourceError, SchedulerError
 from ...spec import RESOURCE_NAMES, Resources
 from ...state import JobState
 from ...store import JobFolder
+from ...usage import Measured
 from ..base import (
     ClusterFacts,
     NativeStatus,
@@ -55,7 +56,7 @@ from ..base import (
 )
 from . import wrappers
 from .codes import expand_parent, record_status
-from .qstat import Record, answered, array_key, expand_range, parse_qstat_json, parse_qstat_text
+from .qstat import Record, answered, array_key, expand_range, parse_qstat_json, parse_qstat_text, resources_used
 
 __all__ = ["FLAVOURS", "PBSScheduler", "check_folder", "expand_range", "parse_qstat_json", "parse_qstat_text"]
 
@@ -343,6 +344,22 @@ class PBSScheduler(Scheduler):
 
     def _records(self, stdout: str) -> Dict[str, Record]:
         return parse_qstat_json(stdout) if self.flavour == "pbspro" else parse_qstat_text(stdout)
+
+    # -- usage of finished jobs ---------------------------------------------------------------------------
+    def usage_argv(
+        self, job_ids: Sequence[str], since_epoch: float, now_epoch: float, facts: ClusterFacts
+    ) -> Optional[List[str]]:
+        """The status query's qstat: ``resources_used.*`` where the server shows them."""
+        return self.status_query(job_ids, since_epoch, now_epoch, facts).argv
+
+    def parse_usage(self, out: Output, facts: ClusterFacts) -> Dict[str, Tuple[Measured, bool]]:
+        if out.returncode != 0 and not self.status_exit_ok(out.returncode, out.stderr):
+            return {}
+        answer: Dict[str, Tuple[Measured, bool]] = {}
+        for job_id, rec in self._records(out.stdout).items():
+            status = record_status(self.flavour, job_id, rec)
+            answer[job_id] = (resources_used(rec, status.state.value), status.state.is_final)
+        return answer
 
     # -- cancel ---------------------------------------------------------------------------------------------
     def cancel_argv(self, job_ids: Sequence[str]) -> List[str]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
+
+from ...usage import Measured
 
 #: one job's attributes, flat: ``{"job_state": "R", "Resource_List.walltime": "00:10:00", ...}``
 Record = Dict[str, str]
@@ -143,3 +145,42 @@ def expand_range(spec: str) -> List[int]:
 def array_key(job_id: str) -> str:
     """``'123[4].srv'`` and ``'123[].srv'`` -> ``'123[].srv'``."""
     return re.sub(r"\[\d*\]", "[]", job_id, count=1)
+
+
+def _hms(text: str) -> Optional[float]:
+    parts = text.strip().split(":")
+    if not text.strip() or not all(p.replace(".", "", 1).isdigit() for p in parts) or len(parts) > 3:
+        return None
+    total = 0.0
+    for p in parts:
+        total = total * 60 + float(p)
+    return total
+
+
+def _size_gb(text: str) -> Optional[float]:
+    """PBS sizes: ``123456kb``, ``2gb``, ``512mb``, ``100b`` (1024-based) -> GB."""
+    m = re.fullmatch(r"(\d+)([kmgtp]?)(b|w)?", text.strip().lower())
+    if not m:
+        return None
+    scale = float(1 << (10 * "bkmgtp".index(m.group(2) or "b")))
+    return int(m.group(1)) * scale * (8 if m.group(3) == "w" else 1) / float(1 << 30)
+
+
+def resources_used(rec: Mapping[str, str], state: str = "") -> Measured:
+    """A finished job's ``resources_used.*`` (cput, mem, walltime) and ``Resource_List.*`` (ncpus, nodect,
+    walltime, mem) as the "pbs" source; the figures a server does not show are left out (the sampler's serve)."""
+    def get(key: str) -> str:
+        return rec.get(key, "")
+
+    ncpus = get("Resource_List.ncpus") or get("resources_used.ncpus")
+    nodes = get("Resource_List.nodect")
+    figures: Dict[str, Any] = {
+        "cpu_time_s": _hms(get("resources_used.cput")),
+        "peak_mem_gb": _size_gb(get("resources_used.mem")),
+        "elapsed_s": _hms(get("resources_used.walltime")),
+        "walltime_s": _hms(get("Resource_List.walltime")),
+        "cpus": int(ncpus) if ncpus.isdigit() else None,
+        "nodes": int(nodes) if nodes.isdigit() else None,
+        "mem_gb": _size_gb(get("Resource_List.mem")),
+    }
+    return Measured("pbs", {k: v for k, v in figures.items() if v is not None}, state)
