@@ -5,8 +5,11 @@ runs once the others are done). The cluster gathers accounting with jobacct_gath
 (JobAcctGatherFrequency=task=2), so memory held for 8 s is seen by accounting as well as by the sampler.
 
 Tolerances (stated once, used below):
-- CPU efficiency of a job asking 2 CPUs and keeping 1 busy: 0.40..0.55 (the CPU time includes python's start and
-  the call's unpickling; the elapsed time includes the batch script's start and end);
+- CPU efficiency of a job asking 2 CPUs and keeping 1 busy: 0.5 x the share of a core the burner got, which it
+  measures itself (its process time over its wall time: the 3 node containers share this host's 2 cores with
+  other users, so the share varies from run to run), within 0.08 (the job's elapsed time adds the batch script's
+  and python's start and end), and never outside 0.25..0.55; its CPU time: what the burner used, up to 2 s more
+  (python's start, the call's unpickling);
 - a sleeper's CPU efficiency: below 0.05;
 - memory: 300 MiB touched -> a peak of 0.29..0.45 GiB (python itself and cloudpickle add 30-100 MiB);
 - a 20 s sleep with a 5-minute walltime: time efficiency 0.066..0.11 (elapsed 20..33 s);
@@ -34,12 +37,12 @@ WAIT_S = 200
 
 
 def burn(seconds):
-    """Keep one core busy for ``seconds`` of CPU time."""
-    t0 = time.process_time()
+    """Keep one core busy for ``seconds`` of CPU time; (CPU seconds, wall seconds) it took."""
+    t0, w0 = time.process_time(), time.monotonic()
     x = 0
     while time.process_time() - t0 < seconds:
         x += 1
-    return x
+    return time.process_time() - t0, time.monotonic() - w0
 
 
 def nap(seconds):
@@ -76,9 +79,9 @@ def jobs(cluster, _cluster_session_dir):
             "sleeper": executor(walltime="00:05:00").submit(nap, 20),
             "memory": executor(mem_gb=1, walltime="00:05:00").submit(touch, 300, 8),
             "no_accounting": executor(site=dataclasses.replace(site, accounting=False), cpus_per_task=2,
-                                      walltime="00:05:00").submit(burn, 10),
+                                      walltime="00:05:00").submit(burn, 8),
             "pbs": executor(site=load_site("testcluster-pbs", templates=[str(CHECKOUT / "templates")]),
-                            walltime="00:05:00").submit(burn, 5),
+                            walltime="00:05:00").submit(burn, 4),
             "ranks": executor(nodes=3, tasks_per_node=2, launcher="srun", walltime="00:05:00").submit(burn, 2),
         }
         deadline = time.monotonic() + WAIT_S
@@ -102,13 +105,23 @@ def sampler_cpu_efficiency(u: Usage) -> float:
     return rank.cpu_time_s / (u.cpus * (rank.finished - rank.started))
 
 
+def half_busy(job, u: Usage, efficiency: float) -> None:
+    """The checks of a burner asking 2 CPUs (tolerances in the module's docstring)."""
+    cpu, wall = job.result()
+    expected = 0.5 * cpu / wall
+    print(f"{job.job_id}: the burner got {cpu / wall:.2f} of a core: efficiency {efficiency:.3f}, "
+          f"expected {expected:.3f}")
+    assert abs(efficiency - expected) <= 0.08 and 0.25 <= efficiency <= 0.55, (efficiency, expected, u)
+    assert cpu <= u.cpu_time_s <= cpu + 2.0, (cpu, u.cpu_time_s)
+
+
 def test_cpu_burner_half_busy_from_accounting_and_from_the_sampler(jobs):
     u = figures("burner", jobs["burner"].usage(timeout=60))
     assert u.state == "COMPLETED" and u.cpus == 2
     assert u.sources["cpu_time_s"] == "accounting" and u.sources["elapsed_s"] == "accounting"
-    assert 0.40 <= u.cpu_efficiency <= 0.55, u
-    assert 0.40 <= sampler_cpu_efficiency(u) <= 0.55, u.ranks
-    assert 20.0 <= u.cpu_time_s <= 23.0
+    half_busy(jobs["burner"], u, u.cpu_efficiency)
+    sampled = dataclasses.replace(u, cpu_time_s=u.ranks[0].cpu_time_s)
+    half_busy(jobs["burner"], sampled, sampler_cpu_efficiency(u))
     assert NO_NVML in u.notes  # no GPU and no nvidia-ml-py here: the NVML path says so
     assert u.gpu_utilization is None and u.gpu_mem_peak_gb is None and u.gpus == 0
 
@@ -159,13 +172,14 @@ def test_accounting_off_takes_cpu_and_memory_from_the_sampler(jobs):
     assert u.sources["cpu_time_s"] == "sampler" and u.sources["peak_mem_gb"] == "sampler"
     assert u.sources["cpus"] == "scontrol" and u.sources["elapsed_s"] == "scontrol"
     assert u.cpus == 2 and u.walltime_s == 300
-    assert 0.35 <= u.cpu_efficiency <= 0.55, u  # 10 s of CPU over 2 cores and a short job's start and end
+    half_busy(jobs["no_accounting"], u, u.cpu_efficiency)
 
 
 def test_pbs_through_the_torque_wrappers_gives_the_samplers_figures(jobs):
     u = figures("pbs", jobs["pbs"].usage(timeout=60))
     assert u.sources["cpu_time_s"] == "sampler" and u.sources["peak_mem_gb"] == "sampler"
-    assert 5.0 <= u.cpu_time_s <= 7.0
+    cpu, _ = jobs["pbs"].result()
+    assert cpu <= u.cpu_time_s <= cpu + 2.0
     assert u.walltime_s == 300
 
 

@@ -205,3 +205,46 @@ def test_an_older_registry_gains_the_usage_table(tmp_path: Any) -> None:
     rows: List[Dict[str, Any]] = reg.usages("hpc")
     assert [(r["job_id"], r["function"], r["usage"]) for r in rows] == [("42", "mod.fn", '{"job_id": "42"}')]
     assert reg.find("hpc", "42")[0]["last_state"] == "COMPLETED"  # the old rows are untouched
+
+
+# -- the gatherer: one batched usage command per tick for the jobs that newly finished ------------------------
+def test_finished_jobs_get_their_usage_from_one_sacct_and_their_sampler_summaries(tmp_path: Any) -> None:
+    import json as _json
+
+    from hpcbridge import Executor
+    from hpcbridge.sites import site_from_mapping
+    from hpcbridge.store import JobFolder
+    from hpcbridge.testing import ScriptedTransport, this_python
+
+    def sacct(argv: List[str]) -> Any:
+        if any(a.startswith("--format=JobID,State,ExitCode") for a in argv):  # the status query
+            return (0, "".join(f"{i}|COMPLETED|0:0|node1\n" for i in ("501", "502")), "")
+        return (0, "\n".join(line.replace("8199", jid) for jid in ("501", "502")
+                             for line in SACCT.splitlines()[:2]) + "\n", "")
+
+    ids = iter(["501", "502"])
+    t = ScriptedTransport(answers={"/usr/bin/python3": this_python(), "sbatch": lambda argv: (0, next(ids) + "\n", ""),
+                                   "sacct": sacct})
+    site = site_from_mapping("demo", {"scheduler": "slurm", "workdir": "/w", "python": "/usr/bin/python3",
+                                      "poll_interval_min_s": 0.05})
+    ex = Executor(site=site, transport=t, cpus_per_task=2, mem_gb=1)
+    a, b = ex.submit(abs, -1), ex.submit(abs, -2)
+    for job in (a, b):
+        summary = {"node": "node1", "rank": 0, "cpu_time_s": 20.0, "peak_rss_bytes": 0.25 * GIB,
+                   "started": 1.0, "finished": 21.0, "notes": ["no GPU data (NVML not available)"]}
+        t.files[JobFolder(job.folder).usage(0, 0)] = _json.dumps(summary).encode()
+        t.complete(job, 1)
+    assert a.result(timeout=10) == 1 and b.result(timeout=10) == 1
+    u = a.usage(timeout=10)
+    assert (u.cpus, u.mem_gb, u.cpu_time_s, u.elapsed_s) == (2, 1.0, pytest.approx(20.512), 21.0)
+    assert u.sources["cpu_time_s"] == "accounting" and u.sources["peak_mem_gb"] == "accounting"
+    assert u.ranks[0].cpu_time_s == 20.0 and u.notes == ("no GPU data (NVML not available)",)
+    from hpcbridge.group import JobGroup
+
+    assert JobGroup([a, b]).usage(timeout=10).cpu_time_s == pytest.approx(2 * 20.512)
+    usage_queries = [c for c in t.calls if c[0] == "sacct" and any("TotalCPU" in x for x in c)]
+    # each asks for the finished jobs only, and its answer was complete: no job was asked about twice
+    assert 1 <= len(usage_queries) <= 2
+    assert sorted(x for c in usage_queries for x in c[-1][len("--jobs="):].split(",")) == ["501", "502"]
+    stored = Registry().usage("demo", "501")
+    assert stored is not None and _json.loads(stored)["cpu_time_s"] == pytest.approx(20.512)
