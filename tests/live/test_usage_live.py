@@ -13,11 +13,15 @@ Tolerances (stated once, used below):
 - a sleeper's CPU efficiency: below 0.05;
 - memory: 300 MiB touched -> a peak of 0.29..0.45 GiB (python itself and cloudpickle add 30-100 MiB);
 - a 20 s sleep with a 5-minute walltime: time efficiency 0.066..0.11 (elapsed 20..33 s);
-- per-rank CPU time of a rank burning 2 s: 1.9..3.5 s; the sum over ranks within 25 % (+1 s) of accounting's.
+- per-rank CPU time of a rank burning 2 s: 1.9..3.5 s; the sum over ranks within 25 % (+1 s) of accounting's;
+- a burner killed at its 1-minute walltime: accounting's CPU time 40..95 s (Slurm ends it 60..90 s after its start,
+  it got most of a core), the sampler's last summary (written every 30 s) at least 20 s of CPU time and no more than
+  accounting's.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -28,8 +32,9 @@ from pathlib import Path
 
 import pytest
 
-from hpcbridge import Executor, load_site
+from hpcbridge import Executor, JobState, load_site
 from hpcbridge.group import JobGroup
+from hpcbridge.schedulers.slurm_usage import KILLED_NOTE
 from hpcbridge.usage import NO_NVML, Usage
 
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -75,6 +80,8 @@ def jobs(cluster, _cluster_session_dir):
     os.chdir(folder)  # the Torque wrappers' qsub drops <name>.o<id> files into the current directory
     try:
         out = {
+            # first: it takes all 6 CPUs for a few seconds; submitted last it would wait for the 1-minute timeout
+            "ranks": executor(nodes=3, tasks_per_node=2, launcher="srun", walltime="00:05:00").submit(burn, 2),
             "burner": executor(cpus_per_task=2, walltime="00:05:00").submit(burn, 20),
             "sleeper": executor(walltime="00:05:00").submit(nap, 20),
             "memory": executor(mem_gb=1, walltime="00:05:00").submit(touch, 300, 8),
@@ -82,11 +89,15 @@ def jobs(cluster, _cluster_session_dir):
                                       walltime="00:05:00").submit(burn, 8),
             "pbs": executor(site=load_site("testcluster-pbs", templates=[str(CHECKOUT / "templates")]),
                             walltime="00:05:00").submit(burn, 4),
-            "ranks": executor(nodes=3, tasks_per_node=2, launcher="srun", walltime="00:05:00").submit(burn, 2),
+            "timeout": executor(walltime="00:01:00").submit(burn, 600),
+            "cancelled": executor(walltime="00:05:00").submit(nap, 300),
         }
         deadline = time.monotonic() + WAIT_S
-        for job in out.values():
-            job.result(timeout=max(1.0, deadline - time.monotonic()))
+        while out["cancelled"].state is not JobState.RUNNING and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(3)
+        assert out["cancelled"].cancel()
+        concurrent.futures.wait(list(out.values()), timeout=WAIT_S)
         yield out
     finally:
         os.chdir(here)
@@ -199,3 +210,21 @@ def test_usage_is_kept_in_the_registry_for_an_attached_job(jobs):
     again = Usage.from_json(p.stdout.strip().splitlines()[-1])
     assert again == u  # read from the registry: the same figures, sources and ranks
     assert json.loads(p.stdout.strip().splitlines()[-1])["sources"]["peak_mem_gb"] == "accounting"
+
+
+
+def test_a_job_killed_at_its_walltime_has_accounting_and_the_samplers_last_summary(jobs):
+    u = figures("timeout", jobs["timeout"].usage(timeout=60))
+    assert u.state == "TIMEOUT" and u.walltime_s == 60
+    assert u.sources["cpu_time_s"] == "accounting" and 40 <= u.cpu_time_s <= 95, u
+    assert KILLED_NOTE.format(state="TIMEOUT") in u.notes
+    last = u.ranks[0].cpu_time_s  # the summary the sampler rewrote while the job ran
+    assert last is not None and 20 <= last <= u.cpu_time_s, u.ranks
+
+
+def test_a_cancelled_job_has_its_usage_too(jobs):
+    job = jobs["cancelled"]
+    u = figures("cancelled", job.usage(timeout=60))
+    assert job.state is JobState.CANCELLED and u.state == "CANCELLED"
+    assert u.elapsed_s is not None and 2 <= u.elapsed_s <= 60 and u.cpu_efficiency < 0.1, u
+    assert u.core_hours_wasted > 0
