@@ -246,3 +246,51 @@ def test_a_state_that_cannot_be_pickled_fails_the_call_and_keeps_the_last_checkp
         job.result(timeout=120)
     with open(JobFolder(job.folder).checkpoint(0, 0), "rb") as fh:
         assert pickle.load(fh) == {"step": 3}
+
+
+def gloo_train(steps: int, every: int, step_s: float, started: str) -> float:
+    """Every rank all-reduces each step; the ranks agree to stop (an all-reduce of their flags); rank 0 saves."""
+    import torch
+    import torch.distributed as dist
+
+    import hpcbridge
+    from hpcbridge import checkpoint
+
+    env = hpcbridge.init_torch_distributed(timeout_s=120)
+    run = int(os.environ.get("HPCBRIDGE_RESTART", "0"))
+    state = checkpoint.load(default={"step": 0, "total": 0.0})
+    with open(f"{started}.{env.rank}.{run}", "w") as fh:
+        fh.write(f"{socket.gethostname()} {time.time()} {state['step']}")
+    for step in range(state["step"], steps):
+        time.sleep(step_s)
+        t = torch.tensor([float(env.rank + step)])
+        dist.all_reduce(t)
+        stop = torch.tensor([1.0 if hpcbridge.should_stop() else 0.0])
+        dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+        state = {"step": step + 1, "total": state["total"] + t.item()}
+        while stop.item() > 0 and not hpcbridge.should_stop():  # another rank was warned first: so is this one
+            time.sleep(0.05)
+        if (step + 1) % every == 0 or stop.item() > 0:
+            checkpoint.save(state)
+    dist.destroy_process_group()
+    return float(state["total"])
+
+
+def test_a_preempted_3_node_gloo_loop_resumes_on_every_rank_from_rank_0s_checkpoint(slow_jobs, cluster,
+                                                                                     cluster_workdir):
+    """Test 6: 3 nodes x 1 rank (srun) preempted on one node: srun passes the warning to every rank, rank 0 saves,
+    the job is requeued and every rank resumes from rank 0's checkpoint; all ranks' results are right."""
+    d = cluster_workdir
+    ex = Executor(site=requeue_site(), folder=str(d / "jobs"), requeue=1, signal_grace_s=20, partition="preemptible",
+                  walltime=5, nodes=3, tasks_per_node=1, launcher="srun", mem_gb=1)
+    job = ex.submit(gloo_train, 40, 5, 0.5, str(d / "started"))
+    wait_for(d / "started.0.0", 240)
+    node = wait_for(d / "started.1.0", 60).split()[0]
+    time.sleep(4)
+    cluster.run(["sbatch", "--parsable", "--partition=urgent", f"--nodelist={node}", "--exclusive", "--time=1",
+                 "--output=/dev/null", "--wrap=sleep 3"], cwd=d, timeout=30)
+    want = float(sum(3 * step + 3 for step in range(40)))
+    assert job.results(timeout=300) == [want] * 3
+    assert [a.ended for a in job.attempts] == ["PREEMPTED", "done"], job.attempts
+    resumed = {wait_for(d / f"started.{rank}.1", 5).split()[2] for rank in range(3)}
+    assert len(resumed) == 1 and int(resumed.pop()) > 0  # every rank from the same (rank 0's) checkpoint
