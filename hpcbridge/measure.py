@@ -70,7 +70,7 @@ class UsageGatherer:
 
     def want(self, sub: Submission, task: int) -> None:
         """A task newly resolved: gather its figures on the next ticks."""
-        if not sub.job_id:  # never submitted (batch() cancelled): nothing ran
+        if not sub.job_id or _kept(sub, task) is not None:  # never submitted (batch() cancelled), or gathered
             return
         with self._lock:
             self._pending.setdefault((sub.tag, task), _Pending(sub, task, time.monotonic()))
@@ -85,10 +85,10 @@ class UsageGatherer:
             self._next = now + EVERY_S
             waiting = list(self._pending.values())
         ready = self._ask(waiting, give_up=False)
-        with self._lock:
+        self._finish(ready)
+        with self._lock:  # after the jobs have their usage: fetch() waits for pending ones
             for p in ready:
                 self._pending.pop((p.sub.tag, p.task), None)
-        self._finish(ready)
 
     def fetch(self, sub: Submission, tasks: Sequence[int], patience_s: float = 30.0) -> Dict[int, Usage]:
         """The usage of ``tasks`` of a finished submission now (``job.usage()``): what is kept, else the registry's,
@@ -103,8 +103,22 @@ class UsageGatherer:
                 out[task] = kept
             else:
                 todo.append(task)
+        # the poller is gathering some of them already: wait for it rather than ask twice
+        deadline = time.monotonic() + GIVE_UP_S + patience_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                theirs = [t for t in todo if (sub.tag, t) in self._pending and _kept(sub, t) is None]
+            if not theirs:
+                break
+            time.sleep(0.1)
+        for task in list(todo):
+            kept = _kept(sub, task)
+            if kept is not None:
+                out[task] = kept
+                todo.remove(task)
         if not todo:
             return out
+        sub.usage_wanted.update(todo)  # asked here: the poller leaves them alone
         waiting = [_Pending(sub, t, time.monotonic()) for t in todo]
         deadline = time.monotonic() + patience_s
         ready: List[_Pending] = []

@@ -15,6 +15,7 @@ thread, only when it is installed.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import resource
@@ -129,6 +130,7 @@ class Sampler:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
+        self._final: Optional[Dict[str, Any]] = None
 
     def start(self) -> Sampler:
         self._thread = threading.Thread(target=self._run, name="hpcbridge-sampler", daemon=True)
@@ -166,11 +168,15 @@ class Sampler:
         return summary
 
     def stop(self) -> Dict[str, Any]:
-        """Stop the thread and write the final summary; the summary."""
+        """Stop the thread and write the final summary; the summary. Once: later calls (the ``atexit`` one after
+        the worker's own) return the same summary."""
+        if self._final is not None:
+            return self._final
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        return self.write(finished=True)
+        self._final = self.write(finished=True)
+        return self._final
 
     # -- the thread -------------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -233,4 +239,6 @@ def start(path: str, rank: int) -> Sampler:
         interval = float(os.environ.get(SAMPLE_INTERVAL_VAR, "") or DEFAULT_INTERVAL_S)
     except ValueError:
         interval = DEFAULT_INTERVAL_S
-    return Sampler(path, rank, max(0.5, interval), cuda_visible=os.environ.get(CUDA_VISIBLE_DEVICES_VAR)).start()
+    meter = Sampler(path, rank, max(0.5, interval), cuda_visible=os.environ.get(CUDA_VISIBLE_DEVICES_VAR)).start()
+    atexit.register(meter.stop)  # a worker that leaves another way than through its end (sys.exit in between)
+    return meter

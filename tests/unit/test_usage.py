@@ -75,3 +75,31 @@ def test_combine_takes_each_figure_from_the_first_source_that_has_it() -> None:
     assert only_sampler.cpu_time_s == 30.0 and only_sampler.elapsed_s == 20.0
     assert only_sampler.sources["cpu_time_s"] == "sampler"
     assert isinstance(only_sampler.ranks[0], RankUsage)
+
+
+def test_the_sampler_writes_a_summary_of_this_process(tmp_path: object) -> None:
+    import json
+    import os
+    import time
+
+    from hpcbridge import sampler
+
+    path = os.path.join(str(tmp_path), "use", "0.1.json")
+    meter = sampler.Sampler(path, 1, interval_s=0.05).start()
+    t0 = time.process_time()
+    block = bytearray(64 * 2**20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    while time.process_time() - t0 < 0.3:
+        pass
+    summary = meter.stop()
+    assert meter.stop() is summary  # once: the atexit call after the worker's own changes nothing
+    on_disk = json.loads(open(path).read())
+    assert on_disk == summary and summary["complete"] and summary["rank"] == 1
+    assert summary["cpu_time_s"] >= 0.3 and summary["peak_rss_bytes"] >= 64 * 2**20
+    import importlib.util
+
+    if importlib.util.find_spec("pynvml") is None:  # no nvidia-ml-py (as here): the note says so, no GPU figures
+        assert summary["gpu"] is None and summary["notes"] == [sampler.NO_NVML]
+    u = rank_usage(summary)
+    assert u.rank == 1 and u.cpu_time_s == summary["cpu_time_s"] and u.peak_rss_gb >= 64 / 1024
