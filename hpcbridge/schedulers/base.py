@@ -23,6 +23,8 @@ class NativeStatus:
     exit_code: Optional[int] = None
     reason: str = ""
     nodes: str = ""
+    #: a waiting job's estimated start as the scheduler prints it (Slurm's ISO local time), "" when it gives none
+    start_estimate: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,6 +245,14 @@ class Scheduler(abc.ABC):
     def find_by_tag_hint(self, tag: str) -> str:
         """How a user finds the job tagged ``TAG`` themselves (ends the sentence "the job, if submitted, ...")."""
         return f"carries the tag hpcbridge:{tag}"
+
+    def waiting_status_query(
+        self, job_ids: Sequence[str], facts: ClusterFacts, arrays: Optional[Mapping[str, int]] = None
+    ) -> Optional[StatusQuery]:
+        """The status command to use instead of :meth:`status_query` while every job asked about waits in the queue,
+        when it tells more about waiting jobs (the queue's reason, the estimated start); read by
+        :meth:`parse_status`. None (the default): :meth:`status_query` serves."""
+        return None
 
     def missing_statuses(
         self, statuses: Mapping[str, NativeStatus], task_ids: Sequence[str]
