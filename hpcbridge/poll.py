@@ -190,6 +190,7 @@ class Poller:
             job.state is JobState.PENDING for sub in subs for task in sub.live_tasks() for job in sub.jobs[task]
         )
         self.queries += 1
+        self._waiting_listed = not waiting  # a waiting query that fails (or raises) is not asked twice in a row
         statuses = backend.query_status(ids, min(s.submit_time for s in subs), arrays, waiting=waiting)
         if statuses is None:
             self.failed_queries += 1

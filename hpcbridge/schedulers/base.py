@@ -254,6 +254,17 @@ class Scheduler(abc.ABC):
         :meth:`parse_status`. None (the default): :meth:`status_query` serves."""
         return None
 
+    @classmethod
+    def time_left_argv(cls, job_id: str) -> Optional[List[str]]:
+        """A command that tells how long the running job ``job_id`` has left (the allocation a notebook runs in,
+        :mod:`hpcbridge.here`), run at most once per process; None (the default): the scheduler cannot say."""
+        return None
+
+    @classmethod
+    def parse_time_left(cls, stdout: str) -> Optional[int]:
+        """Seconds left in :meth:`time_left_argv`'s output; None when it names no limit or cannot be read."""
+        return None
+
     def missing_statuses(
         self, statuses: Mapping[str, NativeStatus], task_ids: Sequence[str]
     ) -> Dict[str, NativeStatus]:

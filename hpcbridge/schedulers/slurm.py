@@ -78,6 +78,27 @@ def walltime_arg(seconds: int) -> str:
     return f"{days}-{h:02d}:{m:02d}:{s:02d}" if days else f"{h:02d}:{m:02d}:{s:02d}"
 
 
+def slurm_duration(text: str) -> Optional[int]:
+    """Seconds in Slurm's way of printing a duration (``squeue %L``): ``SS``, ``MM:SS``, ``HH:MM:SS``,
+    ``D-HH[:MM[:SS]]``; None for ``UNLIMITED``, ``NOT_SET``, ``INVALID`` or anything else."""
+    text = text.strip()
+    days = 0
+    if "-" in text:
+        day_text, text = text.split("-", 1)
+        if not day_text.isdigit():
+            return None
+        days = int(day_text)
+        parts = text.split(":")
+        parts += ["0"] * (3 - len(parts))  # D-HH and D-HH:MM
+    else:
+        parts = text.split(":")
+        parts = ["0"] * (3 - len(parts)) + parts
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        return None
+    h, m, s = (int(p) for p in parts)
+    return days * 86400 + h * 3600 + m * 60 + s
+
+
 def _squeue_argv(job_ids: Sequence[str]) -> List[str]:
     """squeue for the given jobs, array tasks one per line, recently ended ones included (``--states=all``)."""
     ids = ",".join(job_ids)
@@ -314,6 +335,15 @@ class SlurmScheduler(Scheduler):
 
     def cancel_argv(self, job_ids: Sequence[str]) -> List[str]:
         return ["scancel", *job_ids]
+
+    @classmethod
+    def time_left_argv(cls, job_id: str) -> Optional[List[str]]:
+        """``%L``: the time left, relative (no clock or time zone of the cluster's involved)."""
+        return ["squeue", "--noheader", f"--jobs={job_id}", "--format=%L"]
+
+    @classmethod
+    def parse_time_left(cls, stdout: str) -> Optional[int]:
+        return slurm_duration(stdout.strip().splitlines()[0] if stdout.strip() else "")
 
     # -- after= ids ---------------------------------------------------------------------------------------
     def lookup_queries(self, job_ids: Sequence[str], facts: ClusterFacts) -> List[List[str]]:

@@ -32,9 +32,9 @@ LAYERS: List[List[str]] = [
     # what does: the one seam to the cluster side
     ["hpcbridge.transport", "hpcbridge.transport.*"],
     # the futures and how they look
-    ["hpcbridge.display", "hpcbridge.job", "hpcbridge.group"],
+    ["hpcbridge.display", "hpcbridge.job", "hpcbridge.group", "hpcbridge.here"],
     # watching submissions
-    ["hpcbridge.outcome", "hpcbridge.submission", "hpcbridge.poll"],
+    ["hpcbridge.outcome", "hpcbridge.submission", "hpcbridge.poll", "hpcbridge.live"],
     # one site at run time
     ["hpcbridge.submit_once", "hpcbridge.remote_env", "hpcbridge.container_check", "hpcbridge.backend"],
     # the API
