@@ -96,11 +96,14 @@ class Backend:
         return self.submitter.run_checked(argv, what, tag=tag, marker=marker)
 
     def query_status(
-        self, job_ids: Sequence[str], since: float, arrays: Optional[Mapping[str, int]] = None, _again: bool = False
+        self, job_ids: Sequence[str], since: float, arrays: Optional[Mapping[str, int]] = None, _again: bool = False,
+        *, waiting: bool = False,
     ) -> Optional[Dict[str, NativeStatus]]:
         """Statuses of all tasks of ``job_ids`` (``arrays``: the array ones -> their sizes), or None when the query
-        failed (retried later)."""
-        query = self.scheduler.status_query(job_ids, since, time.time(), self.facts, arrays)
+        failed (retried later). ``waiting``: every one of them was last seen waiting in the queue (the adapter's
+        :meth:`~hpcbridge.schedulers.base.Scheduler.waiting_status_query` then, if it has one)."""
+        query = (self.scheduler.waiting_status_query(job_ids, self.facts, arrays) if waiting else None) or \
+            self.scheduler.status_query(job_ids, since, time.time(), self.facts, arrays)
         try:
             # a hung controller holds up the poller thread: give up after 30 s, retry on the back-off
             out = self.run(query.argv, timeout=30)

@@ -13,6 +13,8 @@ Tree::
     ├── RemoteEnvironmentError      cluster-side python / cloudpickle / hpcbridge missing or mismatched
     │   └── ContainerError          a job's image or container runtime missing, or the image cannot run the worker
     ├── UsageError                  the API used in a way that cannot work (a nested batch() block)
+    ├── WalltimeWarning             (a warning, also a UserWarning) a job asks for more time than is left of the
+    │                               allocation this process runs inside (a notebook server that is a batch job)
     ├── JobNotFoundError            attach / the CLI: no job by that id (exit code 4 in the CLI)
     ├── RendezvousError             in the job: no master address or port could be agreed
     ├── UserCommandError            in the job: the command or script of ``hpcbridge submit`` exited non-zero
@@ -82,6 +84,11 @@ class ContainerError(RemoteEnvironmentError):
 
 class UsageError(HpcBridgeError, RuntimeError):
     """The API was used in a way that cannot work (a ``batch()`` block inside another)."""
+
+
+class WalltimeWarning(HpcBridgeError, UserWarning):
+    """Warned, not raised (once per process): a job's walltime is longer than what is left of the allocation this
+    process runs inside (:mod:`hpcbridge.here`)."""
 
 
 class JobNotFoundError(HpcBridgeError, LookupError):

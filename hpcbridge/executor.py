@@ -23,6 +23,7 @@ from .containers import container_for, job_files
 from .display import describe, image_label, progress_for
 from .errors import HpcBridgeError, ResourceError, TransportError, UsageError
 from .group import JobGroup, cancel_jobs
+from .here import check_walltime
 from .job import Job, mark_cancelled
 from .launchers import with_site_launcher
 from .pickling import Call, pickle_task, qualname
@@ -348,6 +349,7 @@ class Executor(concurrent.futures.Executor):
                     transport.remove_tree(sub.folder)
             raise
         self._submissions.append(sub)
+        check_walltime(self.resources.walltime_s, sub.job_id)  # a notebook inside a job: does the job outlive it?
         if image is not None:
             for job in sub.all_jobs:
                 job.image = image_label(image.record())

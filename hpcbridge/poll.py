@@ -13,11 +13,12 @@ import logging
 import os
 import threading
 import time
-from typing import Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 from . import errors, outcome
 from .measure import UsageGatherer, UsageHost
 from .schedulers.base import ClusterFacts, NativeStatus
+from .state import JobState
 from .store import parse_result_name
 from .submission import Submission, SubmissionHost
 
@@ -31,7 +32,7 @@ class StatusSource(SubmissionHost, UsageHost, Protocol):
     facts: ClusterFacts
 
     def query_status(
-        self, job_ids: Sequence[str], since: float, arrays: Optional[Mapping[str, int]] = None
+        self, job_ids: Sequence[str], since: float, arrays: Optional[Mapping[str, int]] = None, *, waiting: bool = False
     ) -> Optional[Dict[str, NativeStatus]]: ...
 
     def show_job(self, task_id: str) -> Optional[NativeStatus]: ...
@@ -67,6 +68,10 @@ class Poller:
         self.failed_queries = 0
         #: the usage of the tasks it resolved: one batched scheduler command per tick (hpcbridge.measure)
         self.usage = UsageGatherer(backend)
+        #: called (in the poller's thread) after every tick; one that returns False is dropped (hpcbridge.live)
+        self.listeners: List[Callable[[], bool]] = []
+        #: whether the last waiting-jobs query listed every job (else the next query is the usual one)
+        self._waiting_listed = True
 
     def add(self, sub: Submission) -> None:
         with self.lock:
@@ -114,9 +119,29 @@ class Poller:
                 log.warning("hpcbridge: status check failed, will retry: %s", exc)
                 progressed = False
             self.backend.flush_states()
+            self._tell_listeners()
             tick = next_tick(tick, progressed, site.poll_interval_min_s)
             self._wake.wait(tick)
             self._wake.clear()
+
+    def listen(self, listener: Callable[[], bool]) -> None:
+        """Call ``listener`` after every tick (what a live display redraws from: no query of its own)."""
+        with self.lock:
+            self.listeners.append(listener)
+
+    def _tell_listeners(self) -> None:
+        with self.lock:
+            listeners = list(self.listeners)
+        for listener in listeners:
+            try:
+                keep = listener()
+            except Exception as exc:  # a display must never stop the poller
+                log.warning("hpcbridge: a job display failed: %s", exc)
+                keep = False
+            if not keep:
+                with self.lock:
+                    if listener in self.listeners:
+                        self.listeners.remove(listener)
 
     def _check_files(self, live: List[Submission]) -> bool:
         transport = self.backend.transport
@@ -169,8 +194,14 @@ class Poller:
             return
         ids = sorted({s.job_id for s in subs})
         arrays = {s.job_id: len(s.chunks) for s in subs if s.is_array}
+        # every job still waits: the adapter may have a query that tells more of waiting jobs (Slurm: squeue's reason
+        # and estimated start where sacct is the status command); a job it did not list is asked the usual way next
+        waiting = self._waiting_listed and all(
+            job.state is JobState.PENDING for sub in subs for task in sub.live_tasks() for job in sub.jobs[task]
+        )
         self.queries += 1
-        statuses = backend.query_status(ids, min(s.submit_time for s in subs), arrays)
+        self._waiting_listed = not waiting  # a waiting query that fails (or raises) is not asked twice in a row
+        statuses = backend.query_status(ids, min(s.submit_time for s in subs), arrays, waiting=waiting)
         if statuses is None:
             self.failed_queries += 1
             return
@@ -182,6 +213,9 @@ class Poller:
                     del statuses[task_id]
                 else:
                     statuses[task_id] = confirmed
+        self._waiting_listed = not waiting or all(
+            sub.task_id(task) in statuses for sub in subs for task in sub.live_tasks()
+        )
         now = time.monotonic()
         missing: List[Tuple[Submission, int]] = []
         with self.lock:
@@ -222,6 +256,9 @@ class Poller:
             if not job.done():
                 job.state = status.state
                 job.native_state = status.native
+                waiting = status.state is JobState.PENDING
+                job.queue_reason = status.reason if waiting and status.reason != "None" else ""
+                job.start_estimate = status.start_estimate if waiting else ""
         if not status.state.is_final:
             sub.final_at.pop(task, None)  # requeued (node failure, preemption): it runs again
         elif task not in sub.final_at:

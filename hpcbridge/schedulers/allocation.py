@@ -31,6 +31,8 @@ class Allocation(NamedTuple):
     nodefile_var: str = ""
     #: CPUs per task (``OMP_NUM_THREADS`` is the fallback everywhere)
     cpus_per_task_vars: Tuple[str, ...] = ()
+    #: when the job's time is up, epoch seconds (where the batch system says so: Slurm 23.02 and later)
+    end_time_vars: Tuple[str, ...] = ()
 
 
 SLURM = Allocation(
@@ -40,6 +42,7 @@ SLURM = Allocation(
     array_task_id_vars=("SLURM_ARRAY_TASK_ID",),
     nodelist_vars=("SLURM_JOB_NODELIST", "SLURM_NODELIST"),
     cpus_per_task_vars=("SLURM_CPUS_PER_TASK",),
+    end_time_vars=("SLURM_JOB_END_TIME",),
 )
 
 #: PBS_JOBID already names an array's subjob (``123[4].server``): no composition needed

@@ -24,6 +24,8 @@ class NativeStatus:
     exit_code: Optional[int] = None
     reason: str = ""
     nodes: str = ""
+    #: a waiting job's estimated start as the scheduler prints it (Slurm's ISO local time), "" when it gives none
+    start_estimate: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,6 +262,25 @@ class Scheduler(abc.ABC):
     def find_by_tag_hint(self, tag: str) -> str:
         """How a user finds the job tagged ``TAG`` themselves (ends the sentence "the job, if submitted, ...")."""
         return f"carries the tag hpcbridge:{tag}"
+
+    def waiting_status_query(
+        self, job_ids: Sequence[str], facts: ClusterFacts, arrays: Optional[Mapping[str, int]] = None
+    ) -> Optional[StatusQuery]:
+        """The status command to use instead of :meth:`status_query` while every job asked about waits in the queue,
+        when it tells more about waiting jobs (the queue's reason, the estimated start); read by
+        :meth:`parse_status`. None (the default): :meth:`status_query` serves."""
+        return None
+
+    @classmethod
+    def time_left_argv(cls, job_id: str) -> Optional[List[str]]:
+        """A command that tells how long the running job ``job_id`` has left (the allocation a notebook runs in,
+        :mod:`hpcbridge.here`), run at most once per process; None (the default): the scheduler cannot say."""
+        return None
+
+    @classmethod
+    def parse_time_left(cls, stdout: str) -> Optional[int]:
+        """Seconds left in :meth:`time_left_argv`'s output; None when it names no limit or cannot be read."""
+        return None
 
     def missing_statuses(
         self, statuses: Mapping[str, NativeStatus], task_ids: Sequence[str]

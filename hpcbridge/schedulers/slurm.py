@@ -58,7 +58,8 @@ GONE_FROM_SLURMCTLD = "gone from slurmctld (it ended; without accounting its exi
 #: slurmstepd's line in the job's stderr when the accounting poll (JobAcctGatherParams=OverMemoryKill, memory
 #: enforcement without cgroups) kills it: the job then ends FAILED (the step CANCELLED), not OUT_OF_MEMORY
 MEMORY_KILL = re.compile(r"exceeded memory limit \(\d+ > \d+\), being killed")
-SQUEUE_FORMAT = "%i|%T|%r|%N"
+#: id, state, reason, nodes, and the start time (a pending job's estimate, as ``squeue --start`` shows it)
+SQUEUE_FORMAT = "%i|%T|%r|%N|%S"
 
 
 def normalise(native: str) -> JobState:
@@ -77,6 +78,33 @@ def walltime_arg(seconds: int) -> str:
     h, rest = divmod(rest, 3600)
     m, s = divmod(rest, 60)
     return f"{days}-{h:02d}:{m:02d}:{s:02d}" if days else f"{h:02d}:{m:02d}:{s:02d}"
+
+
+def slurm_duration(text: str) -> Optional[int]:
+    """Seconds in Slurm's way of printing a duration (``squeue %L``): ``SS``, ``MM:SS``, ``HH:MM:SS``,
+    ``D-HH[:MM[:SS]]``; None for ``UNLIMITED``, ``NOT_SET``, ``INVALID`` or anything else."""
+    text = text.strip()
+    days = 0
+    if "-" in text:
+        day_text, text = text.split("-", 1)
+        if not day_text.isdigit():
+            return None
+        days = int(day_text)
+        parts = text.split(":")
+        parts += ["0"] * (3 - len(parts))  # D-HH and D-HH:MM
+    else:
+        parts = text.split(":")
+        parts = ["0"] * (3 - len(parts)) + parts
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        return None
+    h, m, s = (int(p) for p in parts)
+    return days * 86400 + h * 3600 + m * 60 + s
+
+
+def _squeue_argv(job_ids: Sequence[str]) -> List[str]:
+    """squeue for the given jobs, array tasks one per line, recently ended ones included (``--states=all``)."""
+    ids = ",".join(job_ids)
+    return ["squeue", "--noheader", "--array", "--states=all", f"--format={SQUEUE_FORMAT}", f"--jobs={ids}"]
 
 
 def dependency_directives(after: Sequence[str]) -> List[str]:
@@ -216,18 +244,21 @@ class SlurmScheduler(Scheduler):
                 f"--jobs={','.join(job_ids)}",
             ]
         else:
-            argv = [
-                "squeue",
-                "--noheader",
-                "--array",
-                "--states=all",
-                f"--format={SQUEUE_FORMAT}",
-                f"--jobs={','.join(job_ids)}",
-            ]
+            argv = _squeue_argv(job_ids)
         return StatusQuery(argv, tuple(job_ids), facts, dict(arrays or {}))
 
+    def waiting_status_query(
+        self, job_ids: Sequence[str], facts: ClusterFacts, arrays: Optional[Mapping[str, int]] = None
+    ) -> Optional[StatusQuery]:
+        """squeue while every job waits, also where sacct is the status command: sacct has no estimated start (it
+        prints "Unknown" for a pending job), squeue gives it with the reason. It lists a job that ended until
+        slurmctld forgets it (MinJobAge); a job it does not list is asked of sacct next time (the poller)."""
+        if not facts.accounting:
+            return None  # status_query is squeue already
+        return StatusQuery(_squeue_argv(job_ids), tuple(job_ids), facts, dict(arrays or {}))
+
     def parse_status(self, query: StatusQuery, out: Output) -> StatusAnswer:
-        accounting = query.facts.accounting
+        accounting = query.argv[0] == "sacct"
         if out.returncode != 0:
             return self._failed(query, out.stderr)
         statuses: Dict[str, NativeStatus] = {}
@@ -235,22 +266,26 @@ class SlurmScheduler(Scheduler):
             parts = line.strip().split("|")
             if len(parts) < 2 or not parts[0]:
                 continue
+            start = ""
             if accounting:
                 job_id, native, code, nodes = (parts + ["", "", ""])[:4]
                 exit_code, reason = _exit_code(code), ""
             else:
-                job_id, native, reason, nodes = (parts + ["", "", ""])[:4]
+                job_id, native, reason, nodes, start = (parts + ["", "", "", ""])[:5]
                 exit_code = None
             if "." in job_id:  # a step (batch, extern, 0 ...): not the allocation
                 continue
+            state = normalise(native)
+            # %S is the estimate only while the job waits (then the real start); "N/A" or "Unknown" when none
+            start = start if state is JobState.PENDING and start[:1].isdigit() else ""
             for task in expand_array_id(job_id):
-                statuses[task] = NativeStatus(task, normalise(native), native, exit_code, reason, nodes)
+                statuses[task] = NativeStatus(task, state, native, exit_code, reason, nodes, start)
         return StatusAnswer(Verdict.ANSWERED, statuses)
 
     @staticmethod
     def _failed(query: StatusQuery, stderr: str) -> StatusAnswer:
         """What a status command that exited non-zero means."""
-        if query.facts.accounting and "accounting storage is disabled" in stderr.lower():
+        if query.argv[0] == "sacct" and "accounting storage is disabled" in stderr.lower():
             # the site-config said this cluster keeps accounting; it does not: squeue + scontrol from now on
             return StatusAnswer(
                 Verdict.ASK_AGAIN,
@@ -258,7 +293,7 @@ class SlurmScheduler(Scheduler):
                 "its site-config)",
                 facts=dataclasses.replace(query.facts, accounting=False),
             )
-        if not query.facts.accounting and "Invalid job id" in stderr:
+        if query.argv[0] == "squeue" and "Invalid job id" in stderr:
             return StatusAnswer(Verdict.ANSWERED)  # squeue forgot every one of them: scontrol show job per task
         return StatusAnswer(Verdict.RETRY)
 
@@ -331,6 +366,15 @@ class SlurmScheduler(Scheduler):
 
     def cancel_argv(self, job_ids: Sequence[str]) -> List[str]:
         return ["scancel", *job_ids]
+
+    @classmethod
+    def time_left_argv(cls, job_id: str) -> Optional[List[str]]:
+        """``%L``: the time left, relative (no clock or time zone of the cluster's involved)."""
+        return ["squeue", "--noheader", f"--jobs={job_id}", "--format=%L"]
+
+    @classmethod
+    def parse_time_left(cls, stdout: str) -> Optional[int]:
+        return slurm_duration(stdout.strip().splitlines()[0] if stdout.strip() else "")
 
     # -- after= ids ---------------------------------------------------------------------------------------
     def lookup_queries(self, job_ids: Sequence[str], facts: ClusterFacts) -> List[List[str]]:

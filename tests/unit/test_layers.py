@@ -33,9 +33,10 @@ LAYERS: List[List[str]] = [
     # what does: the one seam to the cluster side
     ["hpcbridge.transport", "hpcbridge.transport.*"],
     # the futures and how they look
-    ["hpcbridge.display", "hpcbridge.usage_figure", "hpcbridge.job", "hpcbridge.group"],
+    ["hpcbridge.display", "hpcbridge.usage_figure", "hpcbridge.job", "hpcbridge.group", "hpcbridge.here"],
     # watching submissions
-    ["hpcbridge.outcome", "hpcbridge.attempts", "hpcbridge.submission", "hpcbridge.measure", "hpcbridge.poll"],
+    ["hpcbridge.outcome", "hpcbridge.attempts", "hpcbridge.submission", "hpcbridge.measure", "hpcbridge.poll",
+     "hpcbridge.live"],
     # one site at run time
     ["hpcbridge.submit_once", "hpcbridge.remote_env", "hpcbridge.container_check", "hpcbridge.backend"],
     # the API
