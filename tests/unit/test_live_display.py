@@ -53,8 +53,8 @@ def test_a_waiting_job_shows_its_reason_and_estimate_then_its_end_with_no_query_
     t.complete(job, 9)
     assert job.result(timeout=15) == 9
     assert d.wait(timeout=15)
-    assert d.drawn[-1] == "job on rec\n4242 COMPLETED"
-    assert str(d).startswith("job on rec\n4242 COMPLETED ")  # and its elapsed time
+    assert d.drawn[-1] == "job on rec\n4242 COMPLETED on node1"  # the host that wrote the result
+    assert str(d).startswith("job on rec\n4242 COMPLETED on node1 ")  # and its elapsed time
     status_commands = [c for c in t.calls if c[0] in STATUS_PROGRAMS]
     assert len(status_commands) == d.poller_queries() >= 1
     assert status_commands[0][0] == "squeue"  # the waiting query: it carries the reason and the estimate
