@@ -87,3 +87,21 @@ def test_the_rendering_says_where_the_kernel_runs_and_shows_usage_once_known(scr
     assert usage_text(job._usage) == "CPU 48% · mem 12%"
     assert job_line(job).endswith(" · usage CPU 48% · mem 12%")
     assert ">usage<" in live_html([job], None) and "CPU 48% · mem 12%" in live_html([job], None)
+
+
+def test_a_group_is_one_display_with_a_row_per_job(scripted):
+    ex, t = scripted
+    t.answers["squeue"] = (0, "4242_[0-2]|PENDING|Priority||2026-12-06T15:00:00\n", "")
+    jobs = ex.map_jobs(square, [1, 2, 3])
+    d = watch(jobs, publish=False)
+    _until(lambda: all(j.queue_reason for j in jobs))
+    _until(lambda: len(d.drawn) == 2)
+    assert d.drawn[1].splitlines() == ["3 jobs on rec: 3 PENDING"] + [
+        f"4242_{i} PENDING (Priority, est. start 2026-12-06T15:00:00)" for i in range(3)]
+    markup = live_html(jobs, None)
+    assert "<th" in markup and markup.count("<tr><td") == 3 and markup.count("Priority, est. start") == 3
+    for i, job in enumerate(jobs):
+        t.complete(job, i)
+    assert jobs.results(timeout=15) == [0, 1, 2]
+    assert d.wait(timeout=15)
+    assert d.drawn[-1].splitlines()[0] == "3 jobs on rec: 3 COMPLETED"
