@@ -45,16 +45,16 @@ class Job(concurrent.futures.Future):  # type: ignore[type-arg]
         self._rank_values: Optional[List[Any]] = None
         #: node list from the scheduler's last status (empty until known)
         self.scheduler_nodes: str = ""
+        #: while it waits: the queue's reason (Slurm's ``Resources``, ``Priority``, ``BeginTime``...) and the estimated
+        #: start as the scheduler prints it, from the poller's last status ('' when none is given)
+        self.queue_reason: str = ""
+        self.start_estimate: str = ""
         #: the hosts that wrote this job's results (known once it finished)
         self.result_hosts: List[str] = []
         #: when this process saw the job finish (epoch seconds)
         self.finished_at: Optional[float] = None
         #: the container image it runs in and its digest (``IMAGE@DIGEST12``), '' when it runs on the host
         self.image: str = ""
-        #: while it waits: the queue's reason (Slurm's ``Resources``, ``Priority``, ``BeginTime``...) and the estimated
-        #: start as the scheduler prints it, from the poller's last status ('' when none is given)
-        self.queue_reason: str = ""
-        self.start_estimate: str = ""
         self.add_done_callback(_note_finished)
 
     # -- identity -----------------------------------------------------------------------------------------

@@ -32,11 +32,12 @@ LAYERS: List[List[str]] = [
     # what does: the one seam to the cluster side
     ["hpcbridge.transport", "hpcbridge.transport.*"],
     # the futures and how they look
-    ["hpcbridge.display", "hpcbridge.job", "hpcbridge.group", "hpcbridge.here"],
+    ["hpcbridge.display", "hpcbridge.job", "hpcbridge.group"],
     # watching submissions
-    ["hpcbridge.outcome", "hpcbridge.submission", "hpcbridge.poll", "hpcbridge.live"],
+    ["hpcbridge.outcome", "hpcbridge.submission", "hpcbridge.poll"],
     # one site at run time
-    ["hpcbridge.submit_once", "hpcbridge.remote_env", "hpcbridge.container_check", "hpcbridge.backend"],
+    ["hpcbridge.submit_once", "hpcbridge.remote_env", "hpcbridge.container_check", "hpcbridge.backend",
+     "hpcbridge.here", "hpcbridge.live"],
     # the API
     ["hpcbridge.after", "hpcbridge.attaching", "hpcbridge.executor"],
     # the command line, test doubles for users, and the package root (which imports lazily)
