@@ -174,4 +174,4 @@ def check_walltime(walltime_s: Optional[int], job_id: str) -> None:
         if _warned:
             return
         _warned = True
-    warnings.warn(WalltimeWarning(message), stacklevel=4)
+    warnings.warn(WalltimeWarning(message), stacklevel=5)

@@ -48,6 +48,10 @@ class Job(concurrent.futures.Future):  # type: ignore[type-arg]
         self._rank_values: Optional[List[Any]] = None
         #: node list from the scheduler's last status (empty until known)
         self.scheduler_nodes: str = ""
+        #: while it waits: the queue's reason (Slurm's ``Resources``, ``Priority``, ``BeginTime``...) and the estimated
+        #: start as the scheduler prints it, from the poller's last status ('' when none is given)
+        self.queue_reason: str = ""
+        self.start_estimate: str = ""
         #: the hosts that wrote this job's results (known once it finished)
         self.result_hosts: List[str] = []
         #: when this process saw the job finish (epoch seconds)
@@ -58,10 +62,6 @@ class Job(concurrent.futures.Future):  # type: ignore[type-arg]
         self.attempts: List[Attempt] = []
         #: what it was given and used, once gathered (:meth:`usage`)
         self._usage: Optional[Usage] = None
-        #: while it waits: the queue's reason (Slurm's ``Resources``, ``Priority``, ``BeginTime``...) and the estimated
-        #: start as the scheduler prints it, from the poller's last status ('' when none is given)
-        self.queue_reason: str = ""
-        self.start_estimate: str = ""
         self.add_done_callback(_note_finished)
 
     # -- identity -----------------------------------------------------------------------------------------

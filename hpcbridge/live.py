@@ -153,19 +153,21 @@ class LiveJobs:
             poller = getattr(getattr(job.submission, "backend", None), "poller", None)
             if isinstance(poller, Poller) and all(poller is not p for p in self.pollers):
                 self.pollers.append(poller)
-        if not all(job.done() for job in self.jobs):  # finished jobs: their poller may have stopped already
+        done = all(job.done() for job in self.jobs)
+        if not done:  # finished jobs: their poller may have stopped already
             for poller in self.pollers:
                 poller.listen(self._on_tick)
         for job in self.jobs:
             job.add_done_callback(lambda _: self.refresh())
-        self.refresh()
+        self.refresh(settle=done)
 
     # -- drawing ------------------------------------------------------------------------------------------
     def bundle(self) -> Dict[str, str]:
         return {"text/plain": live_text(self.jobs, self.enclosing), "text/html": live_html(self.jobs, self.enclosing)}
 
-    def refresh(self) -> None:
-        """Redraw now (the poller does this after every tick)."""
+    def refresh(self, settle: bool = False) -> None:
+        """Redraw now (the poller does this after every tick; ``settle``: the tick is over, so a finished job's
+        last facts, such as the hosts that wrote its results, are in)."""
         with self._lock:
             data = self.bundle()
             if data["text/plain"] != self._text:
@@ -177,12 +179,12 @@ class LiveJobs:
             if timeless != self._signature:
                 self._signature = timeless
                 self.drawn.append(timeless)
-            if all(job.done() for job in self.jobs):
+            if settle and all(job.done() for job in self.jobs):
                 self._all_done_at = self._all_done_at or time.monotonic()
                 self._settled.set()
 
     def _on_tick(self) -> bool:
-        self.refresh()
+        self.refresh(settle=True)
         return not self._finished()
 
     def _finished(self) -> bool:
@@ -193,7 +195,8 @@ class LiveJobs:
         return not usage_due or time.monotonic() - self._all_done_at > USAGE_PATIENCE_S
 
     def wait(self, timeout: Optional[float] = None) -> bool:
-        """Wait until every job finished and its final state is drawn; True if that happened within ``timeout``."""
+        """Wait until every job finished and its final state is drawn (after the poller's tick that resolved the last
+        one); True if that happened within ``timeout``."""
         return self._settled.wait(timeout)
 
     def close(self) -> None:

@@ -63,15 +63,15 @@ class Poller:
         self._wake = threading.Event()
         self._query_every = self.FIRST_QUERY_S
         self._next_query = 0.0
-        #: how many scheduler status queries this poller made, and how many of them failed (retried later)
-        self.queries = 0
-        self.failed_queries = 0
         #: the usage of the tasks it resolved: one batched scheduler command per tick (hpcbridge.measure)
         self.usage = UsageGatherer(backend)
         #: called (in the poller's thread) after every tick; one that returns False is dropped (hpcbridge.live)
         self.listeners: List[Callable[[], bool]] = []
         #: whether the last waiting-jobs query listed every job (else the next query is the usual one)
         self._waiting_listed = True
+        #: how many scheduler status queries this poller made, and how many of them failed (retried later)
+        self.queries = 0
+        self.failed_queries = 0
 
     def add(self, sub: Submission) -> None:
         with self.lock:
@@ -213,9 +213,6 @@ class Poller:
                     del statuses[task_id]
                 else:
                     statuses[task_id] = confirmed
-        self._waiting_listed = not waiting or all(
-            sub.task_id(task) in statuses for sub in subs for task in sub.live_tasks()
-        )
         now = time.monotonic()
         missing: List[Tuple[Submission, int]] = []
         with self.lock:
@@ -226,6 +223,7 @@ class Poller:
                         missing.append((sub, task))
                         continue
                     self._apply(sub, task, status, now)
+        self._waiting_listed = not waiting or not missing
         # a task the answer did not list: the adapter may know (PBS: gone from qstat = ended, no history kept),
         # else a per-task command may (Slurm without accounting: scontrol show job), 20 per tick at most
         no_news: List[Tuple[Submission, int]] = []

@@ -33,12 +33,12 @@ LAYERS: List[List[str]] = [
     # what does: the one seam to the cluster side
     ["hpcbridge.transport", "hpcbridge.transport.*"],
     # the futures and how they look
-    ["hpcbridge.display", "hpcbridge.usage_figure", "hpcbridge.job", "hpcbridge.group", "hpcbridge.here"],
+    ["hpcbridge.display", "hpcbridge.usage_figure", "hpcbridge.job", "hpcbridge.group"],
     # watching submissions
-    ["hpcbridge.outcome", "hpcbridge.attempts", "hpcbridge.submission", "hpcbridge.measure", "hpcbridge.poll",
-     "hpcbridge.live"],
+    ["hpcbridge.outcome", "hpcbridge.attempts", "hpcbridge.submission", "hpcbridge.measure", "hpcbridge.poll"],
     # one site at run time
-    ["hpcbridge.submit_once", "hpcbridge.remote_env", "hpcbridge.container_check", "hpcbridge.backend"],
+    ["hpcbridge.submit_once", "hpcbridge.remote_env", "hpcbridge.container_check", "hpcbridge.backend",
+     "hpcbridge.here", "hpcbridge.live"],
     # the API
     ["hpcbridge.after", "hpcbridge.attaching", "hpcbridge.right_size", "hpcbridge.executor"],
     # the command line, test doubles for users, and the package root (which imports lazily)

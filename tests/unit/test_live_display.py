@@ -53,8 +53,8 @@ def test_a_waiting_job_shows_its_reason_and_estimate_then_its_end_with_no_query_
     t.complete(job, 9)
     assert job.result(timeout=15) == 9
     assert d.wait(timeout=15)
-    assert d.drawn[-1] == "job on rec\n4242 COMPLETED"
-    assert str(d).startswith("job on rec\n4242 COMPLETED ")  # and its elapsed time
+    assert d.drawn[-1] == "job on rec\n4242 COMPLETED on node1"  # the host that wrote the result
+    assert str(d).startswith("job on rec\n4242 COMPLETED on node1 ")  # and its elapsed time
     status_commands = [c for c in t.calls if c[0] in STATUS_PROGRAMS]
     assert len(status_commands) == d.poller_queries() >= 1
     assert status_commands[0][0] == "squeue"  # the waiting query: it carries the reason and the estimate
@@ -87,3 +87,21 @@ def test_the_rendering_says_where_the_kernel_runs_and_shows_usage_once_known(scr
     assert usage_text(job._usage) == "CPU 48% · mem 12%"
     assert job_line(job).endswith(" · usage CPU 48% · mem 12%")
     assert ">usage<" in live_html([job], None) and "CPU 48% · mem 12%" in live_html([job], None)
+
+
+def test_a_group_is_one_display_with_a_row_per_job(scripted):
+    ex, t = scripted
+    t.answers["squeue"] = (0, "4242_[0-2]|PENDING|Priority||2026-12-06T15:00:00\n", "")
+    jobs = ex.map_jobs(square, [1, 2, 3])
+    d = watch(jobs, publish=False)
+    _until(lambda: all(j.queue_reason for j in jobs))
+    _until(lambda: len(d.drawn) == 2)
+    assert d.drawn[1].splitlines() == ["3 jobs on rec: 3 PENDING"] + [
+        f"4242_{i} PENDING (Priority, est. start 2026-12-06T15:00:00)" for i in range(3)]
+    markup = live_html(jobs, None)
+    assert "<th" in markup and markup.count("<tr><td") == 3 and markup.count("Priority, est. start") == 3
+    for i, job in enumerate(jobs):
+        t.complete(job, i)
+    assert jobs.results(timeout=15) == [0, 1, 2]
+    assert d.wait(timeout=15)
+    assert d.drawn[-1].splitlines()[0] == "3 jobs on rec: 3 COMPLETED"

@@ -55,7 +55,7 @@ from ..base import (
     Verdict,
 )
 from . import wrappers
-from .codes import _seconds, expand_parent, record_status
+from .codes import expand_parent, record_status
 from .qstat import Record, answered, array_key, expand_range, parse_qstat_json, parse_qstat_text, resources_used
 
 __all__ = ["FLAVOURS", "PBSScheduler", "check_folder", "expand_range", "parse_qstat_json", "parse_qstat_text"]
@@ -104,6 +104,23 @@ class PBSScheduler(Scheduler):
     def from_site(cls, site: SiteConfig, root: str) -> PBSScheduler:
         check_folder(root)  # every job folder is below it: refused before anything is written
         return cls(flavour=site.flavour or "pbspro", accounting=site.accounting)
+
+    @classmethod
+    def time_left_argv(cls, job_id: str) -> Optional[List[str]]:
+        """``qstat -f``: the walltime limit and the walltime used so far (PBS Pro and Torque alike)."""
+        return ["qstat", "-f", job_id]
+
+    @classmethod
+    def parse_time_left(cls, stdout: str) -> Optional[int]:
+        from .codes import _seconds
+
+        fields = dict(
+            (key.strip(), value.strip()) for key, sep, value in (line.partition("=") for line in stdout.splitlines())
+            if sep
+        )
+        limit = _seconds(fields.get("Resource_List.walltime", ""))
+        used = _seconds(fields.get("resources_used.walltime", "0")) or 0
+        return None if limit is None else max(0, limit - used)
 
     def initial_facts(self) -> ClusterFacts:
         return ClusterFacts(accounting=self.accounting)
@@ -362,21 +379,6 @@ class PBSScheduler(Scheduler):
         return answer
 
     # -- cancel ---------------------------------------------------------------------------------------------
-    @classmethod
-    def time_left_argv(cls, job_id: str) -> Optional[List[str]]:
-        """``qstat -f``: the walltime limit and the walltime used so far (PBS Pro and Torque alike)."""
-        return ["qstat", "-f", job_id]
-
-    @classmethod
-    def parse_time_left(cls, stdout: str) -> Optional[int]:
-        fields = dict(
-            (key.strip(), value.strip()) for key, sep, value in (line.partition("=") for line in stdout.splitlines())
-            if sep
-        )
-        limit = _seconds(fields.get("Resource_List.walltime", ""))
-        used = _seconds(fields.get("resources_used.walltime", "0")) or 0
-        return None if limit is None else max(0, limit - used)
-
     def cancel_argv(self, job_ids: Sequence[str]) -> List[str]:
         wrappers.check_cancel(job_ids)
         return ["qdel", *job_ids]
