@@ -35,9 +35,12 @@ def parse_note(text: str) -> Tuple[str, Optional[float], Optional[float]]:
     return parts[0], number(parts[1]), number(parts[2])
 
 
-def build(records: Sequence[Tuple[str, str, str, str]], notes: Dict[int, str]) -> List[Attempt]:
+def build(
+    records: Sequence[Tuple[str, str, str, str]], notes: Dict[int, str], last: Optional[str] = None
+) -> List[Attempt]:
     """One :class:`Attempt` per record ``(native state, nodes, start, end)``, oldest first; ``notes``: run number
-    -> the note's text. A run requeued by the batch shell ended as its note says (TIMEOUT or PREEMPTED)."""
+    -> the note's text. A run requeued by the batch shell ended as its note says (TIMEOUT or PREEMPTED). ``last``:
+    how the newest run ended when the job's result says so before the scheduler does (its record still RUNNING)."""
     out = []
     for i, (native, nodes, start, end) in enumerate(records):
         base = native.split(" ", 1)[0].rstrip("+")
@@ -48,6 +51,8 @@ def build(records: Sequence[Tuple[str, str, str, str]], notes: Dict[int, str]) -
             if base in ("REQUEUED", "PREEMPTED", "TIMEOUT") and reason:
                 ended = reason
         nodes = "" if nodes == "None assigned" else nodes
+        if last is not None and i == len(records) - 1 and base in ("RUNNING", "COMPLETING", "PENDING", "CONFIGURING"):
+            ended = last
         out.append(Attempt(nodes, start, end, ended, native, warned, requeued))
     return out
 

@@ -146,8 +146,9 @@ class Backend:
         now = self.scheduler.parse_show_job(status.job_id, out.stdout)
         return now if now is not None and not now.state.is_final else status
 
-    def attempts(self, task_id: str, folder: str, task: int) -> List[Attempt]:
-        """Every run of a task with requeue on (docs/requeue.md), oldest first; [] when they cannot be read."""
+    def attempts(self, task_id: str, folder: str, task: int, last: Optional[str] = None) -> List[Attempt]:
+        """Every run of a task with requeue on (docs/requeue.md), oldest first; [] when they cannot be read.
+        ``last``: how the newest run ended as its results say (``done``, ``FAILED``), or None."""
         argv = self.scheduler.attempts_argv(task_id, self.facts)
         if argv is None:
             return []
@@ -163,7 +164,8 @@ class Backend:
         except Exception as exc:  # the runs are a record, never a reason to fail a job
             log.warning("hpcbridge: could not read the runs of %s: %s", task_id, exc)
             return []
-        return attempts.recomputed(attempts.build(records, notes), costs, saved)
+        return attempts.recomputed(attempts.build(records, notes, last), costs, saved)
+
     def usage_of(self, sub: Submission, tasks: Sequence[int]) -> Dict[int, Usage]:
         """The usage of finished tasks of ``sub`` (:meth:`hpcbridge.measure.UsageGatherer.fetch`)."""
         return self.poller.usage.fetch(sub, tasks)

@@ -36,7 +36,7 @@ class SubmissionHost(Protocol):
 
     def note_final(self, job: Job) -> None: ...
 
-    def attempts(self, task_id: str, folder: str, task: int) -> List[Attempt]: ...
+    def attempts(self, task_id: str, folder: str, task: int, last: Optional[str] = None) -> List[Attempt]: ...
 
     def save_attempts(self, jobs: Sequence[Job]) -> None: ...
 
@@ -169,7 +169,8 @@ class Submission:
         if tail is None:
             tail = self._stderr_tail(task)
         if self.requeue:  # every run of the task, before its futures resolve (the error names them)
-            runs = self.backend.attempts(self.task_id(task), self.folder, task)
+            last = None if not got else "FAILED" if outcome.any_error(got) else "done"
+            runs = self.backend.attempts(self.task_id(task), self.folder, task, last)
             for job in self.jobs[task]:
                 job.attempts = runs
             self.backend.save_attempts(self.jobs[task])  # now: a CLI may exit as soon as the future is set

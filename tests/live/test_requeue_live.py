@@ -15,6 +15,7 @@ import json
 import os
 import pickle
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,9 @@ from hpcbridge.sites.limits import Partition
 from hpcbridge.store import JobFolder
 
 pytestmark = pytest.mark.live
+
+#: the walltime jobs (tests 2 and 4) run here, so that the preemption and node-failure tests touch only their own
+WALLTIME_NODE = "node3"
 
 
 def requeue_site(**partition_changes: Any) -> Any:
@@ -87,13 +91,15 @@ def slow_jobs(cluster: Any, _cluster_session_dir: Path) -> dict[str, Any]:
     jobs: dict[str, Any] = {"dir": d}
     # 1: 60 steps of 0.5 s, a checkpoint every 5, preempted once it runs (the node to itself: only it is preempted)
     ex = Executor(site=site, folder=str(d / "jobs1"), requeue=2, signal_grace_s=20, partition="preemptible",
-                  walltime=8, extra_directives=["--exclusive"])
+                  walltime=8, extra_directives=["--exclusive", f"--exclude={WALLTIME_NODE}"])
     jobs["preempted"] = ex.submit(train, 60, 5, 0.5, str(d / "log1"), str(d / "started1"))
     # 2: 105 steps of 1 s in a 2-minute walltime, warned 30 s before the end (Slurm warns when 30-60 s are left)
-    ex = Executor(site=site, folder=str(d / "jobs2"), requeue=2, signal_grace_s=30, walltime=2)
+    ex = Executor(site=site, folder=str(d / "jobs2"), requeue=2, signal_grace_s=30, walltime=2,
+                  extra_directives=[f"--nodelist={WALLTIME_NODE}"])
     jobs["walltime"] = ex.submit(train, 105, 10, 1.0, str(d / "log2"), str(d / "started2"))
     # 4: 400 steps never finish in two runs: the second warning ends it
-    ex = Executor(site=site, folder=str(d / "jobs4"), requeue=1, signal_grace_s=30, walltime=2)
+    ex = Executor(site=site, folder=str(d / "jobs4"), requeue=1, signal_grace_s=30, walltime=2,
+                  extra_directives=[f"--nodelist={WALLTIME_NODE}"])
     jobs["twice"] = ex.submit(train, 400, 10, 1.0, str(d / "log4"), str(d / "started4"))
     return jobs
 
@@ -113,6 +119,50 @@ def test_a_preempted_loop_resumes_from_its_checkpoint(slow_jobs, cluster):
     resumed_at = int(wait_for(d / "started1.1", 5).split()[2])
     assert 0 < resumed_at < 60  # the second run started from the checkpoint, not from step 0
     assert cluster.wait_job(urgent).state == "COMPLETED"
+
+
+def test_an_array_task_preempted_restarts_alone(slow_jobs, cluster, cluster_workdir):
+    """Test 5: an array of 6 on two nodes (the walltime jobs hold the third): a 1-CPU urgent job on a full node
+    preempts one task; only that task runs again (its own ``scontrol requeue 123_4``), all 6 results are right."""
+    site = requeue_site()
+    d = cluster_workdir
+    ex = Executor(site=site, folder=str(d / "jobs"), requeue=1, signal_grace_s=20, partition="preemptible",
+                  walltime=5, extra_directives=[f"--exclude={WALLTIME_NODE}"])
+    group = ex.map_jobs(train, [30] * 6, [5] * 6, [0.5] * 6, [str(d / f"log{i}") for i in range(6)],
+                        [str(d / f"started{i}") for i in range(6)])
+    deadline = time.time() + 180
+    while True:  # four tasks running: node1 and node2 full
+        nodes = [(d / f"started{i}.0").read_text().split()[0] for i in range(6) if (d / f"started{i}.0").exists()]
+        full = sorted(n for n in set(nodes) if nodes.count(n) >= 2)
+        if full:
+            break
+        assert time.time() < deadline, f"no node ran two tasks: {nodes}"
+        time.sleep(0.2)
+    time.sleep(2)
+    cluster.run(["sbatch", "--parsable", "--partition=urgent", f"--nodelist={full[0]}", "-n1", "--time=1",
+                 "--output=/dev/null", "--wrap=sleep 3"], cwd=d, timeout=30)
+    assert group.results(timeout=240) == [expected(30)] * 6
+    runs = [[a.ended for a in job.attempts] for job in group]
+    assert sorted(runs) == [["PREEMPTED", "done"]] + [["done"]] * 5, runs
+
+
+def test_a_node_failure_restarts_from_the_checkpoint(slow_jobs, cluster, cluster_workdir):
+    """Test 3: the job's node fails (tests/cluster/ctl node-fail) after a checkpoint: Slurm requeues it (it was
+    submitted requeueable) and it resumes from the checkpoint."""
+    d = cluster_workdir
+    ex = Executor(site=requeue_site(), folder=str(d / "jobs"), requeue=1, walltime=5,
+                  extra_directives=["--exclusive", f"--exclude={WALLTIME_NODE}"])
+    job = ex.submit(train, 40, 5, 0.5, str(d / "log"), str(d / "started"))
+    wait_for(d / "started.0", 180)
+    deadline = time.time() + 60
+    while not os.path.exists(JobFolder(job.folder).checkpoint(0, 0)):
+        assert time.time() < deadline, "no checkpoint"
+        time.sleep(0.2)
+    p = subprocess.run(cluster.ctl("node-fail", job.job_id), capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert job.result(timeout=240) == expected(40)
+    assert [a.ended for a in job.attempts] == ["NODE_FAIL", "done"], job.attempts
+    assert int(wait_for(d / "started.1", 5).split()[2]) >= 5  # resumed from a checkpoint
 
 
 def test_a_walltime_shorter_than_the_work_is_warned_saved_and_requeued(slow_jobs):
@@ -196,3 +246,51 @@ def test_a_state_that_cannot_be_pickled_fails_the_call_and_keeps_the_last_checkp
         job.result(timeout=120)
     with open(JobFolder(job.folder).checkpoint(0, 0), "rb") as fh:
         assert pickle.load(fh) == {"step": 3}
+
+
+def gloo_train(steps: int, every: int, step_s: float, started: str) -> float:
+    """Every rank all-reduces each step; the ranks agree to stop (an all-reduce of their flags); rank 0 saves."""
+    import torch
+    import torch.distributed as dist
+
+    import hpcbridge
+    from hpcbridge import checkpoint
+
+    env = hpcbridge.init_torch_distributed(timeout_s=120)
+    run = int(os.environ.get("HPCBRIDGE_RESTART", "0"))
+    state = checkpoint.load(default={"step": 0, "total": 0.0})
+    with open(f"{started}.{env.rank}.{run}", "w") as fh:
+        fh.write(f"{socket.gethostname()} {time.time()} {state['step']}")
+    for step in range(state["step"], steps):
+        time.sleep(step_s)
+        t = torch.tensor([float(env.rank + step)])
+        dist.all_reduce(t)
+        stop = torch.tensor([1.0 if hpcbridge.should_stop() else 0.0])
+        dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+        state = {"step": step + 1, "total": state["total"] + t.item()}
+        while stop.item() > 0 and not hpcbridge.should_stop():  # another rank was warned first: so is this one
+            time.sleep(0.05)
+        if (step + 1) % every == 0 or stop.item() > 0:
+            checkpoint.save(state)
+    dist.destroy_process_group()
+    return float(state["total"])
+
+
+def test_a_preempted_3_node_gloo_loop_resumes_on_every_rank_from_rank_0s_checkpoint(slow_jobs, cluster,
+                                                                                     cluster_workdir):
+    """Test 6: 3 nodes x 1 rank (srun) preempted on one node: srun passes the warning to every rank, rank 0 saves,
+    the job is requeued and every rank resumes from rank 0's checkpoint; all ranks' results are right."""
+    d = cluster_workdir
+    ex = Executor(site=requeue_site(), folder=str(d / "jobs"), requeue=1, signal_grace_s=20, partition="preemptible",
+                  walltime=5, nodes=3, tasks_per_node=1, launcher="srun", mem_gb=1)
+    job = ex.submit(gloo_train, 40, 5, 0.5, str(d / "started"))
+    wait_for(d / "started.0.0", 240)
+    node = wait_for(d / "started.1.0", 60).split()[0]
+    time.sleep(4)
+    cluster.run(["sbatch", "--parsable", "--partition=urgent", f"--nodelist={node}", "--exclusive", "--time=1",
+                 "--output=/dev/null", "--wrap=sleep 3"], cwd=d, timeout=30)
+    want = float(sum(3 * step + 3 for step in range(40)))
+    assert job.results(timeout=300) == [want] * 3
+    assert [a.ended for a in job.attempts] == ["PREEMPTED", "done"], job.attempts
+    resumed = {wait_for(d / f"started.{rank}.1", 5).split()[2] for rank in range(3)}
+    assert len(resumed) == 1 and int(resumed.pop()) > 0  # every rank from the same (rank 0's) checkpoint

@@ -54,3 +54,15 @@ def test_outside_a_job_it_says_so(monkeypatch):
 def test_importing_the_worker_does_not_import_checkpoint():
     code = "import sys, hpcbridge.worker; print('hpcbridge.checkpoint' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout == "False\n"
+
+
+def test_runs_from_records_and_notes():
+    from hpcbridge import attempts
+
+    records = [("REQUEUED", "node1", "2026-12-06T12:45:06", "2026-12-06T12:45:13"),
+               ("PREEMPTED", "node2", "2026-12-06T12:45:38", "2026-12-06T12:46:00"),
+               ("RUNNING", "node3", "2026-12-06T12:46:30", "Unknown")]
+    runs = attempts.build(records, {0: "TIMEOUT 100.5 101.0\n", 1: "PREEMPTED 200 -\n"}, last="done")
+    assert [(a.nodes, a.ended, a.warned_at, a.requeued_at) for a in runs] == [
+        ("node1", "TIMEOUT", 100.5, 101.0), ("node2", "PREEMPTED", 200.0, None), ("node3", "done", None, None)]
+    assert attempts.describe(runs[:1]) == "run 1: node1 2026-12-06T12:45:06 - 2026-12-06T12:45:13 TIMEOUT"
