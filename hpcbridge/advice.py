@@ -82,6 +82,9 @@ class Advice:
         head = f"{self.function or 'these jobs'} ({self.runs} run{'s' if self.runs != 1 else ''}): {self.summary()}"
         return "\n".join([head] + [f"  {line}" for line in self.lines])
 
+    def __repr__(self) -> str:  # the text a notebook or a REPL shows: the arithmetic, not the fields
+        return str(self)
+
     def _repr_html_(self) -> str:
         import html
 
@@ -185,7 +188,7 @@ def advise(runs: Iterable[Usage], asked: Optional[Asked] = None, function: str =
 
     ``asked``: the request to change (an executor's); by default the latest run's allocation.
     """
-    runs = [u for u in runs if u.elapsed_s]  # a job that never started says nothing
+    runs = [u for u in runs if u.elapsed_s is not None]  # a job that never started says nothing
     if not runs:
         return Advice(function, 0, notes=("no finished run with usage figures yet: nothing to go by",))
     asked = asked or asked_of(runs[-1])

@@ -32,7 +32,7 @@ def bars(usage: Usage) -> List[Bar]:
         busy = usage.cpu_time_s / elapsed
         out.append(("CPU", busy / usage.cpus, f"{busy:.2f} of {usage.cpus} CPUs busy"))
     else:
-        out.append(("CPU", None, "no CPU time figure"))
+        out.append(("CPU", None, "ran under a second" if usage.elapsed_s == 0 else "no CPU time figure"))
     peak = node_peak_gb(usage)
     if usage.mem_gb and peak is not None:
         per_node = usage.mem_gb / max(1, usage.nodes)  # peak_mem_gb is one node's; mem_gb the job's
@@ -40,7 +40,7 @@ def bars(usage: Usage) -> List[Bar]:
                     + (" per node" if usage.nodes > 1 else "")))
     else:
         out.append(("memory", None, "no memory figure"))
-    if usage.walltime_s and elapsed:
+    if usage.walltime_s and usage.elapsed_s is not None:
         out.append(("time", elapsed / usage.walltime_s, f"{hms(elapsed)} of {hms(usage.walltime_s)}"))
     else:
         out.append(("time", None, "no walltime"))

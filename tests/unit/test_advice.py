@@ -77,6 +77,8 @@ def test_no_figures_no_change_and_it_says_so():
     a = advice.advise([usage(peak_mem_gb=None, cpu_time_s=None)])
     assert a.changes == () or all(c.name == "walltime" for c in a.changes)
     assert "no memory figures: mem_gb kept" in a.notes and "no CPU time figures: cpus_per_task kept" in a.notes
+    under_a_second = advice.advise([usage(elapsed_s=0.0, cpus=2, cpu_time_s=0.05, walltime_s=600, mem_gb=0.5)])
+    assert under_a_second.resources() == {"walltime": "0:05:00"}  # no CPU figure from 0 s
     assert advice.advise([usage(elapsed_s=None)]).notes == ("no finished run with usage figures yet: nothing to go by",)
     assert advice.advise([]).summary() == "keep the request"
 
@@ -264,3 +266,10 @@ def test_report_json_from_the_registry(capsys: pytest.CaptureFixture[str]):
     assert [j["job_id"] for j in json.loads(capsys.readouterr().out)["jobs"]] == ["3"]
     assert main(["report", "--since", "soon"]) == 2
     assert "hpcbridge: error: --since 'soon' is neither a span nor a date" in capsys.readouterr().err
+
+
+def test_advice_shows_as_its_arithmetic():
+    a = advice.advise([usage(mem_gb=4, peak_mem_gb=0.21, walltime_s=None, cpu_time_s=None)], function="f")
+    assert repr(a) == str(a) == ("f (1 run): mem_gb=0.5\n  peak 0.21 GB of 4 GB asked -> mem_gb=0.5 (peak x 1.5, "
+                                 "rounded up)\n  no CPU time figures: cpus_per_task kept")
+    assert a._repr_html_().startswith('<div class="hpcbridge-advice"><b>f</b> (1 run): <code>mem_gb=0.5</code><ul>')
