@@ -7,11 +7,13 @@ GraceTime=20, preempt_send_user_signal; the requeue delay is AuthInfo=cred_expir
     runuser -u bob -- /opt/hpcbridge-test/venv/bin/python benchmarks/bench_requeue.py [--rounds 2]
 
 Each round runs the training-like loop of tests/live/test_requeue_live.py (steps of 0.2 s) on a node of its own in
-``preemptible`` and preempts it with a 1-CPU ``urgent`` job on that node, for two kinds of call:
+``preemptible`` and, after the loop's first checkpoint, preempts it with a 1-CPU ``urgent`` job on that node, for two
+kinds of call:
 
     on warning   saves when ``should_stop()`` turns true (and every k steps): leaves at once
-    periodic     saves every k steps only: the shell stops it 3 s before the grace ends and requeues it from the
-                 last periodic checkpoint
+    periodic     saves every k steps only (a save after the warning still leaves at once): with an interval
+                 longer than the grace (k=100: 20 s > 17 s) the shell stops it 3 s before the grace ends and
+                 requeues it from the last periodic checkpoint: the recomputed work
 
 Timeline per round (epoch seconds; the warning, the save and the requeue from the job's own notes, the second run's
 allocation from slurmctld's log, ms):
@@ -67,12 +69,12 @@ def allocations(job_id: str) -> List[float]:
     config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
     m = re.search(r"^SlurmctldLogFile\s*=\s*(\S+)", config, re.M)
     assert m and os.access(m.group(1), os.R_OK), "slurmctld's log is not readable"
-    pattern = re.compile(rf"^\[(\S+?)(\.\d+)?\] sched(?:/backfill)?: Allocate JobId={job_id} ")
-    pattern2 = re.compile(rf"^\[(\S+?)(\.\d+)?\] .*Allocate JobId={job_id} ")
+    # the main scheduler logs "sched: Allocate JobId=J", the backfill one "_start_job: Started JobId=J"
+    pattern = re.compile(rf"^\[(\S+?)(\.\d+)?\] .*(?:Allocate|_start_job: Started) JobId={job_id} ")
     out = []
     with open(m.group(1), errors="replace") as fh:
         for line in fh:
-            hit = pattern.match(line) or pattern2.match(line)
+            hit = pattern.match(line)
             if hit:
                 whole = time.mktime(time.strptime(hit.group(1), "%Y-%m-%dT%H:%M:%S"))
                 out.append(whole + float(hit.group(2) or 0))
@@ -94,7 +96,8 @@ def one_round(ex: Executor, d: str, every: int, on_warning: bool) -> Dict[str, f
     steps = 200
     job = ex.submit(loop, steps, every, on_warning, log, started)
     node = wait_file(f"{started}.0", 180).split()[0]
-    time.sleep(3)
+    wait_file(JobFolder(job.folder).checkpoint_marker(0), 120)  # preempted after its first checkpoint
+    time.sleep(2)
     subprocess.run(["sbatch", "--parsable", "--partition=urgent", f"--nodelist={node}", "-n1", "--time=1",
                     "--output=/dev/null", "--wrap=sleep 1"], check=True, capture_output=True, timeout=30)
     assert job.result(timeout=300) == sum(range(steps))
@@ -120,7 +123,7 @@ def one_round(ex: Executor, d: str, every: int, on_warning: bool) -> Dict[str, f
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--every", type=int, nargs="+", default=[10, 25])
+    ap.add_argument("--every", type=int, nargs="+", default=[10, 100])
     args = ap.parse_args()
     site = load_site("testcluster")
     parts = dict(site.partitions)
