@@ -158,14 +158,16 @@ class Backend:
         try:
             out = self.run(argv, timeout=30)
             records = self.scheduler.parse_attempts(out.stdout) if out.returncode == 0 else []
+            costs = self.scheduler.parse_attempt_costs(out.stdout) if out.returncode == 0 else []
             paths = JobFolder(folder)
             wanted = {paths.run_note(task, n): n for n in range(len(records))}
-            read = self.transport.read_files(wanted)
-            notes = {wanted[p]: data.decode("utf-8", "replace") for p, data in read.items()}
+            read = self.transport.read_files([*wanted, paths.checkpoint_marker(task)])
+            notes = {wanted[p]: data.decode("utf-8", "replace") for p, data in read.items() if p in wanted}
+            saved = attempts.saves(read.get(paths.checkpoint_marker(task)))
         except Exception as exc:  # the runs are a record, never a reason to fail a job
             log.warning("hpcbridge: could not read the runs of %s: %s", task_id, exc)
             return []
-        return attempts.build(records, notes, last)
+        return attempts.recomputed(attempts.build(records, notes, last), costs, saved)
 
     def usage_of(self, sub: Submission, tasks: Sequence[int]) -> Dict[int, Usage]:
         """The usage of finished tasks of ``sub`` (:meth:`hpcbridge.measure.UsageGatherer.fetch`)."""

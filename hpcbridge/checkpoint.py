@@ -27,7 +27,7 @@ import json
 import os
 import signal
 import time
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from . import jobenv, store
 
@@ -103,12 +103,33 @@ def save(state: Any, *, all_ranks: bool = False) -> None:
             ) from exc
         os.makedirs(folder.checkpoint_dir, mode=0o700, exist_ok=True)
         store.write_atomic(folder.checkpoint(task, call), data)
-        marker = {"call": call, "time": time.time(), "restart": os.environ.get(jobenv.RESTART_VAR, "0")}
-        store.write_atomic(folder.checkpoint_marker(task), json.dumps(marker).encode())
+        store.write_atomic(folder.checkpoint_marker(task), json.dumps(_marker(folder, task, call)).encode())
     if should_stop():
         from .errors import StopForRequeue
 
         raise StopForRequeue("the job was warned that it ends soon: the checkpoint is saved, the job is requeued")
+
+
+def _marker(folder: store.JobFolder, task: int, call: int) -> Dict[str, Any]:
+    """The task's marker: this save, and each run's last save (``runs``: run -> ``{"saved": epoch,
+    "since_start": seconds from the run's start}``), kept across runs for the work each interruption recomputed
+    (:func:`hpcbridge.attempts.recomputed`)."""
+    now = time.time()
+    restart = os.environ.get(jobenv.RESTART_VAR, "0")
+    runs: Dict[str, Any] = {}
+    try:
+        with open(folder.checkpoint_marker(task), "rb") as fh:
+            old = json.loads(fh.read().decode("utf-8", "replace"))
+        if isinstance(old, dict) and isinstance(old.get("runs"), dict):
+            runs = old["runs"]
+    except (OSError, ValueError):
+        pass
+    try:
+        started: Optional[float] = float(os.environ.get(jobenv.RUN_START_VAR, ""))
+    except ValueError:
+        started = None
+    runs[restart] = {"saved": now, "since_start": None if started is None else max(0.0, now - started)}
+    return {"call": call, "time": now, "restart": restart, "runs": runs}
 
 
 def load(default: Any = None) -> Any:

@@ -39,6 +39,7 @@ REQUEUE_VAR = "HPCBRIDGE_REQUEUE"  # N > 0: requeue on (docs/requeue.md), the ca
 GRACE_VAR = "HPCBRIDGE_SIGNAL_GRACE"  # seconds from the warning (USR2) to the job's end
 DEADLINE_VAR = "HPCBRIDGE_DEADLINE"  # epoch seconds at which the job's walltime ends (set by the batch shell)
 RESTART_VAR = "HPCBRIDGE_RESTART"  # this run: 0 the first, 1 after the first requeue ...
+RUN_START_VAR = "HPCBRIDGE_RUN_START"  # epoch seconds at which this run's batch shell started (requeue on)
 CALL_VAR = "HPCBRIDGE_CALL"  # the worker's call within its task (bundled calls), for the checkpoint's name
 CLAIM_DIR_VAR = "HPCBRIDGE_PORT_CLAIM_DIR"  # node-local claims directory (default /dev/shm/hpcbridge-ports)
 SAMPLE_INTERVAL_VAR = "HPCBRIDGE_SAMPLE_S"  # the in-job sampler's seconds between GPU samples (default 5)

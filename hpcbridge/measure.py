@@ -20,7 +20,7 @@ from .schedulers.base import ClusterFacts, Scheduler
 from .sites import Site
 from .submission import Submission
 from .transport.base import Completed, Transport
-from .usage import Measured, RankUsage, Usage, combine, rank_usage, requested, sampled
+from .usage import Measured, RankUsage, Usage, combine, rank_usage, recomputed_of, requested, sampled
 
 log = logging.getLogger("hpcbridge")
 
@@ -233,4 +233,6 @@ def build(p: _Pending, files: Dict[str, bytes]) -> Usage:
     if not ranks:
         notes.append("no sampler summary (the job did not start, or was killed before its first write)")
     state = (p.measured.state if p.measured is not None else "") or sub.jobs[task][0].state.value
-    return combine(sub.task_id(task), state, sources, ranks, notes)
+    runs = sub.jobs[task][0].attempts  # requeue on: read before the task resolved (docs/requeue.md)
+    recomputed = recomputed_of([a.recomputed_s for a in runs]) if len(runs) > 1 else None
+    return combine(sub.task_id(task), state, sources, ranks, notes, recomputed)

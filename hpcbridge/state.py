@@ -38,7 +38,8 @@ class Attempt:
     scheduler prints them (``2026-12-06T12:45:06``, ``Unknown``). ``warned_at``/``requeued_at``: epoch seconds of the
     warning and of hpcbridge's requeue, from the batch shell's note (None when the scheduler restarted the run
     itself, e.g. after a node failure). ``recomputed_s``: the compute time of this run after its last checkpoint,
-    which the interruption wasted (None: not measured; the usage reports fill it in).
+    which the interruption wasted: core-seconds, CPUs x (run end - last save), the whole run when it saved nothing,
+    0 for the last run (None: not known; :func:`hpcbridge.attempts.recomputed`).
     """
 
     nodes: str

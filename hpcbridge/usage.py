@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 #: the figures ``sources`` may name
 FIGURES = (
     "nodes", "cpus", "mem_gb", "walltime_s", "gpus", "elapsed_s", "queue_wait_s", "cpu_time_s", "peak_mem_gb",
-    "gpu_utilization", "gpu_mem_peak_gb",
+    "gpu_utilization", "gpu_mem_peak_gb", "runs", "earlier_core_s", "earlier_gpu_s",
 )
 NO_NVML = "no GPU data (NVML not available)"
 NO_GPU = "no GPU data (no GPU visible to the job)"
@@ -70,6 +70,12 @@ class Usage:
     ``mem_gb``: allocated memory, total over nodes; ``peak_mem_gb``: the largest peak of one node (accounting: of
     one step's node; sampler: the ranks on one node summed), so ``mem_efficiency`` compares it with the memory of
     one node (``mem_gb / nodes``, what Slurm's ``--mem`` asks). ``cpus``: allocated cores in total.
+
+    A job that requeue restarted (docs/requeue.md) ran ``runs`` times: ``elapsed_s`` is its last run's, the runs
+    before it held ``earlier_core_s`` core-seconds (``earlier_gpu_s`` GPU-seconds), counted in the hours
+    allocated; ``cpu_time_s`` sums every run. ``recomputed_core_s``: the core-seconds the runs after an
+    interruption computed again (each interrupted run's work after its last checkpoint, ``job.attempts``'
+    ``recomputed_s``), None when not known.
     """
 
     job_id: str
@@ -90,6 +96,10 @@ class Usage:
     notes: Tuple[str, ...] = ()
     #: the members of a total (:meth:`total`); empty for one job
     jobs: Tuple[Usage, ...] = ()
+    runs: int = 1
+    earlier_core_s: float = 0.0
+    earlier_gpu_s: float = 0.0
+    recomputed_core_s: Optional[float] = None
 
     # -- efficiencies ---------------------------------------------------------------------------------------
     @property
@@ -121,7 +131,7 @@ class Usage:
     def core_hours_allocated(self) -> Optional[float]:
         if self.jobs:
             return _sum(j.core_hours_allocated for j in self.jobs)
-        return None if self.elapsed_s is None else self.cpus * self.elapsed_s / 3600
+        return None if self.elapsed_s is None else (self.cpus * self.elapsed_s + self.earlier_core_s) / 3600
 
     @property
     def core_hours_used(self) -> Optional[float]:
@@ -143,7 +153,17 @@ class Usage:
     def gpu_hours_allocated(self) -> Optional[float]:
         if self.jobs:
             return _sum(j.gpu_hours_allocated for j in self.jobs)
-        return None if self.elapsed_s is None else self.gpus * self.elapsed_s / 3600
+        return None if self.elapsed_s is None else (self.gpus * self.elapsed_s + self.earlier_gpu_s) / 3600
+
+    @property
+    def core_hours_recomputed(self) -> Optional[float]:
+        """The core-hours that runs after an interruption computed again (requeue, docs/requeue.md): wasted too,
+        though busy. 0 for a job that ran once; None when not known."""
+        if self.jobs:
+            return _sum(j.core_hours_recomputed for j in self.jobs)
+        if self.recomputed_core_s is None:
+            return 0.0 if self.runs <= 1 else None
+        return self.recomputed_core_s / 3600
 
     @property
     def gpu_hours_used(self) -> Optional[float]:
@@ -189,6 +209,10 @@ class Usage:
             ranks=(),
             notes=tuple(notes),
             jobs=members,
+            runs=sum(u.runs for u in members),
+            earlier_core_s=sum(u.earlier_core_s for u in members),
+            earlier_gpu_s=sum(u.earlier_gpu_s for u in members),
+            recomputed_core_s=_sum(u.recomputed_core_s for u in members),
         )
 
     # -- storage --------------------------------------------------------------------------------------------
@@ -287,8 +311,9 @@ def sampled(ranks: Sequence[RankUsage]) -> Measured:
 
 
 def combine(job_id: str, state: str, sources: Sequence[Measured], ranks: Sequence[RankUsage] = (),
-            notes: Sequence[str] = ()) -> Usage:
-    """A job's :class:`Usage`: each figure from the first source (in the order given) that knows it."""
+            notes: Sequence[str] = (), recomputed_core_s: Optional[float] = None) -> Usage:
+    """A job's :class:`Usage`: each figure from the first source (in the order given) that knows it;
+    ``recomputed_core_s``: its runs' work recomputed after interruptions (:func:`recomputed_of`)."""
     values: Dict[str, Any] = {}
     origin: Dict[str, str] = {}
     all_notes: List[str] = []
@@ -318,7 +343,19 @@ def combine(job_id: str, state: str, sources: Sequence[Measured], ranks: Sequenc
         sources=origin,
         ranks=tuple(sorted(ranks, key=lambda r: r.rank)),
         notes=tuple(all_notes),
+        runs=int(values.get("runs", 1)),
+        earlier_core_s=float(values.get("earlier_core_s", 0.0)),
+        earlier_gpu_s=float(values.get("earlier_gpu_s", 0.0)),
+        recomputed_core_s=recomputed_core_s,
     )
+
+
+def recomputed_of(recomputed_s: Sequence[Optional[float]]) -> Optional[float]:
+    """The core-seconds a job's runs recomputed (each run's ``Attempt.recomputed_s``): their sum; None when a run
+    that was followed by another is not measured, or there are no runs."""
+    if not recomputed_s or any(r is None for r in recomputed_s):
+        return None
+    return sum(r or 0.0 for r in recomputed_s)
 
 
 def requested(resources: Mapping[str, Any]) -> Measured:

@@ -5,7 +5,10 @@ notebook tables).
 - allocated core-hours: CPUs x elapsed; used: CPU time; wasted: allocated - used (never below 0);
 - allocated GPU-hours: GPUs x elapsed; used: that x the mean GPU utilisation (unknown without GPU data);
 - a job that did not complete (failed, cancelled, timed out, out of memory, node failure, preempted): all it used is
-  also counted as ``lost`` (its result is gone), beside its waste.
+  also counted as ``lost`` (its result is gone), beside its waste;
+- a job that requeue restarted (docs/requeue.md): the allocation of every run counts, and the work each interruption
+  recomputed (each interrupted run's core-hours after its last checkpoint) is counted as ``recomputed``: busy, yet
+  wasted, beside the idle hours (its own line under the table, and ``core_hours_recomputed`` in the JSON).
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ class Row:
     time_efficiency: Optional[float]
     gpu_utilization: Optional[float]
     completed: bool
+    #: the work its interruptions recomputed (0 for a job that ran once; None: not measured)
+    core_hours_recomputed: Optional[float] = 0.0
+    runs: int = 1
 
     @property
     def core_hours_lost(self) -> float:
@@ -56,6 +62,9 @@ class Totals:
     core_hours_lost: float
     gpu_hours_allocated: float
     gpu_hours_used: Optional[float]
+    core_hours_recomputed: float = 0.0
+    #: the interruptions (runs after the first) of the jobs
+    interruptions: int = 0
 
     @property
     def cpu_efficiency(self) -> Optional[float]:
@@ -104,6 +113,8 @@ def row_of(usage: Usage, site: str = "", function: str = "") -> Row:
         time_efficiency=usage.time_efficiency,
         gpu_utilization=usage.gpu_utilization,
         completed=state == "COMPLETED",
+        core_hours_recomputed=usage.core_hours_recomputed,
+        runs=usage.runs,
     )
 
 
@@ -124,6 +135,8 @@ def totals_of(rows: Sequence[Row]) -> Totals:
         core_hours_lost=sum(r.core_hours_lost for r in rows),
         gpu_hours_allocated=sum(r.gpu_hours_allocated for r in rows),
         gpu_hours_used=None if any(u is None for u in gpu_used) else sum(u or 0.0 for u in gpu_used),
+        core_hours_recomputed=sum(r.core_hours_recomputed or 0.0 for r in rows),
+        interruptions=sum(max(0, r.runs - 1) for r in rows),
     )
 
 
@@ -177,6 +190,12 @@ def summary_lines(report: Report) -> List[str]:
                      f"idle ({pct(t.core_hours_wasted / t.core_hours_allocated)})"
                      + (f"; {hours(t.core_hours_lost)} core-hours went to jobs that did not complete"
                         if t.core_hours_lost else ""))
+    if t.interruptions:
+        unknown = sum(1 for r in report.rows if r.runs > 1 and r.core_hours_recomputed is None)
+        lines.append(f"{hours(t.core_hours_recomputed)} core-hours were recomputed after {t.interruptions} "
+                     f"interruption{'s' if t.interruptions != 1 else ''} (the work of each interrupted run after its "
+                     "last checkpoint): busy, yet wasted"
+                     + (f"; not measured for {unknown} job{'s' if unknown != 1 else ''}" if unknown else ""))
     for fn, advice in report.advice.items():
         lines.append(f"advice for {fn or 'these jobs'} ({advice.runs} run{'s' if advice.runs != 1 else ''}): "
                      f"{advice.summary()}")

@@ -205,6 +205,10 @@ class Scheduler(abc.ABC):
         """``(native state, nodes, start, end)`` of each run, oldest first, from :meth:`attempts_argv`'s output."""
         return []
 
+    def parse_attempt_costs(self, stdout: str) -> List[Tuple[Optional[float], Optional[int]]]:
+        """``(elapsed seconds, allocated CPUs)`` of each run, in :meth:`parse_attempts`' order (None: unknown)."""
+        return []
+
     def initial_facts(self) -> ClusterFacts:
         """The facts to start from (what the site-config says), before any answer."""
         return ClusterFacts()

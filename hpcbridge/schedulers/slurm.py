@@ -352,17 +352,20 @@ class SlurmScheduler(Scheduler):
         if not facts.accounting:
             return None
         return ["sacct", "--noheader", "--parsable2", "--allocations", "--duplicates",
-                "--format=JobID,State,NodeList,Submit,Start,End", f"--jobs={task_id}"]
+                "--format=JobID,State,NodeList,Submit,Start,End,ElapsedRaw,AllocCPUS", f"--jobs={task_id}"]
 
     def parse_attempts(self, stdout: str) -> List[Tuple[str, str, str, str]]:
-        rows = []
-        for line in stdout.splitlines():
-            parts = line.strip().split("|")
-            if len(parts) < 6 or "." in parts[0] or not parts[0]:
-                continue
-            rows.append((parts[3], parts[4], parts[1], parts[2], parts[4], parts[5]))
-        rows.sort()  # by submit time (a requeue resets it), then start
-        return [(native, nodes, start, end) for _, _, native, nodes, start, end in rows]
+        return [(p[1], p[2], p[4], p[5]) for p in _attempt_rows(stdout)]
+
+    def parse_attempt_costs(self, stdout: str) -> List[Tuple[Optional[float], Optional[int]]]:
+        def number(parts: List[str], i: int) -> Optional[str]:
+            return parts[i] if len(parts) > i and parts[i].isdigit() else None
+
+        out: List[Tuple[Optional[float], Optional[int]]] = []
+        for p in _attempt_rows(stdout):
+            elapsed, cpus = number(p, 6), number(p, 7)
+            out.append((None if elapsed is None else float(elapsed), None if cpus is None else int(cpus)))
+        return out
 
     def cancel_argv(self, job_ids: Sequence[str]) -> List[str]:
         return ["scancel", *job_ids]
@@ -421,3 +424,15 @@ class SlurmScheduler(Scheduler):
         if facts.accounting:
             return slurm_usage.parse_sacct(out)
         return slurm_usage.parse_scontrol(out)
+
+
+def _attempt_rows(stdout: str) -> List[List[str]]:
+    """:meth:`Slurm.attempts_argv`'s job lines (no steps), by submit time (a requeue resets it), then start."""
+    rows = []
+    for line in stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 6 or "." in parts[0] or not parts[0]:
+            continue
+        rows.append(parts)
+    rows.sort(key=lambda p: (p[3], p[4]))
+    return rows

@@ -12,6 +12,9 @@ sacct pitfalls handled here (docs/usage.md):
 - ``MaxRSS``/``TRESUsageIn*`` are per step and only on step lines (``.batch``, ``.extern``, ``.0``...), never on the
   job line; a step shorter than the gathering interval may have none. The job's peak is the largest over its steps.
 - ``gres/gpuutil`` in ``TRESUsageInTot`` is a sum of per-GPU percentages (Slurm >= 23.02 with NVML autodetect).
+- A requeued job keeps its id: sacct shows only its newest run unless asked ``--duplicates``, which lists every run
+  (the job line, then its steps; a requeue resets Submit). The newest run gives the state, the request and the
+  elapsed time; the runs before it add their allocation (``earlier_core_s``), CPU time and queue wait.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_F
 def sacct_argv(job_ids: Sequence[str], since_epoch: float, now_epoch: float) -> List[str]:
     """One sacct for the finished jobs ``job_ids`` (an array's id: all its tasks), their steps included."""
     since = f"now-{max(0, int(now_epoch - since_epoch)) + 600}"
-    return ["sacct", "--noheader", "--parsable2", f"--format={USAGE_FIELDS}", f"--starttime={since}",
+    return ["sacct", "--noheader", "--parsable2", "--duplicates", f"--format={USAGE_FIELDS}", f"--starttime={since}",
             f"--jobs={','.join(job_ids)}"]
 
 
@@ -110,22 +113,46 @@ def parse_sacct(out: Output) -> Dict[str, Tuple[Measured, bool]]:
     if out.returncode != 0:
         return {}
     header = USAGE_FIELDS.split(",")
-    jobs: Dict[str, Dict[str, str]] = {}
-    steps: Dict[str, List[Dict[str, str]]] = {}
+    # task id -> its runs (``--duplicates``: each job line, then that run's steps)
+    runs: Dict[str, List[Tuple[Dict[str, str], List[Dict[str, str]]]]] = {}
     for line in out.stdout.splitlines():
         parts = line.rstrip("\n").split("|")
         if len(parts) < len(header) or not parts[0]:
             continue
         row = dict(zip(header, parts))
         job_id, _, step = row["JobID"].partition(".")
-        if step:
-            steps.setdefault(job_id, []).append(row)
-        else:
-            jobs[job_id] = row
+        if not step:
+            runs.setdefault(job_id, []).append((row, []))
+        elif runs.get(job_id):
+            runs[job_id][-1][1].append(row)
     answer: Dict[str, Tuple[Measured, bool]] = {}
-    for job_id, row in jobs.items():
-        answer[job_id] = _measured(row, steps.get(job_id, []))
+    for job_id, its in runs.items():
+        its.sort(key=lambda run: (run[0]["Submit"], run[0]["Start"]))  # a requeue resets Submit
+        answer[job_id] = _all_runs([_measured(row, steps) for row, steps in its])
     return answer
+
+
+def _all_runs(runs: Sequence[Tuple[Measured, bool]]) -> Tuple[Measured, bool]:
+    """A job's figures over its runs, oldest first: the newest run's, plus the earlier runs' allocation
+    (``earlier_core_s``, ``earlier_gpu_s``), CPU time and queue wait; the largest peaks of all."""
+    last, complete = runs[-1]
+    if len(runs) == 1:
+        return last, complete
+    figures = dict(last.figures)
+    earlier = [m.figures for m, _ in runs[:-1]]
+    figures["runs"] = len(runs)
+    figures["earlier_core_s"] = sum(f.get("cpus", 0) * f.get("elapsed_s", 0.0) for f in earlier)
+    figures["earlier_gpu_s"] = sum(f.get("gpus", 0) * f.get("elapsed_s", 0.0) for f in earlier)
+    for name in ("cpu_time_s", "queue_wait_s"):
+        known = [f[name] for f in [*earlier, last.figures] if f.get(name) is not None]
+        if known:
+            figures[name] = sum(known)
+    for name in ("peak_mem_gb", "gpu_mem_peak_gb"):
+        known = [f[name] for f in [*earlier, last.figures] if f.get(name) is not None]
+        if known:
+            figures[name] = max(known)
+    notes = list(last.notes)
+    return Measured(last.source, figures, last.state, tuple(notes)), complete
 
 
 def _measured(row: Mapping[str, str], steps: Sequence[Mapping[str, str]]) -> Tuple[Measured, bool]:
