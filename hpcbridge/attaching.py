@@ -17,7 +17,7 @@ from .errors import JobNotFoundError, UsageError
 from .job import Job
 from .jobenv import REQUEUE_VAR
 from .registry import Registry
-from .sites import Site, load_site
+from .sites import Site, default_site, load_site
 from .state import JobState
 from .store import JobFolder
 from .submission import Submission
@@ -35,13 +35,16 @@ def find_job(job_id: str, site: Optional[str] = None, registry: Optional[Registr
     return rows
 
 
-def attach(job_id: Union[str, int], site: Union[str, Site] = "local", position: int = 0) -> Job:
+def attach(job_id: Union[str, int], site: Union[str, Site, None] = None, position: int = 0) -> Job:
     """The :class:`Job` of an earlier submission, from any process on this machine (via the job registry).
 
     ``position`` picks one call when several were bundled into one array task (``map_jobs(chunksize=k)``).
     Raises :class:`JobNotFoundError` for an id the registry does not hold (a task beyond an array's end too), and
     :class:`UsageError` for an array's own id (attach one task) or a position the task does not hold.
+    ``site``: default as :class:`Executor`'s (``$HPCBRIDGE_SITE``, the project file's ``default_site``, ``local``).
     """
+    if site is None:
+        site = default_site()
     site_obj = load_site(site) if isinstance(site, str) else site
     registry = Registry()
     try:

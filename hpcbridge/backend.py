@@ -37,8 +37,10 @@ from .usage import Usage
 log = logging.getLogger("hpcbridge")
 
 #: Variables of an enclosing job that must not leak into a new submission (JupyterHub-on-HPC notebooks run
-#: inside a job): its MPI launch's (srun's PMI, OpenMPI's mpirun), with each scheduler's own (its scrub_prefixes).
-SCRUB_PREFIXES = ("PMI_", "PMIX_", "OMPI_COMM_WORLD_")
+#: inside a job): its MPI launch's (srun's PMI, OpenMPI's mpirun), with each scheduler's own (its scrub_prefixes);
+#: and a JupyterHub notebook server's (JUPYTERHUB_*, JPY_*): they carry the hub's API token of the user's server,
+#: which a child job's environment (and whatever the job runs) could read and use against the hub.
+SCRUB_PREFIXES = ("PMI_", "PMIX_", "OMPI_COMM_WORLD_", "JUPYTERHUB_", "JPY_")
 SCRUB_NAMES = (TASK_VAR, RANK_VAR)
 
 

@@ -29,7 +29,7 @@ from .launchers import with_site_launcher
 from .pickling import Call, pickle_task, qualname
 from .schedulers import supports_after
 from .script import render_script, script_context
-from .sites import Site, load_site
+from .sites import Site, default_site, load_site
 from .spec import Resources, resources_from
 from .store import SAFE_PATH, JobFolder, pack_inputs
 from .submission import Submission
@@ -44,7 +44,9 @@ class Executor(concurrent.futures.Executor):
     Parameters
     ----------
     site
-        A site name (``"local"``, or a site-config's name) or a :class:`~hpcbridge.sites.Site`.
+        A site name (``"local"``, or a site-config's name) or a :class:`~hpcbridge.sites.Site`. Default: the same
+        site the CLI uses without ``--site`` (``$HPCBRIDGE_SITE``, else the project file's ``default_site``, else
+        ``"local"``; :func:`hpcbridge.sites.default_site`).
     folder
         Cluster-side folder for job files (default: the site's ``workdir``).
     transport
@@ -65,13 +67,15 @@ class Executor(concurrent.futures.Executor):
 
     def __init__(
         self,
-        site: Union[str, Site] = "local",
+        site: Union[str, Site, None] = None,
         *,
         folder: Optional[str] = None,
         transport: Optional[Transport] = None,
         right_size: Optional[bool] = None,
         **resources: Any,
     ) -> None:
+        if site is None:
+            site = default_site()
         site_obj = load_site(site) if isinstance(site, str) else site
         self.resources: Resources = _resources(site_obj.default_resources(), resources, site_obj)
         site_obj.check_resources(self.resources)  # partition limits, before anything is submitted

@@ -15,3 +15,10 @@ def pytest_collection_modifyitems(session, config, items):
 @pytest.fixture(autouse=True)
 def _private_registry(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HPCBRIDGE_HOME", str(tmp_path_factory.mktemp("hpcbridge-home")))
+
+
+@pytest.fixture(autouse=True)
+def _no_default_site_from_the_caller(monkeypatch):
+    """``Executor()`` without ``site=`` means ``local`` in the tests, whatever $HPCBRIDGE_SITE the run was started
+    with (a test that wants one sets it)."""
+    monkeypatch.delenv("HPCBRIDGE_SITE", raising=False)
