@@ -61,5 +61,6 @@ c.Spawner.start_timeout = 300
 c.Spawner.http_timeout = 120
 # Variables every notebook server (and so every kernel and terminal) gets. hpcbridge reads HPCBRIDGE_SITE as its
 # default site: a plain `Executor()` in a notebook submits there (it drops the JUPYTERHUB_* ones, the hub's API token
-# among them, from what its jobs inherit). The job submits with --export=<these, the hub's JUPYTERHUB_* ones, USER, HOME, SHELL, PATH>.
+# among them, from what its jobs inherit). The job submits with
+# --export=<these, the hub's JUPYTERHUB_* ones, USER, HOME, SHELL, PATH>.
 c.Spawner.environment = {"HPCBRIDGE_SITE": HPCBRIDGE_SITE}
