@@ -37,6 +37,8 @@ SPAWNER_JOB_NAME = "spawner-jupyterhub"  # batchspawner's SlurmSpawner names its
 KERNEL = "hpcbridge"  # the kernelspec tests/cluster/hub registers: the site's Python with hpcbridge
 NODES = ("node1", "node2", "node3")
 #: allocation variables that a job started inside another job must not inherit (the notebook's own)
+#: the hub's API token of the user's server, which a child job must not carry (JPY_API_TOKEN: its old name)
+HUB_TOKENS = ("JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN")
 ALLOCATION_VARS = ("SLURM_JOB_ID", "SLURM_JOBID", "SLURM_MEM_PER_NODE", "SLURM_CPU_BIND", "SLURM_CPU_BIND_TYPE",
                    "SLURM_STEP_ID", "SLURM_STEPID", "SLURM_STEP_NODELIST", "SLURM_SRUN_COMM_HOST",
                    "SLURM_SRUN_COMM_PORT", "SLURM_CPUS_PER_TASK", "SLURM_NTASKS")
@@ -286,7 +288,8 @@ class Kernel:
 
 
 def open_kernel(hub: Http, workdir: Path) -> Kernel:
-    """A kernel with hpcbridge's executor ``ex`` on the server's default site, its job folders in ``workdir``."""
+    """A kernel with hpcbridge's executor ``ex`` on the server's default site (``Executor()`` without ``site=``:
+    the HPCBRIDGE_SITE the hub gives every server), its job folders in ``workdir``."""
     kernel = Kernel(hub, workdir)
     # the jobs run this checkout's hpcbridge, like every live test (tests/run: the stage, installed in the kernel's
     # venv anyway; a developer's worktree: PYTHONPATH)
@@ -297,7 +300,7 @@ def open_kernel(hub: Http, workdir: Path) -> Kernel:
             sys.path.insert(0, {repo!r})
             os.environ["PYTHONPATH"] = {repo!r}
         from hpcbridge import Executor
-        ex = Executor(site=os.environ["HPCBRIDGE_SITE"], folder={str(workdir / "jobs")!r}, walltime=5, mem_gb=0.25)
+        ex = Executor(folder={str(workdir / "jobs")!r}, walltime=5, mem_gb=0.25)
         print(ex.site.name, socket.gethostname(), os.environ["SLURM_JOB_ID"])
     """)
     return kernel
@@ -385,6 +388,7 @@ def test_child_jobs_do_not_inherit_the_notebook_jobs_allocation(kernel: Kernel, 
     # SLURM_MEM_PER_CPU; and, as the control, that same request submitted with the notebook's environment as it is
     r = kernel.run(f"""
         nb_env = {{k: v for k, v in os.environ.items() if k.startswith({SCHEDULER_PREFIXES!r})}}
+        nb_tokens = sorted(k for k in {HUB_TOKENS!r} if os.environ.get(k))
 
         def environment():
             return dict(os.environ)
@@ -406,7 +410,8 @@ def test_child_jobs_do_not_inherit_the_notebook_jobs_allocation(kernel: Kernel, 
     submitted.extend(ids.values())
     r = kernel.run("""
         child_env = child.result(timeout=240)
-        print(json.dumps({"nb": nb_env, "child": child_env, "world_size": per_cpu.result(timeout=240)}))
+        print(json.dumps({"nb": nb_env, "child": child_env, "world_size": per_cpu.result(timeout=240),
+                          "nb_tokens": nb_tokens}))
     """)
     out = json.loads(r.text)
     nb_env, child_env = out["nb"], out["child"]
@@ -425,6 +430,9 @@ def test_child_jobs_do_not_inherit_the_notebook_jobs_allocation(kernel: Kernel, 
     inherited = {k: v for k, v in nb_env.items() if child_env.get(k) == v and clean_env.get(k) != v}
     assert inherited == {}, f"the child carries the notebook job's {inherited}"
     assert {k for k in ALLOCATION_VARS if k in nb_env and k not in clean_env} & child_names == set()
+    # the hub's API token is in the notebook's environment, not in the child's (nor any other JUPYTERHUB_ variable)
+    assert out["nb_tokens"] == ["JUPYTERHUB_API_TOKEN"] or out["nb_tokens"] == sorted(HUB_TOKENS), out["nb_tokens"]
+    assert {k for k in child_env if k in HUB_TOKENS or k.startswith(("JUPYTERHUB_", "JPY_"))} == set()
     # the per-CPU memory request ran (2 ranks through srun) ...
     assert out["world_size"] == 2
     assert cluster.wait_job(ids["per_cpu"]).state == "COMPLETED"
@@ -432,6 +440,40 @@ def test_child_jobs_do_not_inherit_the_notebook_jobs_allocation(kernel: Kernel, 
     control = cluster.wait_job(ids["control"])
     log = (kernel.workdir / f"control-{ids['control']}.out").read_text()
     assert control.state == "FAILED" and "mutually exclusive" in log, (control, log)
+
+
+def test_the_notebook_shows_its_own_job_and_warns_once_of_a_walltime_beyond_it(kernel: Kernel, server: Server,
+                                                                                submitted: list[str]) -> None:
+    # two jobs asking for more walltime (59 min) than the server's job has left (30 min at most): one warning, as
+    # the user sees it (stderr in the cell's output), even with Python's warnings shown every time
+    r = kernel.run("""
+        import warnings
+        from hpcbridge.here import here
+        from hpcbridge.live import watch
+        warnings.simplefilter("always")
+
+        def one():
+            return 1
+
+        long_a = ex.with_resources(walltime="00:59:00").submit(one)
+        long_b = ex.with_resources(walltime="00:59:00").submit(one)
+        shown = watch(long_a)
+        print(json.dumps({"ids": [long_a.job_id, long_b.job_id], "left": here().seconds_left()}))
+        long_a.cancel(), long_b.cancel()
+        shown.close()
+    """)
+    out = json.loads(next(o["text"] for o in r.outputs if o["msg_type"] == "stream" and o["name"] == "stdout"))
+    submitted.extend(out["ids"])
+    assert 0 < out["left"] < 30 * 60, out
+    stderr = "".join(o["text"] for o in r.outputs if o["msg_type"] == "stream" and o["name"] == "stderr")
+    assert stderr.count("WalltimeWarning") == 1, stderr
+    assert (f"WalltimeWarning: job {out['ids'][0]} asks for walltime 0:59:00, longer than what is left of this "
+            f"notebook's own allocation (Slurm job {server.job_id}: ") in stderr, stderr
+    # the display says where the kernel runs: the server's own job, on its node, with the time it has left
+    display = r.html("display_data")
+    assert len(display) == 1, r.outputs
+    assert re.search(rf'<div class="hpcbridge-here">this kernel runs inside Slurm job {server.job_id} on '
+                     rf"{server.node}, 0:[0-2]\d:\d\d left</div>", display[0]), display[0]
 
 
 def test_await_job_returns_while_other_cells_keep_running(kernel: Kernel, submitted: list[str]) -> None:
