@@ -104,8 +104,8 @@ class Backend:
         """Statuses of all tasks of ``job_ids`` (``arrays``: the array ones -> their sizes), or None when the query
         failed (retried later). ``waiting``: every one of them was last seen waiting in the queue (the adapter's
         :meth:`~hpcbridge.schedulers.base.Scheduler.waiting_status_query` then, if it has one)."""
-        query = (self.scheduler.waiting_status_query(job_ids, self.facts, arrays) if waiting else None) or \
-            self.scheduler.status_query(job_ids, since, time.time(), self.facts, arrays)
+        waiting_query = self.scheduler.waiting_status_query(job_ids, self.facts, arrays) if waiting else None
+        query = waiting_query or self.scheduler.status_query(job_ids, since, time.time(), self.facts, arrays)
         try:
             # a hung controller holds up the poller thread: give up after 30 s, retry on the back-off
             out = self.run(query.argv, timeout=30)
@@ -118,6 +118,8 @@ class Backend:
         if answer.note:
             log.warning("hpcbridge: site %r: %s", self.site.name, answer.note)
         if answer.verdict is Verdict.ANSWERED:
+            if waiting_query is not None:  # squeue has no exit code: an end is asked the usual way next tick
+                return {k: s for k, s in answer.statuses.items() if not s.state.is_final}
             return dict(answer.statuses)
         if answer.verdict is Verdict.ASK_AGAIN and not _again:
             return self.query_status(job_ids, since, arrays, _again=True)

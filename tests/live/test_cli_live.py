@@ -299,7 +299,7 @@ def test_sites_check_without_a_file_checks_every_known_site(hb, cluster):
     assert p.stderr == (
         f"hpcbridge: error: {bad}:3: unknown key 'max_node' in [partitions.a] (did you mean 'max_nodes'?); valid "
         "keys: max_nodes, cpus_per_node, mem_gb_per_node, gpus_per_node, gpu_type, max_walltime, default, "
-        "description\nhint: docs/site-configs.md lists every key and its type\n")
+        "description, requeue\nhint: docs/site-configs.md lists every key and its type\n")
 
 
 def test_discover_via_an_ssh_site_from_the_laptop_reads_the_cluster_over_ssh(hb, cluster):
