@@ -126,49 +126,35 @@ class Registry:
         finally:
             conn.close()
 
-    def update_states(self, site: str, updates: Iterable[Tuple[str, int, str]]) -> None:
-        """``(job_id, position, state)`` rows."""
-        now = time.time()
-        rows = [(state, now, site, job_id, pos) for job_id, pos, state in updates]
+    def _write_many(self, statement: str, rows: List[Tuple[Any, ...]]) -> None:
+        """Run one statement for every row in a single transaction (nothing when there are no rows)."""
         if not rows:
             return
         conn = self._connect()
         try:
             with conn:
-                conn.executemany(
-                    "UPDATE jobs SET last_state=?, updated=? WHERE site=? AND job_id=? AND position=?", rows
-                )
+                conn.executemany(statement, rows)
         finally:
             conn.close()
 
+    def update_states(self, site: str, updates: Iterable[Tuple[str, int, str]]) -> None:
+        """``(job_id, position, state)`` rows."""
+        now = time.time()
+        self._write_many("UPDATE jobs SET last_state=?, updated=? WHERE site=? AND job_id=? AND position=?",
+                         [(state, now, site, job_id, pos) for job_id, pos, state in updates])
+
     def update_attempts(self, site: str, updates: Iterable[Tuple[str, int, str]]) -> None:
         """``(job_id, position, attempts as JSON)`` rows: a requeued job's runs (docs/requeue.md)."""
-        rows = [(runs, site, job_id, pos) for job_id, pos, runs in updates]
-        if not rows:
-            return
-        conn = self._connect()
-        try:
-            with conn:
-                conn.executemany("UPDATE jobs SET runs=? WHERE site=? AND job_id=? AND position=?", rows)
-        finally:
-            conn.close()
+        self._write_many("UPDATE jobs SET runs=? WHERE site=? AND job_id=? AND position=?",
+                         [(runs, site, job_id, pos) for job_id, pos, runs in updates])
 
     def store_usage(self, site: str, rows: Iterable[Tuple[str, int, str]]) -> None:
         """``(job_id, position, usage JSON)`` rows (:meth:`hpcbridge.usage.Usage.to_json`): a finished job's usage,
         kept for ``attach(...).usage()`` and ``hpcbridge report``. Its own table: an older registry gains it when
         first opened (``CREATE TABLE IF NOT EXISTS``), and an older hpcbridge ignores it."""
         now = time.time()
-        data = [(site, job_id, pos, text, now) for job_id, pos, text in rows]
-        if not data:
-            return
-        conn = self._connect()
-        try:
-            with conn:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO usage (site, job_id, position, usage, updated) VALUES (?,?,?,?,?)", data
-                )
-        finally:
-            conn.close()
+        self._write_many("INSERT OR REPLACE INTO usage (site, job_id, position, usage, updated) VALUES (?,?,?,?,?)",
+                         [(site, job_id, pos, text, now) for job_id, pos, text in rows])
 
     def usage(self, site: str, job_id: str, position: int = 0) -> Optional[str]:
         """The stored usage JSON of a job, or None."""
