@@ -7,15 +7,16 @@ waiting. It asks for 2x the CPUs it needs (2), 8x the memory (its peak x 8) and 
 
 Why the jobs are not busy all the time: the test cluster's 3 nodes x 2 CPUs share 2 physical cores. Right-sized, 6
 jobs run at once; busy all the time they would need 6 cores and each would run 3x slower, so the benchmark would
-measure this machine's oversubscription, not the request. At the default ``--busy 0.2`` the 6 jobs need 1.2 cores. A job that
-never computes (``--busy 0``) cannot lose more than half its reserved-idle time by going from 2 CPUs to the minimum
-of 1, whatever hpcbridge does; the figure says so. Round 1 runs the batch as
-asked; round 2 runs the same batch with ``Executor(right_size=True)``, which reads round 1's usage from the
-registry (a fresh ``$HPCBRIDGE_HOME``, so nothing else is in the history).
+measure this machine's oversubscription, not the request. At the default ``--busy 0.2`` the 6 jobs need 1.2 cores. A
+job that never computes (``--busy 0``) cannot lose more than half its reserved-idle time by going from 2 CPUs to the
+minimum of 1, whatever hpcbridge does; the figure says so.
 
-Prints, per round: the request, the makespan (first submission to the last result in hand), the core-hours
-reserved and the reserved-but-idle core-hours (CPUs x elapsed - CPU time, from each job's usage); then the ratios,
-and the in-job sampler's overhead (benchmarks/bench_sampler.py) when that script exists.
+Round 1 runs the batch as asked; round 2 runs the same batch with ``Executor(right_size=True)``, which reads round
+1's usage from the registry (a fresh ``$HPCBRIDGE_HOME``, so nothing else is in the history).
+
+Prints, per round: the request, the makespan (first submission to the last result in hand), the core-hours reserved
+and the reserved-but-idle core-hours (CPUs x elapsed - CPU time, from each job's usage); then the ratios, and the
+in-job sampler's overhead (benchmarks/bench_sampler.py) when that script exists.
 
 Run with the test cluster up and otherwise idle, under the shared lock, as the test user:
 

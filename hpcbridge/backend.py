@@ -7,12 +7,14 @@ watching jobs (:mod:`hpcbridge.poll`).
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import logging
 import os
 import threading
 import time
+import weakref
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import attempts, container_check, remote_env, submit_once
@@ -53,6 +55,20 @@ def clean_env(environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
 
 
 
+#: every backend with final states still to write: flushed at the interpreter's exit (a script or CLI that exits as
+#: soon as its future resolved would otherwise leave the registry saying RUNNING)
+_LIVE_BACKENDS: weakref.WeakSet[Backend] = weakref.WeakSet()
+
+
+def flush_all_states() -> None:
+    """Write every backend's pending final states to the registry (at exit)."""
+    for backend in list(_LIVE_BACKENDS):
+        backend.flush_states()
+
+
+atexit.register(flush_all_states)
+
+
 class Backend:
     """Shared by an executor and its ``with_resources`` copies.
 
@@ -83,6 +99,7 @@ class Backend:
         self._root_ready = False
         self._final: List[Tuple[str, int, str]] = []
         self._final_lock = threading.Lock()
+        _LIVE_BACKENDS.add(self)
 
     # -- commands -----------------------------------------------------------------------------------------
     def run(self, argv: Sequence[str], timeout: Optional[float] = None) -> Completed:
@@ -203,7 +220,8 @@ class Backend:
 
     # -- registry -----------------------------------------------------------------------------------------
     def note_final(self, job: Job) -> None:
-        """Keep a finished job's state for the registry (written by :meth:`flush_states`)."""
+        """Keep a finished job's state for the registry (written by :meth:`flush_states`, at the latest at exit).
+        Called before the job's future resolves, so that a caller that exits at once still has it written."""
         with self._final_lock:
             self._final.append((job.job_id, job.position, job.state.value))
 

@@ -420,6 +420,27 @@ def test_the_registry_is_private(ex, tmp_path):
     assert os.stat(os.path.dirname(path)).st_mode & 0o777 == 0o700
 
 
+@pytest.mark.parametrize("fn, arg, state", [(square, 3, "COMPLETED"), (fail, 3, "FAILED")])
+def test_a_final_state_is_noted_before_the_future_resolves_and_written_at_exit(ex, fn, arg, state):
+    """A script (or CLI) may exit the moment its future resolves: by then the final state must be noted, so that
+    the exit's flush (the atexit hook flush_all_states) writes it; the registry must not say PENDING/RUNNING."""
+    from hpcbridge.backend import flush_all_states
+    from hpcbridge.registry import Registry
+
+    seen = []
+    called = threading.Event()
+
+    def on_done(_):  # runs inside the resolution, right after the future's waiters were woken
+        flush_all_states()  # what the interpreter's exit does if the caller leaves now
+        seen.append([row["last_state"] for row in Registry().find("local", job.job_id)])
+        called.set()
+
+    job = ex.submit(fn, arg)
+    job.add_done_callback(on_done)
+    assert called.wait(60)
+    assert seen == [[state]]
+
+
 def test_a_job_folder_that_cannot_stand_in_a_directive_is_refused(tmp_path):
     from hpcbridge.errors import ConfigError
 
