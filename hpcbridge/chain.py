@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Dict, List, Optional, Protocol, Sequence
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple
 
 from .job import Job
 from .schedulers.base import NativeStatus
@@ -194,3 +194,28 @@ def after_cancel(sub: Submission, task: int) -> List[str]:
     next_id = parse(data.decode("utf-8", "replace")).next_id if data else ""
     return [next_id] if next_id else []
 
+
+
+def live_links(transport: Transport, rows: Sequence[Tuple[str, str]]) -> Dict[str, str]:
+    """``(first id, job folder)`` of plain jobs -> the id of each one's newest link, read from the runs' notes in the
+    folders (one read per link level, for every job at once): for ``hpcbridge status``, which asks the scheduler
+    without a submission to follow the chain. A job whose first run was not continued keeps its id."""
+    live = {first: first for first, _ in rows}
+    todo = {first: (JobFolder(folder), 0) for first, folder in rows}
+    while todo:
+        paths = {where.run_note(0, run): first for first, (where, run) in todo.items()}
+        try:
+            read = transport.read_files(list(paths))
+        except Exception as exc:  # the first ids stand
+            log.warning("hpcbridge: could not read the runs' notes: %s", exc)
+            break
+        nxt: Dict[str, Tuple[JobFolder, int]] = {}
+        for path, data in read.items():
+            first = paths[path]
+            note = parse(data.decode("utf-8", "replace"))
+            where, run = todo[first]
+            if note.next_id and run < 64:
+                live[first] = note.next_id
+                nxt[first] = (where, run + 1)
+        todo = nxt
+    return live

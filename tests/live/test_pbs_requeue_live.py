@@ -10,7 +10,10 @@ its longest chain (two or three runs of about 35 s and the dependency's start in
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -77,8 +80,9 @@ def chains(cluster: Any, _cluster_session_dir: Path) -> dict[str, Any]:
 
 
 def test_cancel_during_a_chained_run_leaves_no_follow_up_behind(chains, cluster):
-    """(c), first in the module (its chain must still be on its second run): job.cancel() while the second run of
-    the chain runs: both ends of the chain leave the queue, and no third run is submitted."""
+    """(c), first in the module (its chain must still be on its second run): while the second run of the chain runs,
+    `hpcbridge status` says RUNNING; job.cancel() then: both ends of the chain leave the queue, and no third run is
+    submitted."""
     d, job = chains["dir"], chains["cancel"]
     deadline = time.monotonic() + 240
     while not job._submission.follow_ups:  # the poller followed the chain to the second run
@@ -88,6 +92,13 @@ def test_cancel_during_a_chained_run_leaves_no_follow_up_behind(chains, cluster)
     while (state := cluster.sacct(second).get("State", "")) != "RUNNING":
         assert time.monotonic() < deadline and state in ("", "PENDING"), f"the follow-up {second} is {state!r}"
         time.sleep(0.5)
+    # hpcbridge status in another process follows the chain too: the first run ended (exit 75), the second runs
+    home = os.path.dirname(job._submission.backend.registry.path)  # where the submission was recorded
+    out = subprocess.run([sys.executable, "-m", "hpcbridge.cli", "status", "--site", "testcluster-pbs", "--json",
+                          "-n", "500"], capture_output=True, text=True, timeout=120, cwd=d,
+                         env={**os.environ, "HPCBRIDGE_HOME": home})
+    assert out.returncode == 0, out.stderr
+    assert [r["state"] for r in json.loads(out.stdout) if r["job_id"] == job.job_id] == ["RUNNING"]
     assert job.cancel()
     assert job.state is JobState.CANCELLED
     assert cluster.wait_job(second).state == "CANCELLED"

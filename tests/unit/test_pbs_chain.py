@@ -10,7 +10,7 @@ from typing import Dict, List
 import pytest
 
 from hpcbridge import Executor, JobState
-from hpcbridge.chain import build, parse
+from hpcbridge.chain import build, live_links, parse
 from hpcbridge.errors import JobTimeoutError, ResourceError
 from hpcbridge.sites import site_from_mapping
 from hpcbridge.store import JobFolder
@@ -171,3 +171,11 @@ def test_cancel_marks_the_folder_cancels_the_live_link_and_a_follow_up_it_alread
     assert deleted == {"marked": True}  # the mark came first: a shell warned by the cancel submits nothing
     assert fc.deleted == [["43"], ["44"]]
     assert job.state is JobState.CANCELLED
+
+
+def test_status_finds_each_jobs_newest_link_in_its_folder():
+    t = ScriptedTransport()
+    t.files["/w/a/ckpt/0.run0"] = b"TIMEOUT 1 2 43 node1\n"
+    t.files["/w/a/ckpt/0.run1"] = b"TIMEOUT 3 4 44 node2\n"
+    t.files["/w/b/ckpt/0.run0"] = b"TIMEOUT 1 - - node1\n"  # warned, not continued
+    assert live_links(t, [("42", "/w/a"), ("50", "/w/b"), ("60", "/w/c")]) == {"42": "44", "50": "50", "60": "60"}
