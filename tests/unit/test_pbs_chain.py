@@ -179,3 +179,79 @@ def test_status_finds_each_jobs_newest_link_in_its_folder():
     t.files["/w/a/ckpt/0.run1"] = b"TIMEOUT 3 4 44 node2\n"
     t.files["/w/b/ckpt/0.run0"] = b"TIMEOUT 1 - - node1\n"  # warned, not continued
     assert live_links(t, [("42", "/w/a"), ("50", "/w/b"), ("60", "/w/c")]) == {"42": "44", "50": "50", "60": "60"}
+
+
+# -- the script's requeue lines, run in a real bash with a stand-in worker and qsub ----------------------------------
+FAKE_WORKER = """#!/bin/bash
+# the worker: waits for the warning (USR2), saves (the marker), leaves to be requeued (75)
+echo "$HPCBRIDGE_RESTART" >> {folder}/restarts
+trap 'mkdir -p {folder}/ckpt; echo saved > {folder}/ckpt/0.saved; exit 75' USR2
+for i in $(seq 100); do sleep 0.1; done
+exit 9
+"""
+
+FAKE_QSUB = """#!/bin/bash
+printf '%s\\n' "$@" > {folder}/qsub.argv
+env | cut -d= -f1 | sort > {folder}/qsub.env
+echo 4243
+"""
+
+
+def _run_requeue_script(tmp_path, requeue: int):
+    import os
+    import signal
+    import subprocess
+
+    folder = tmp_path / "job"
+    (folder / "log").mkdir(parents=True, exist_ok=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, text in (("python", FAKE_WORKER), ("qsub", FAKE_QSUB)):
+        (bin_dir / name).write_text(text.format(folder=folder))
+        (bin_dir / name).chmod(0o755)
+    site = _site("torque", python=str(bin_dir / "python"))
+    # walltime 60 s, warned 58 s before: the shell's own timer warns the worker 2 s after the start
+    text = Executor(site=site, walltime="00:01:00", requeue=requeue, signal_grace_s=58)._render_script(
+        str(folder), TAG, None, square, 1)
+    (folder / "script.sh").write_text(text)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_ID": "4242", "SLURM_CONF": "/etc/slurm/slurm.conf",
+           "SBATCH_PARTITION": "wrong", "SLURM_MEM_PER_NODE": "100", "HPCBRIDGE_DEADLINE": "1"}
+    proc = subprocess.Popen(["bash", str(folder / "script.sh")], env=env, cwd=tmp_path, start_new_session=True)
+    try:
+        code = proc.wait(timeout=30)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the script's background timers
+        except ProcessLookupError:
+            pass
+    return folder, code
+
+
+def test_the_warned_script_submits_itself_after_this_job_from_a_scrubbed_environment(tmp_path):
+    folder, code = _run_requeue_script(tmp_path, requeue=1)
+    assert code == 75, (folder / "log" / "0.err").read_text()
+    assert (folder / "qsub.argv").read_text().split("\n")[:-1] == [
+        "-W", "depend=afterany:4242", "-j", "oe", "-o", f"{folder}/log/pbs.out", f"{folder}/script.sh"]
+    seen = set((folder / "qsub.env").read_text().split())
+    assert "SLURM_CONF" in seen and not seen & {"SLURM_JOB_ID", "SBATCH_PARTITION", "SLURM_MEM_PER_NODE",
+                                                   "HPCBRIDGE_DEADLINE", "HPCBRIDGE_RESTART", "HPCBRIDGE_TASK"}
+    note = parse((folder / "ckpt" / "0.run0").read_text())
+    assert (note.reason, note.next_id) == ("TIMEOUT", "4243") and note.requeued_at is not None
+    assert "warned (TIMEOUT): run 1 continues as job 4243 (run 2)" in (folder / "log" / "0.err").read_text()
+    # the follow-up (the same script) is run 1: warned again, requeue=1 used up, no further job
+    (folder / "qsub.argv").unlink()
+    folder, code = _run_requeue_script(tmp_path, requeue=1)
+    assert code == 75 and not (folder / "qsub.argv").exists()
+    assert (folder / "restarts").read_text().split() == ["0", "1"]
+    last = parse((folder / "ckpt" / "0.run1").read_text())
+    assert (last.reason, last.next_id) == ("TIMEOUT", "")
+    assert "not requeued: requeue=1 restarts used" in (folder / "log" / "0.err").read_text()
+
+
+def test_a_cancelled_job_submits_no_follow_up(tmp_path):
+    (tmp_path / "job" / "ckpt").mkdir(parents=True)
+    (tmp_path / "job" / "ckpt" / "cancelled").write_text("cancelled\n")
+    folder, code = _run_requeue_script(tmp_path, requeue=2)
+    assert code == 75 and not (folder / "qsub.argv").exists()
+    assert parse((folder / "ckpt" / "0.run0").read_text()).next_id == ""
+    assert "not requeued: the job was cancelled" in (folder / "log" / "0.err").read_text()

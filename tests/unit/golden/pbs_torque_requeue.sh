@@ -81,8 +81,8 @@ elif [ "$hpcbridge_run" -lt 2 ] && { [ -e "$hpcbridge_marker" ] || false; }; the
         if [ -e "$hpcbridge_cancelled" ]; then
             env "${hpcbridge_scrub[@]}" qdel "$hpcbridge_next" || true
         else
-            printf 'hpcbridge: warned (%s): run %s continues as job %s\n' "$hpcbridge_reason" \
-                "$(( hpcbridge_run + 1 ))" "$hpcbridge_next" >&2
+            printf 'hpcbridge: warned (%s): run %s continues as job %s (run %s)\n' "$hpcbridge_reason" \
+                "$(( hpcbridge_run + 1 ))" "$hpcbridge_next" "$(( hpcbridge_run + 2 ))" >&2
         fi
         exit "$hpcbridge_rc"
     fi
