@@ -2,7 +2,7 @@
 
 PBS lets only operators requeue a job (``qrerun``). With requeue on, a PBS job's batch shell that was warned (its
 own walltime timer, a SIGTERM) submits the same script again with ``-W depend=afterany:<its id>`` and notes the
-follow-up's id in the task's run note (``ckpt/<task>.run<N>``: ``REASON WARNED REQUEUED NEXT HOST``, epochs; ``-``
+follow-up's id in the task's run note (``ckpt/<task>.run<N>``: ``REASON WARNED REQUEUED NEXT HOST START``, epochs; ``-``
 for none). The chain is the first id (the one the user sees) and the follow-ups, found in those notes: the poller
 asks about the live link, a link that ended without a result is followed to the next one its note names, and a
 note that names none ends the task as the note says (TIMEOUT, PREEMPTED). ``job.attempts`` has one entry per
@@ -42,11 +42,13 @@ class LinkNote:
     next_id: str
     host: str
     text: str
+    #: the run's start (its batch shell's), epoch seconds
+    started_at: Optional[float] = None
 
 
 def parse(text: str) -> LinkNote:
-    """``REASON WARNED REQUEUED NEXT HOST`` (``-`` for a missing field)."""
-    parts = (text.split() + ["-"] * 5)[:5]
+    """``REASON WARNED REQUEUED NEXT HOST START`` (``-`` for a missing field)."""
+    parts = (text.split() + ["-"] * 6)[:6]
 
     def number(s: str) -> Optional[float]:
         try:
@@ -57,7 +59,8 @@ def parse(text: str) -> LinkNote:
     def word(s: str) -> str:
         return "" if s == "-" else s
 
-    return LinkNote(parts[0], number(parts[1]), number(parts[2]), word(parts[3]), word(parts[4]), text.strip())
+    return LinkNote(parts[0], number(parts[1]), number(parts[2]), word(parts[3]), word(parts[4]), text.strip(),
+                    number(parts[5]))
 
 
 def ended_status(job_id: str, note: LinkNote, status: NativeStatus) -> NativeStatus:
@@ -79,14 +82,12 @@ def build(notes: Sequence[LinkNote], last: str, last_nodes: str = "") -> List[At
     """One :class:`Attempt` per link: the runs that handed over (or ended warned) as their notes say, then the last
     link (``last``: how it ended, ``done``, ``FAILED``, a scheduler state) when no note covers it."""
     out: List[Attempt] = []
-    for i, note in enumerate(notes):
+    for note in notes:
         end = note.requeued_at if note.requeued_at is not None else note.warned_at
-        start = None if i == 0 or notes[i - 1].requeued_at is None else notes[i - 1].requeued_at
-        out.append(Attempt(note.host, _stamp(start) if start else "Unknown", _stamp(end), note.reason or "SIGNALLED",
-                           note.text, note.warned_at, note.requeued_at))
-    if not notes or notes[-1].next_id:
-        start = notes[-1].requeued_at if notes else None
-        out.append(Attempt(last_nodes, _stamp(start) if start else "Unknown", "Unknown", last, last))
+        out.append(Attempt(note.host, _stamp(note.started_at), _stamp(end), note.reason or "SIGNALLED", note.text,
+                           note.warned_at, note.requeued_at))
+    if not notes or notes[-1].next_id:  # the last link, which wrote no note: its times are not known here
+        out.append(Attempt(last_nodes, "Unknown", "Unknown", last, last))
     return out
 
 

@@ -71,6 +71,8 @@ def test_attempts_one_per_link():
     notes = [parse("TIMEOUT 100 101 43 node1"), parse("TIMEOUT 200 201 44 node2")]
     assert [(a.nodes, a.ended) for a in build(notes, "done", "node3")] == [
         ("node1", "TIMEOUT"), ("node2", "TIMEOUT"), ("node3", "done")]
+    started = build([parse("TIMEOUT 100 101 43 node1 90.5")], "done")[0]
+    assert started.start == time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(90.5))
     # the last link ended warned and was not continued: its note is the last attempt
     used = [parse("TIMEOUT 100 101 43 node1"), parse("TIMEOUT 200 - - node2")]
     assert [a.ended for a in build(used, "FAILED")] == ["TIMEOUT", "TIMEOUT"]

@@ -75,8 +75,8 @@ elif [ "$hpcbridge_run" -lt 2 ] && { [ -e "$hpcbridge_marker" ] || false; }; the
     done
     if hpcbridge_next="$(env "${hpcbridge_scrub[@]}" qsub -W "depend=afterany:$hpcbridge_id" -f -j oe -o /scratch/alice/hpcb/0123456789abcdef/log/pbs.out /scratch/alice/hpcb/0123456789abcdef/script.sh)"; then
         hpcbridge_next="$(printf '%s\n' "$hpcbridge_next" | sed -n '/[^[:space:]]/h; ${x;s/[[:space:]]//g;p}')"
-        printf '%s %s %s %s %s\n' "$hpcbridge_reason" "$hpcbridge_warned" "$(date +%s.%N)" "$hpcbridge_next" \
-            "$(hostname)" > "$hpcbridge_note.tmp" && mv -f "$hpcbridge_note.tmp" "$hpcbridge_note"
+        printf '%s %s %s %s %s %s\n' "$hpcbridge_reason" "$hpcbridge_warned" "$(date +%s.%N)" "$hpcbridge_next" \
+            "$(hostname)" "$HPCBRIDGE_RUN_START" > "$hpcbridge_note.tmp" && mv -f "$hpcbridge_note.tmp" "$hpcbridge_note"
         # a cancel that came while it was submitted: the client may have looked for the note before it was written
         if [ -e "$hpcbridge_cancelled" ]; then
             env "${hpcbridge_scrub[@]}" qdel "$hpcbridge_next" || true
@@ -90,6 +90,6 @@ elif [ "$hpcbridge_run" -lt 2 ] && { [ -e "$hpcbridge_marker" ] || false; }; the
 else
     printf 'hpcbridge: not requeued: %s\n' "$( [ "$hpcbridge_run" -ge 2 ] && echo "requeue=2 restarts used" || echo "no checkpoint saved and the call is not restartable")" >&2
 fi
-printf '%s %s - - %s\n' "$hpcbridge_reason" "$hpcbridge_warned" "$(hostname)" > "$hpcbridge_note.tmp" \
-    && mv -f "$hpcbridge_note.tmp" "$hpcbridge_note"
+printf '%s %s - - %s %s\n' "$hpcbridge_reason" "$hpcbridge_warned" "$(hostname)" "$HPCBRIDGE_RUN_START" \
+    > "$hpcbridge_note.tmp" && mv -f "$hpcbridge_note.tmp" "$hpcbridge_note"
 exit "$hpcbridge_rc"
