@@ -192,8 +192,8 @@ class Poller:
         subs = [s for s in live if s.job_id]
         if not subs:
             return
-        ids = sorted({s.job_id for s in subs})
-        arrays = {s.job_id: len(s.chunks) for s in subs if s.is_array}
+        ids = sorted({s.query_id for s in subs})
+        arrays = {s.query_id: len(s.chunks) for s in subs if s.is_array}
         # every job still waits: the adapter may have a query that tells more of waiting jobs (Slurm: squeue's reason
         # and estimated start where sacct is the status command); a job it did not list is asked the usual way next
         waiting = self._waiting_listed and all(
@@ -218,7 +218,7 @@ class Poller:
         with self.lock:
             for sub in subs:
                 for task in sub.live_tasks():
-                    status = statuses.get(sub.task_id(task))
+                    status = statuses.get(sub.live_task_id(task))
                     if status is None:
                         missing.append((sub, task))
                         continue
@@ -228,9 +228,9 @@ class Poller:
         # else a per-task command may (Slurm without accounting: scontrol show job), 20 per tick at most
         no_news: List[Tuple[Submission, int]] = []
         with self.lock:
-            news = scheduler.missing_statuses(statuses, [sub.task_id(task) for sub, task in missing])
+            news = scheduler.missing_statuses(statuses, [sub.live_task_id(task) for sub, task in missing])
             for sub, task in missing:
-                status = news.get(sub.task_id(task))
+                status = news.get(sub.live_task_id(task))
                 if status is None:
                     no_news.append((sub, task))
                 else:
@@ -238,9 +238,9 @@ class Poller:
         if no_news and scheduler.show_job_argv(no_news[0][0].task_id(no_news[0][1]), backend.facts) is not None:
             for sub, task in no_news[:20]:
                 try:
-                    status = backend.show_job(sub.task_id(task))
+                    status = backend.show_job(sub.live_task_id(task))
                 except errors.TransportError as exc:  # once, not 20 times in a row (30 s each): the rest next time
-                    log.warning("hpcbridge: looking up %s failed, will retry: %s", sub.task_id(task), exc)
+                    log.warning("hpcbridge: looking up %s failed, will retry: %s", sub.live_task_id(task), exc)
                     break
                 if status is not None:
                     with self.lock:

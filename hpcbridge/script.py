@@ -84,6 +84,9 @@ def requeue_context(scheduler: Scheduler, res: Resources, folder: str) -> Option
         "dir": paths.checkpoint_dir,
         "marker": tuple(marker.split(_TASK, 1)),
         "note": tuple(note.split(_TASK, 1)),
+        # PBS (requeue by a follow-up job): how the script submits itself again, and the client's cancel marker
+        "submit": scheduler.submit_argv(paths.script),
+        "cancelled": paths.requeue_cancelled,
     }
 
 

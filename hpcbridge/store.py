@@ -14,6 +14,8 @@ A submission folder ``<workdir>/<tag>/`` holds::
     ckpt/<task>.<call>.pkl  requeue on: a call's last checkpoint (hpcbridge.checkpoint.save), written atomically
     ckpt/<task>.saved       ... and its marker, which the batch shell checks before it requeues the task
     ckpt/<task>.run<N>      ... what ended run N of the task (PREEMPTED, TIMEOUT) and when, written by the shell
+                            (PBS: also the id of the follow-up job that continues it, docs/requeue.md)
+    ckpt/cancelled          PBS, requeue on: the client cancelled the job; the shell submits no follow-up job
     container.env           apptainer/singularity jobs: the host variables the container sees (--env-file)
     submitted[.out|.err|.rc]  the submit command's marker and its record (exactly-once submission)
 """
@@ -155,6 +157,12 @@ class JobFolder(NamedTuple):
         """The batch shell's note of how run ``restart`` of the task ended (``REASON WARNED REQUEUED`` epochs);
         ``task`` and ``restart`` may be shell expressions."""
         return posixpath.join(self.path, "ckpt", f"{task}.run{restart}")
+
+    @property
+    def requeue_cancelled(self) -> str:
+        """PBS, requeue on (docs/requeue.md): written by the client before it cancels the job, so that a batch shell
+        warned by the cancel submits no follow-up job."""
+        return posixpath.join(self.path, "ckpt", "cancelled")
 
     @property
     def container_env(self) -> str:

@@ -11,7 +11,7 @@ import os
 import threading
 from typing import Any, Dict, List, Optional, Protocol, Sequence, Set, Tuple
 
-from . import attempts, outcome
+from . import attempts, chain, outcome
 from .job import Job, mark_cancelled
 from .schedulers.base import NativeStatus, Scheduler
 from .sites import Site
@@ -83,6 +83,11 @@ class Submission:
         self.after: Tuple[str, ...] = ()
         #: requeue on (docs/requeue.md): how many restarts its tasks may have; their runs are read when they end
         self.requeue = 0
+        #: requeue by follow-up jobs (PBS, :mod:`hpcbridge.chain`): the ids of the jobs that continued this one, and
+        #: the runs' notes read so far (run -> note); whether a cancel is under way
+        self.follow_ups: List[str] = []
+        self.link_notes: Dict[int, chain.LinkNote] = {}
+        self.cancelling = False
 
     @property
     def all_jobs(self) -> List[Job]:
@@ -92,6 +97,22 @@ class Submission:
         if not self.job_id:
             return "(not submitted)"
         return self.backend.scheduler.task_id(self.job_id, task, self.is_array)
+
+    @property
+    def chained(self) -> bool:
+        """Whether a warned run continues in a follow-up job with another id (PBS requeue, :mod:`hpcbridge.chain`)."""
+        return bool(self.requeue) and self.backend.scheduler.requeue_by_follow_up
+
+    @property
+    def query_id(self) -> str:
+        """The id the scheduler is asked about: the job's, or the follow-up job's that continues it now."""
+        return chain.live_id(self)
+
+    def live_task_id(self, task: int) -> str:
+        """:meth:`task_id` under the id the scheduler reports the task's live run by (:attr:`query_id`)."""
+        if not self.follow_ups:
+            return self.task_id(task)
+        return self.backend.scheduler.task_id(self.query_id, task, self.is_array)
 
     def live_tasks(self) -> List[int]:
         return [t for t in range(len(self.chunks)) if t not in self.resolved]
@@ -113,11 +134,16 @@ class Submission:
             all_left = set(live) == set(self.live_tasks())
         if not live or not self.job_id:
             return False
+        if self.chained:  # no follow-up job after the cancel (docs/requeue.md)
+            chain.before_cancel(self)
         if len(live) == len(self.chunks) or all_left:
-            ids = [self.job_id]
+            ids = [self.query_id]
         else:
-            ids = [self.task_id(t) for t in live]
+            ids = [self.live_task_id(t) for t in live]
         self.backend.run_checked(self.backend.scheduler.cancel_argv(ids), "cancel the job")
+        follow_up = chain.after_cancel(self, live[0]) if self.chained else []
+        if follow_up:  # submitted by the run before it saw the mark
+            self.backend.run_checked(self.backend.scheduler.cancel_argv(follow_up), "cancel the follow-up job")
         marked = False
         with self.backend.lock:
             for t in live:
@@ -156,6 +182,12 @@ class Submission:
             if final is None:
                 return False
             status, since = final
+            if self.chained:  # requeue on PBS: a warned run continues in the follow-up job its note names
+                ended = chain.follow(self, task, status)
+                if ended is None:
+                    self.final_at.pop(task, None)
+                    return False
+                status = ended
             if status.state not in outcome.KILLED and now - since < self.backend.site.result_grace_s:
                 return False  # give every rank's result file time to show on the shared FS
             got = self._read_missing_results(task)
@@ -170,7 +202,13 @@ class Submission:
             tail = self._stderr_tail(task)
         if self.requeue:  # every run of the task, before its futures resolve (the error names them)
             last = None if not got else "FAILED" if outcome.any_error(got) else "done"
-            runs = self.backend.attempts(self.task_id(task), self.folder, task, last)
+            if self.chained:
+                done = last or (status.native if status is not None else "Unknown")
+                ran_on = {str(p.get("host", "")) for p in got.values() if isinstance(p, dict)} - {"", "?"}
+                nodes = ",".join(sorted(ran_on)) or (status.nodes if status is not None else "")
+                runs = chain.attempts_of(self, task, done, nodes)
+            else:
+                runs = self.backend.attempts(self.task_id(task), self.folder, task, last)
             for job in self.jobs[task]:
                 job.attempts = runs
             self.backend.save_attempts(self.jobs[task])  # now: a CLI may exit as soon as the future is set

@@ -66,13 +66,20 @@ def refresh(rows: List[Dict[str, Any]]) -> Dict[Tuple[str, str], Any]:
             backend = _backend(site_name)
         except HpcBridgeError:
             continue  # the site-config is gone or broken: show what was recorded
-        ids = sorted({r["submission_id"] for r in site_rows})
+        # PBS requeue (docs/requeue.md): a plain job's warned run may continue in a follow-up job with another id
+        live_id = {r["job_id"]: r["job_id"] for r in site_rows}
+        if backend.scheduler.requeue_by_follow_up:
+            from ..chain import live_links
+
+            plain = [(r["job_id"], r["folder"]) for r in site_rows if r["job_id"] == r["submission_id"]]
+            live_id.update(live_links(backend.transport, plain))
+        ids = sorted({r["submission_id"] for r in site_rows} | set(live_id.values()))
         statuses = backend.query_status(ids, min(r["submit_time"] for r in site_rows))
         if not statuses:
             continue
         updates = []
         for row in site_rows:
-            status = statuses.get(row["job_id"])
+            status = statuses.get(live_id[row["job_id"]])
             if status is None:
                 continue
             found[(site_name, row["job_id"])] = status

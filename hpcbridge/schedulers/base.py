@@ -163,6 +163,9 @@ class Scheduler(abc.ABC):
     #: requeue on (docs/requeue.md): the template partial that runs the job's command under the warning trap and
     #: requeues it (None: ``requeue`` must not be in :attr:`supported_resources`)
     requeue_template: Optional[str] = None
+    #: requeue on: a warned run hands over to a follow-up job with another id (PBS, :mod:`hpcbridge.chain`) instead
+    #: of being requeued under its own id (Slurm)
+    requeue_by_follow_up: bool = False
 
     @classmethod
     @abc.abstractmethod

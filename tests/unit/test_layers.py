@@ -35,7 +35,8 @@ LAYERS: List[List[str]] = [
     # the futures and how they look
     ["hpcbridge.display", "hpcbridge.usage_figure", "hpcbridge.job", "hpcbridge.group"],
     # watching submissions
-    ["hpcbridge.outcome", "hpcbridge.attempts", "hpcbridge.submission", "hpcbridge.measure", "hpcbridge.poll"],
+    ["hpcbridge.outcome", "hpcbridge.attempts", "hpcbridge.chain", "hpcbridge.submission", "hpcbridge.measure",
+     "hpcbridge.poll"],
     # one site at run time
     ["hpcbridge.submit_once", "hpcbridge.remote_env", "hpcbridge.container_check", "hpcbridge.backend",
      "hpcbridge.here", "hpcbridge.live"],

@@ -81,12 +81,12 @@ class PBSScheduler(Scheduler):
     hostfile = True
     scrub_prefixes = ("PBS_",)
     safe_commands = frozenset({"qstat", "pbsnodes", "tracejob"})
-    #: requeue (docs/requeue.md): qrerun is for operators only; the follow-up job chain is not built yet
-    supported_resources: FrozenSet[str] = frozenset(RESOURCE_NAMES) - {"requeue"}
-    why_not: Mapping[str, str] = {
-        "requeue": "PBS lets only operators requeue a job (qrerun), and hpcbridge's follow-up-job chain for PBS is "
-        "not built yet; use requeue=0 on PBS sites, or a Slurm site (docs/requeue.md)",
-    }
+    supported_resources: FrozenSet[str] = frozenset(RESOURCE_NAMES)
+    why_not: Mapping[str, str] = {}
+    #: requeue (docs/requeue.md): qrerun is for operators only, so a warned run submits a follow-up job that depends
+    #: on it (-W depend=afterany) and continues from the checkpoint; the shell's own timer warns it
+    requeue_template = "partials/requeue_pbs.sh.j2"
+    requeue_by_follow_up = True
 
     def __init__(self, flavour: str = "pbspro", accounting: bool = True) -> None:
         if flavour not in FLAVOURS:
@@ -156,8 +156,21 @@ class PBSScheduler(Scheduler):
                 out.append(f"-t {spec}")
         if r.after:
             out += self._depend(r.after)
+        if r.requeue:
+            out += self._requeue(r, n)
         out.extend(r.extra_directives)
         return out
+
+    def _requeue(self, r: Resources, array_size: Optional[int]) -> List[str]:
+        """requeue on (docs/requeue.md): rerunnable (``-r y``: the server runs it again after a node failure). The
+        follow-up job that continues a warned run is this script submitted again, a plain job: arrays are refused."""
+        if array_size is not None and (array_size > 1 or self.flavour == "torque"):
+            raise ResourceError(
+                f"requeue={r.requeue} with map() (an array of {array_size} tasks): on PBS a warned run continues in a "
+                "follow-up job, which hpcbridge makes for plain jobs only; submit the calls one by one (submit()), "
+                "or use requeue=0 for the map"
+            )
+        return ["-r y"]
 
     def _depend(self, after: Sequence[str]) -> List[str]:
         """``after=``: ``-W depend=afterok:ID[:ID...]``, start only once every one completed with exit status 0.
