@@ -65,7 +65,10 @@ def parse(text: str) -> LinkNote:
 
 def ended_status(job_id: str, note: LinkNote, status: NativeStatus) -> NativeStatus:
     """The status a task ends with when its run's note names no follow-up: the warning's reason (TIMEOUT,
-    PREEMPTED) when it was one, else what the scheduler said."""
+    PREEMPTED, or CANCELLED when the folder was marked cancelled) when it was one, else what the scheduler said."""
+    if note.reason == "CANCELLED":  # the folder was marked cancelled (hpcbridge cancel in another process)
+        return dataclasses.replace(status, job_id=job_id, state=JobState.CANCELLED,
+                                   native="CANCELLED (cancelled while it ran; no follow-up job)")
     state = _ENDS.get(note.reason)
     if state is None:
         return status
@@ -220,3 +223,17 @@ def live_links(transport: Transport, rows: Sequence[Tuple[str, str]]) -> Dict[st
                 nxt[first] = (where, run + 1)
         todo = nxt
     return live
+
+
+def mark_cancelled(transport: Transport, folders: Sequence[str]) -> None:
+    """Write the cancel mark (``ckpt/cancelled``) into each job folder, before its chain is cancelled from outside a
+    submission (``hpcbridge cancel``): a batch shell that the cancel warns then submits no follow-up job, or deletes
+    the one it just submitted. A folder that cannot be marked is only logged: the cancel goes ahead."""
+    for folder in folders:
+        where = JobFolder(folder)
+        try:
+            transport.makedirs(where.checkpoint_dir)
+            transport.write_files({where.requeue_cancelled: b"cancelled\n"})
+        except Exception as exc:
+            log.warning("hpcbridge: could not mark %s cancelled: %s", folder, exc)
+

@@ -233,7 +233,18 @@ def cmd_cancel(args: argparse.Namespace, out: Out) -> int:
     for site_name, items in by_site.items():
         backend = _backend(site_name)
         ids = [job_id for _, job_id in items]
-        backend.run_checked(backend.scheduler.cancel_argv(ids), "cancel the job")
+        to_cancel = list(ids)
+        if backend.scheduler.requeue_by_follow_up:
+            # PBS requeue (docs/requeue.md): a plain job may live on as a follow-up job with another id (its first
+            # run has ended). Mark its folder cancelled first (a warned run then submits no new follow-up, or
+            # deletes the one it just submitted), then cancel the chain's newest link
+            from ..chain import live_links, mark_cancelled
+
+            plain = [(job_id, rows[0]["folder"]) for rows, job_id in items if rows[0]["submission_id"] == job_id]
+            mark_cancelled(backend.transport, [folder for _, folder in plain])
+            newest = live_links(backend.transport, plain)
+            to_cancel = [newest.get(job_id, job_id) for job_id in ids]
+        backend.run_checked(backend.scheduler.cancel_argv(to_cancel), "cancel the job")
         updates = [(r["job_id"], r["position"], "CANCELLED") for rows, _ in items for r in rows]
         Registry().update_states(site_name, updates)
         cancelled += [{"job_id": job_id, "site": site_name} for job_id in ids]

@@ -60,7 +60,7 @@ def runs_logged(log: Path) -> list[int]:
 @pytest.fixture(scope="module")
 def chains(cluster: Any, _cluster_session_dir: Path) -> dict[str, Any]:
     """(a) 45 steps of 1 s: two runs; (b) requeue=1 and 120 steps: would need three runs; (c) a long loop cancelled
-    while its second run waits or runs."""
+    while its second run waits or runs; the same cancelled by `hpcbridge cancel` in another process."""
     d = _cluster_session_dir / "pbs-requeue"
     d.mkdir()
     old = os.getcwd()
@@ -75,6 +75,7 @@ def chains(cluster: Any, _cluster_session_dir: Path) -> dict[str, Any]:
         jobs["two"] = ex("two", 2).submit(train, 45, 5, 1.0, str(d / "log-two"))
         jobs["used_up"] = ex("used_up", 1).submit(train, 120, 5, 1.0, str(d / "log-used-up"))
         jobs["cancel"] = ex("cancel", 2).submit(train, 400, 5, 1.0, str(d / "log-cancel"))
+        jobs["cli_cancel"] = ex("cli_cancel", 5).submit(train, 400, 5, 1.0, str(d / "log-cli-cancel"))
     finally:
         os.chdir(old)
     return jobs
@@ -108,6 +109,35 @@ def test_cancel_during_a_chained_run_leaves_no_follow_up_behind(chains, cluster)
     assert not note.exists() or note.read_text().split()[3] == "-", note.read_text()
     assert runs_logged(d / "log-cancel") == [0, 1]
     assert not {job.job_id, second} & cluster.squeue_ids()
+
+
+def test_hpcbridge_cancel_of_the_first_id_stops_a_chain_that_moved_on(chains, cluster):
+    """`hpcbridge cancel FIRST_ID` (another process, as a user types it) once the chain runs under a follow-up's id:
+    the newest link is cancelled, no further link is submitted, nothing of the chain is left in the queue."""
+    d, job = chains["dir"], chains["cli_cancel"]
+    deadline = time.monotonic() + 240
+    while not job._submission.follow_ups:
+        assert time.monotonic() < deadline, "the first run was not continued within 240 s"
+        time.sleep(0.5)
+    home = os.path.dirname(job._submission.backend.registry.path)
+    out = subprocess.run([sys.executable, "-m", "hpcbridge.cli", "cancel", "--site", "testcluster-pbs", job.job_id],
+                         capture_output=True, text=True, timeout=120, cwd=d, env={**os.environ, "HPCBRIDGE_HOME": home})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [job.job_id]  # not a terminal: the ids cancelled, one per line
+    while not job.done():  # this process's poller follows the chain to its cancelled link
+        assert time.monotonic() < deadline, f"{job.job_id} still {job.state} after the cancel"
+        time.sleep(0.5)
+    assert job.state is JobState.CANCELLED
+    time.sleep(3)  # a follow-up the cancelled run might have submitted would be in the queue by now
+    links = [job.job_id]
+    for run in range(8):  # the chain as the runs' notes name it
+        note = Path(job._submission.paths.run_note(0, run))
+        if not note.exists() or note.read_text().split()[3] == "-":
+            break
+        links.append(note.read_text().split()[3])
+    assert len(links) >= 2, links
+    assert cluster.wait_job(links[-1]).state == "CANCELLED", links
+    assert not set(links) & cluster.squeue_ids()
 
 
 def test_a_walltime_shorter_than_the_work_continues_in_a_follow_up_job(chains, cluster):

@@ -255,5 +255,6 @@ def test_a_cancelled_job_submits_no_follow_up(tmp_path):
     (tmp_path / "job" / "ckpt" / "cancelled").write_text("cancelled\n")
     folder, code = _run_requeue_script(tmp_path, requeue=2)
     assert code == 75 and not (folder / "qsub.argv").exists()
-    assert parse((folder / "ckpt" / "0.run0").read_text()).next_id == ""
+    note = parse((folder / "ckpt" / "0.run0").read_text())
+    assert (note.next_id, note.reason) == ("", "CANCELLED")  # the client that follows the chain reads CANCELLED
     assert "not requeued: the job was cancelled" in (folder / "log" / "0.err").read_text()

@@ -62,6 +62,7 @@ if [ -z "$hpcbridge_warned" ] || [ "$hpcbridge_rc" -eq 0 ] || { [ "$hpcbridge_rc
 fi
 mkdir -p -m 700 /scratch/alice/hpcb/0123456789abcdef/ckpt
 if [ -e "$hpcbridge_cancelled" ]; then
+    hpcbridge_reason=CANCELLED  # the client marked it before its qdel (job.cancel(), hpcbridge cancel)
     printf 'hpcbridge: not requeued: the job was cancelled\n' >&2
 elif [ "$hpcbridge_run" -lt 2 ] && { [ -e "$hpcbridge_marker" ] || false; }; then
     # the follow-up: this script again, after this job. Not from this job's environment: the scheduler's own
