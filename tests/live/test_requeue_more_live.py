@@ -19,7 +19,9 @@ from typing import Any, Dict
 import pytest
 
 from hpcbridge import Executor, load_site
+from hpcbridge.attempts import saves
 from hpcbridge.sites.limits import Partition
+from hpcbridge.store import JobFolder
 
 pytestmark = pytest.mark.live
 
@@ -68,6 +70,35 @@ def train(steps: int, every: int, step_s: float, started: str) -> Any:
     return state["total"], state["runs"]
 
 
+def gloo_train(steps: int, every: int, step_s: float, started: str) -> float:
+    """Every rank all-reduces each step; the ranks agree to stop (an all-reduce of their flags); rank 0 saves (as in
+    test_requeue_live.py)."""
+    import torch
+    import torch.distributed as dist
+
+    import hpcbridge
+    from hpcbridge import checkpoint
+
+    env = hpcbridge.init_torch_distributed(timeout_s=120)
+    run = int(os.environ.get("HPCBRIDGE_RESTART", "0"))
+    state = checkpoint.load(default={"step": 0, "total": 0.0})
+    with open(f"{started}.{env.rank}.{run}", "w") as fh:
+        fh.write(f"{socket.gethostname()} {time.time()} {state['step']}")
+    for step in range(state["step"], steps):
+        time.sleep(step_s)
+        t = torch.tensor([float(env.rank + step)])
+        dist.all_reduce(t)
+        stop = torch.tensor([1.0 if hpcbridge.should_stop() else 0.0])
+        dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+        state = {"step": step + 1, "total": state["total"] + t.item()}
+        while stop.item() > 0 and not hpcbridge.should_stop():  # another rank was warned first: so is this one
+            time.sleep(0.05)
+        if (step + 1) % every == 0 or stop.item() > 0:
+            checkpoint.save(state)
+    dist.destroy_process_group()
+    return float(state["total"])
+
+
 def expected(steps: int) -> int:
     return sum(step * step for step in range(steps))
 
@@ -94,11 +125,30 @@ def preempted(cluster: Any, _cluster_session_dir: Path) -> Dict[str, Any]:
     ex = Executor(site=requeue_site(), folder=str(d / "jobs-ctr"), container=WORKER, container_binds=[TOP],
                   extra_directives=[f"--nodelist={SINGLE_NODE}"], **common)
     jobs["container"] = ex.submit(train, 80, 5, 0.5, str(d / "started-ctr"))
-    # every job runs (the single-node ones on node3), a few steps in: preempt them
-    wait_for(d / "started-ctr.0", 240)
+    # 2: the same loop on the host, from a site whose accounting is off (squeue and scontrol only), on node3 too
+    ex = Executor(site=requeue_site(accounting=False, poll_interval_max_s=2.0), folder=str(d / "jobs-acct"),
+                  extra_directives=[f"--nodelist={SINGLE_NODE}"], **common)
+    assert ex._backend.facts.accounting is False
+    jobs["no-accounting"] = ex.submit(train, 80, 5, 0.5, str(d / "started-acct"))
+    # 3: a 2-node torchrun gloo loop on the two other nodes (torch needs more than the default memory)
+    ex = Executor(site=requeue_site(), folder=str(d / "jobs-torchrun"), nodes=2, tasks_per_node=1,
+                  launcher="torchrun", mem_gb=1.5, extra_directives=[f"--exclude={SINGLE_NODE}"], **common)
+    jobs["torchrun"] = ex.submit(gloo_train, 60, 5, 0.5, str(d / "started-tr"))
+    # every job runs, a few steps in: preempt them (every job on node3, and the torchrun job on its rank 1's node)
+    for started in ("started-ctr.0", "started-acct.0", "started-tr.0.0"):
+        wait_for(d / started, 240)
+    torchrun_node = wait_for(d / "started-tr.1.0", 60).split()[0]
     time.sleep(4)
-    cluster.run(["sbatch", "--parsable", "--partition=urgent", f"--nodelist={SINGLE_NODE}", "--exclusive",
-                 "--time=1", "--output=/dev/null", "--wrap=sleep 3"], cwd=d, timeout=30)
+    for node in (SINGLE_NODE, torchrun_node):
+        cluster.run(["sbatch", "--parsable", "--partition=urgent", f"--nodelist={node}", "--exclusive", "--time=1",
+                     "--output=/dev/null", "--wrap=sleep 3"], cwd=d, timeout=30)
+    # while the accounting-off job is requeued and waits to start again, it is not taken as finished
+    job, seen = jobs["no-accounting"], []
+    deadline = time.time() + 180
+    while not (d / "started-acct.1").exists() and not job.done() and time.time() < deadline:
+        seen.append((job.done(), job.state.value, job.native_state))
+        time.sleep(0.5)
+    jobs["no-accounting seen"] = seen
     return jobs
 
 
@@ -116,4 +166,43 @@ def test_a_container_job_is_requeued_from_the_host_and_resumes_inside_the_image(
     assert len(job.attempts) == 2 and job.attempts[0].nodes == SINGLE_NODE
     resumed_at = int(wait_for(d / "started-ctr.1", 5).split()[2])
     assert 0 < resumed_at < 80  # from the checkpoint, not from step 0
+    assert job.job_id not in cluster.squeue_ids()
+
+
+def test_without_accounting_a_requeued_job_is_not_taken_as_finished_and_resumes(preempted: Dict[str, Any],
+                                                                              cluster: Any) -> None:
+    """The accounting-off path (squeue and scontrol show job only): while the preempted job is requeued and waits
+    to start again it stays unfinished; it resumes from its checkpoint with the uninterrupted value, and
+    ``job.attempts`` has both runs: the first from the batch shell's note (its nodes, start and end; no CPU count,
+    so no recomputed figure), the last from scontrol."""
+    d, job, seen = preempted["dir"], preempted["no-accounting"], preempted["no-accounting seen"]
+    total, runs = job.result(timeout=300)
+    assert (total, runs) == (expected(80), ["host", "host"])
+    assert seen and not any(done for done, _, _ in seen), seen
+    assert {native for _, _, native in seen} & {"REQUEUED", "PENDING", "REQUEUE_HOLD"}, seen  # the wait was seen
+    assert [a.ended for a in job.attempts] == ["PREEMPTED", "done"], job.attempts
+    first, last = job.attempts
+    assert first.nodes == last.nodes == SINGLE_NODE, job.attempts
+    assert first.start and first.end and first.start <= first.end <= last.start, job.attempts
+    assert first.warned_at is not None and first.recomputed_s is None and last.recomputed_s == 0.0
+    resumed_at = int(wait_for(d / "started-acct.1", 5).split()[2])
+    assert 0 < resumed_at < 80
+    assert job.job_id not in cluster.squeue_ids()
+
+
+def test_a_preempted_2_node_torchrun_loop_resumes_from_rank_0s_checkpoint(preempted: Dict[str, Any],
+                                                                          cluster: Any) -> None:
+    """torchrun with requeue: the warning reaches every worker while the torchrun agents stay up (docs/requeue.md),
+    rank 0 saves, the job is requeued and both ranks resume from rank 0's checkpoint; every rank's result right."""
+    d, job = preempted["dir"], preempted["torchrun"]
+    want = float(sum(2 * step + 1 for step in range(60)))
+    assert job.results(timeout=300) == [want] * 2
+    assert [a.ended for a in job.attempts] == ["PREEMPTED", "done"], job.attempts
+    # rank 0 saved on the warning (its last save of the first run came after it), not only at its last k steps
+    saved_at, _ = saves(Path(JobFolder(job.folder).checkpoint_marker(0)).read_bytes())[0]
+    warned_at = job.attempts[0].warned_at
+    assert saved_at is not None and warned_at is not None and saved_at >= warned_at, (saved_at, warned_at)
+    assert "got signal" not in job.stderr() and "Terminated" not in job.stderr(), job.stderr()[-3000:]
+    resumed = {wait_for(d / f"started-tr.{rank}.1", 5).split()[2] for rank in range(2)}
+    assert len(resumed) == 1 and 0 < int(resumed.pop()) < 60  # both ranks from the same (rank 0's) checkpoint
     assert job.job_id not in cluster.squeue_ids()

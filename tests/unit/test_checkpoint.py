@@ -66,3 +66,37 @@ def test_runs_from_records_and_notes():
     assert [(a.nodes, a.ended, a.warned_at, a.requeued_at) for a in runs] == [
         ("node1", "TIMEOUT", 100.5, 101.0), ("node2", "PREEMPTED", 200.0, None), ("node3", "done", None, None)]
     assert attempts.describe(runs[:1]) == "run 1: node1 2026-12-06T12:45:06 - 2026-12-06T12:45:13 TIMEOUT"
+
+
+# scontrol --oneliner show job (Slurm 22.05's format, fewer fields) of a job requeued once by its batch shell, then
+# completed
+SHOWN = ("JobId=11931 JobName=hpcb-train UserId=alice(1001) JobState=COMPLETED Reason=None Dependency=(null) "
+         "Requeue=1 Restarts=1 BatchFlag=1 ExitCode=0:0 RunTime=00:00:41 TimeLimit=00:05:00 "
+         "SubmitTime=2026-12-06T16:26:40 StartTime=2026-12-06T16:26:58 EndTime=2026-12-06T16:27:39 "
+         "Partition=preemptible ReqNodeList=node3 ExcNodeList=(null) NodeList=node3 NumNodes=1 NumCPUs=1\n")
+
+
+def test_without_accounting_the_runs_come_from_scontrol_and_the_shell_s_notes():
+    from hpcbridge import attempts
+    from hpcbridge.schedulers.base import ClusterFacts
+    from hpcbridge.schedulers.slurm import SlurmScheduler
+
+    slurm = SlurmScheduler(accounting=False)
+    facts = ClusterFacts(accounting=False)
+    assert slurm.attempts_argv("11931", facts) == ["scontrol", "--oneliner", "show", "job", "11931"]
+    records = slurm.parse_attempts(SHOWN)
+    assert records == [("REQUEUED", "", "", ""), ("COMPLETED", "node3", "2026-12-06T16:26:58", "2026-12-06T16:27:39")]
+    assert slurm.parse_attempt_costs(SHOWN) == [(None, None), (None, None)]
+    note = "PREEMPTED 1765038410.25 1765038411.5 2026-12-06T16:26:41 2026-12-06T16:26:51 node3\n"
+    first, last = attempts.build(records, {0: note})
+    assert (first.nodes, first.start, first.end, first.ended) == (
+        "node3", "2026-12-06T16:26:41", "2026-12-06T16:26:51", "PREEMPTED")
+    assert (first.warned_at, first.requeued_at) == (1765038410.25, 1765038411.5)
+    assert (last.nodes, last.start, last.end, last.ended) == (
+        "node3", "2026-12-06T16:26:58", "2026-12-06T16:27:39", "done")
+    # a run Slurm requeued itself (a node failure) has no note: how it ended and where are unknown
+    assert [(a.nodes, a.start, a.ended) for a in attempts.build(records, {})][0] == ("", "", "REQUEUED")
+    # an older note (three fields) has none of them; a run the shell did not requeue has no end in its note
+    assert attempts.note_run("TIMEOUT 100.5 101.0\n") == ("", "", "")
+    assert attempts.note_run("TIMEOUT 100.5 - 2026-12-06T16:26:41 - node[1-2]") == (
+        "2026-12-06T16:26:41", "", "node[1-2]")
