@@ -100,3 +100,48 @@ def test_without_accounting_the_runs_come_from_scontrol_and_the_shell_s_notes():
     assert attempts.note_run("TIMEOUT 100.5 101.0\n") == ("", "", "")
     assert attempts.note_run("TIMEOUT 100.5 - 2026-12-06T16:26:41 - node[1-2]") == (
         "2026-12-06T16:26:41", "", "node[1-2]")
+
+
+def test_after_the_warning_the_other_ranks_leave_once_rank_0_saved(tmp_path, monkeypatch):
+    """A rank that left first would have its launcher stop rank 0 while it writes: the others wait for its marker."""
+    import json
+    import threading
+    import time
+
+    from hpcbridge import jobenv
+
+    monkeypatch.setenv("HPCBRIDGE_FOLDER", str(tmp_path))
+    monkeypatch.setenv("HPCBRIDGE_TASK", "0")
+    monkeypatch.setenv("HPCBRIDGE_RESTART", "1")
+    monkeypatch.setenv("HPCBRIDGE_SIGNAL_GRACE", "5")
+    monkeypatch.delenv("HPCBRIDGE_DEADLINE", raising=False)
+    monkeypatch.setattr(checkpoint, "_warned_at", time.time())
+    folder = JobFolder(str(tmp_path))
+    # rank 0's save after the warning says so in the marker
+    monkeypatch.setenv(jobenv.RANK_VAR, "0")
+    with pytest.raises(StopForRequeue):
+        checkpoint.save({"step": 7})
+    with open(folder.checkpoint_marker(0)) as fh:
+        assert json.load(fh)["runs"]["1"]["leaving"] is True
+    # rank 1 waits for it: here rank 0 saves 0.5 s after rank 1 came to save
+    os.remove(folder.checkpoint_marker(0))
+    monkeypatch.setenv(jobenv.RANK_VAR, "1")
+
+    def rank_0_saves() -> None:
+        time.sleep(0.5)
+        with open(folder.checkpoint_marker(0), "w") as fh:
+            json.dump({"runs": {"1": {"saved": time.time(), "leaving": True}}}, fh)
+
+    saver = threading.Thread(target=rank_0_saves)
+    start = time.time()
+    saver.start()
+    with pytest.raises(StopForRequeue):
+        checkpoint.save({"step": 7})
+    saver.join()
+    assert 0.5 <= time.time() - start < 1.5
+    # rank 0 never saves after the warning: rank 1 leaves 3 s before the end (5 s of grace: about 2 s from now)
+    os.remove(folder.checkpoint_marker(0))
+    start = time.time()
+    with pytest.raises(StopForRequeue):
+        checkpoint.save({"step": 7})
+    assert 1.0 <= time.time() - start < 3.0
