@@ -40,6 +40,7 @@ import time
 from typing import Dict, List
 
 from hpcbridge import Executor, load_site
+from hpcbridge.attempts import parse_note
 from hpcbridge.sites.limits import Partition
 from hpcbridge.store import JobFolder
 
@@ -102,7 +103,8 @@ def one_round(ex: Executor, d: str, every: int, on_warning: bool) -> Dict[str, f
                     "--output=/dev/null", "--wrap=sleep 1"], check=True, capture_output=True, timeout=30)
     assert job.result(timeout=300) == sum(range(steps))
     folder = JobFolder(job.folder)
-    reason, warned, requeued = open(folder.run_note(0, 0)).read().split()
+    reason, warned, requeued = parse_note(open(folder.run_note(0, 0)).read())
+    assert warned is not None and requeued is not None, (warned, requeued)
     running_again = float(wait_file(f"{started}.1", 5).split()[1])
     allocs = allocations(job.job_id)
     assert len(allocs) >= 2, allocs

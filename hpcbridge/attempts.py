@@ -35,12 +35,21 @@ def parse_note(text: str) -> Tuple[str, Optional[float], Optional[float]]:
     return parts[0], number(parts[1]), number(parts[2])
 
 
+def note_run(text: str) -> Tuple[str, str, str]:
+    """``(start, end, nodes)`` of a run as its note says (the batch shell's start and requeue, the node-local time
+    as ``YYYY-MM-DDTHH:MM:SS``, and ``SLURM_JOB_NODELIST``); "" for each the note lacks (older notes have none)."""
+    parts = [("" if p == "-" else p) for p in (text.split() + ["", "", "", "", "", ""])[3:6]]
+    return parts[0], parts[1], parts[2]
+
+
 def build(
     records: Sequence[Tuple[str, str, str, str]], notes: Dict[int, str], last: Optional[str] = None
 ) -> List[Attempt]:
     """One :class:`Attempt` per record ``(native state, nodes, start, end)``, oldest first; ``notes``: run number
     -> the note's text. A run requeued by the batch shell ended as its note says (TIMEOUT or PREEMPTED). ``last``:
-    how the newest run ended when the job's result says so before the scheduler does (its record still RUNNING)."""
+    how the newest run ended when the job's result says so before the scheduler does (its record still RUNNING).
+    A record without nodes, start or end (no accounting: the earlier runs are placeholders) takes them from the
+    run's note."""
     out = []
     for i, (native, nodes, start, end) in enumerate(records):
         base = native.split(" ", 1)[0].rstrip("+")
@@ -50,6 +59,9 @@ def build(
             reason, warned, requeued = parse_note(notes[i])
             if base in ("REQUEUED", "PREEMPTED", "TIMEOUT") and reason:
                 ended = reason
+            noted_start, noted_end, noted_nodes = note_run(notes[i])
+            nodes = nodes if nodes not in ("", "None assigned") else noted_nodes
+            start, end = start or noted_start, end or noted_end
         nodes = "" if nodes == "None assigned" else nodes
         if last is not None and i == len(records) - 1 and base in ("RUNNING", "COMPLETING", "PENDING", "CONFIGURING"):
             ended = last

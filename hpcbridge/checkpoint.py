@@ -86,10 +86,13 @@ def save(state: Any, *, all_ranks: bool = False) -> None:
 
     Only rank 0 writes, unless ``all_ranks`` (then every rank writes the same file: give them the same state).
     After the warning (:func:`should_stop`) it raises :class:`~hpcbridge.errors.StopForRequeue` once saved, on every
-    rank, so that the call leaves and the job is requeued.
+    rank, so that the call leaves and the job is requeued. The other ranks first wait (until 3 s before the job's
+    end at most) for rank 0's save after the warning: a rank that left first would have its launcher (srun's
+    ``--kill-on-bad-exit``, torchrun's agent) stop rank 0 while it writes.
     """
     folder, task, call = _where()
-    if all_ranks or jobenv.process_rank(os.environ) == 0:
+    writes = all_ranks or jobenv.process_rank(os.environ) == 0
+    if writes:
         import cloudpickle
 
         try:
@@ -104,6 +107,8 @@ def save(state: Any, *, all_ranks: bool = False) -> None:
         os.makedirs(folder.checkpoint_dir, mode=0o700, exist_ok=True)
         store.write_atomic(folder.checkpoint(task, call), data)
         store.write_atomic(folder.checkpoint_marker(task), json.dumps(_marker(folder, task, call)).encode())
+    elif should_stop():
+        _wait_for_the_writer(folder, task)
     if should_stop():
         from .errors import StopForRequeue
 
@@ -129,7 +134,26 @@ def _marker(folder: store.JobFolder, task: int, call: int) -> Dict[str, Any]:
     except ValueError:
         started = None
     runs[restart] = {"saved": now, "since_start": None if started is None else max(0.0, now - started)}
+    if should_stop():  # the save after the warning: the other ranks may leave now (_wait_for_the_writer)
+        runs[restart]["leaving"] = True
     return {"call": call, "time": now, "restart": restart, "runs": runs}
+
+
+def _wait_for_the_writer(folder: store.JobFolder, task: int, poll_s: float = 0.05) -> None:
+    """Until rank 0's marker says it saved after the warning in this run, or 3 s before the job's end (30 s when
+    that is unknown)."""
+    restart = os.environ.get(jobenv.RESTART_VAR, "0")
+    left = time_left()
+    give_up = time.time() + (30.0 if left is None else max(0.0, left - 3.0))
+    while time.time() < give_up:
+        try:
+            with open(folder.checkpoint_marker(task), "rb") as fh:
+                marker = json.loads(fh.read().decode("utf-8", "replace"))
+            if marker["runs"][restart].get("leaving"):
+                return
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass
+        time.sleep(poll_s)
 
 
 def load(default: Any = None) -> Any:

@@ -275,11 +275,13 @@ def mpirun_argv(
 
 
 def torchrun_argv(res: Resources, *, python: str, rdzv_id: str, extra: Sequence[str] = ()) -> List[str]:
-    """One torchrun agent (``python -m torch.distributed.run``) with c10d rendezvous on the first node."""
+    """One torchrun agent (``python -m torch.distributed.run``) with c10d rendezvous on the first node. With requeue
+    on, ``python -m hpcbridge.torchrun_agent``: the same agent, which passes the warning on to its workers instead of
+    dying of it (docs/requeue.md)."""
     return [
         python,
         "-m",
-        "torch.distributed.run",
+        "hpcbridge.torchrun_agent" if res.requeue else "torch.distributed.run",
         f"--nnodes={res.nodes}",
         f"--nproc-per-node={res.tasks_per_node}",
         "--rdzv-backend=c10d",

@@ -348,19 +348,31 @@ class SlurmScheduler(Scheduler):
         return None
 
     def attempts_argv(self, task_id: str, facts: ClusterFacts) -> Optional[List[str]]:
-        """``sacct --duplicates``: every record of the job id, one per run (a requeue starts a new one)."""
+        """``sacct --duplicates``: every record of the job id, one per run (a requeue starts a new one). Without
+        accounting ``scontrol show job``: slurmctld's record of the newest run and how often it was restarted
+        (``Restarts=``); the earlier runs are known only from the batch shell's notes (docs/requeue.md)."""
         if not facts.accounting:
-            return None
+            return ["scontrol", "--oneliner", "show", "job", task_id]
         return ["sacct", "--noheader", "--parsable2", "--allocations", "--duplicates",
                 "--format=JobID,State,NodeList,Submit,Start,End,ElapsedRaw,AllocCPUS", f"--jobs={task_id}"]
 
     def parse_attempts(self, stdout: str) -> List[Tuple[str, str, str, str]]:
+        shown = _shown_job(stdout)
+        if shown is not None:  # scontrol (no accounting): a REQUEUED placeholder per earlier run, then the newest
+            restarts, fields = shown
+            nodes = fields.get("NodeList", "")
+            newest = (fields.get("JobState", ""), "" if nodes == "(null)" else nodes, fields.get("StartTime", ""),
+                      fields.get("EndTime", ""))
+            return [("REQUEUED", "", "", "")] * restarts + [newest]
         return [(p[1], p[2], p[4], p[5]) for p in _attempt_rows(stdout)]
 
     def parse_attempt_costs(self, stdout: str) -> List[Tuple[Optional[float], Optional[int]]]:
         def number(parts: List[str], i: int) -> Optional[str]:
             return parts[i] if len(parts) > i and parts[i].isdigit() else None
 
+        shown = _shown_job(stdout)
+        if shown is not None:  # scontrol: no figures of the earlier runs (the newest one's are not needed)
+            return [(None, None)] * (shown[0] + 1)
         out: List[Tuple[Optional[float], Optional[int]]] = []
         for p in _attempt_rows(stdout):
             elapsed, cpus = number(p, 6), number(p, 7)
@@ -424,6 +436,15 @@ class SlurmScheduler(Scheduler):
         if facts.accounting:
             return slurm_usage.parse_sacct(out)
         return slurm_usage.parse_scontrol(out)
+
+
+def _shown_job(stdout: str) -> Optional[Tuple[int, Dict[str, str]]]:
+    """``(restarts, fields)`` of ``scontrol --oneliner show job`` output (one job), or None for sacct's."""
+    if not stdout.lstrip().startswith("JobId="):
+        return None
+    fields = dict(tok.split("=", 1) for tok in stdout.splitlines()[0].split() if "=" in tok)
+    restarts = fields.get("Restarts", "0")
+    return (int(restarts) if restarts.isdigit() else 0), fields
 
 
 def _attempt_rows(stdout: str) -> List[List[str]]:

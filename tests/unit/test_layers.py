@@ -25,6 +25,7 @@ LAYERS: List[List[str]] = [
     # inside the job (what the worker start pays for: nothing above this layer)
     ["hpcbridge.jobenv", "hpcbridge.checkpoint", "hpcbridge.ports", "hpcbridge.gpus", "hpcbridge.rendezvous",
      "hpcbridge.distributed", "hpcbridge.worker", "hpcbridge.sampler", "hpcbridge.commands",
+     "hpcbridge.torchrun_agent",
      "hpcbridge.schedulers.local_runner",
      "hpcbridge.schedulers.local_limits"],
     # what decides (pure): site-configs, scheduler adapters, launchers, the batch script
