@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, ContextManager, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from .job import Job
 from .schedulers.base import NativeStatus
@@ -99,6 +99,9 @@ class _Host(Protocol):
     @property
     def transport(self) -> Transport: ...
 
+    @property
+    def lock(self) -> ContextManager[Any]: ...
+
 
 class Submission(Protocol):
     """What the chain reads and keeps of a submission (:class:`hpcbridge.submission.Submission` is one)."""
@@ -178,13 +181,24 @@ def attempts_of(sub: Submission, task: int, last: str, last_nodes: str) -> List[
 def before_cancel(sub: Submission) -> None:
     """Mark the job cancelled in its folder (``ckpt/cancelled``) before it is cancelled: a batch shell that the
     cancel warns submits no follow-up job, or deletes the one it just submitted."""
-    notes_of(sub, 0)  # the links the poller has not followed yet (attach() in a new process): cancel the live one
-    sub.cancelling = True
+    with sub.backend.lock:  # the poller follows the chain under it too
+        notes_of(sub, 0)  # the links the poller has not followed yet (attach() in a new process): cancel the live one
+        sub.cancelling = True
     try:
         sub.backend.transport.makedirs(sub.paths.checkpoint_dir)
         sub.backend.transport.write_files({sub.paths.requeue_cancelled: b"cancelled\n"})
     except Exception as exc:  # the cancel itself goes ahead
         log.warning("hpcbridge: could not mark %s cancelled: %s", sub.job_id, exc)
+
+
+def cancel_failed(sub: Submission) -> None:
+    """The cancel command failed: take the mark back, so that the job goes on (and hands over) as before."""
+    with sub.backend.lock:
+        sub.cancelling = False
+    try:
+        sub.backend.transport.run(["rm", "-f", sub.paths.requeue_cancelled])
+    except Exception as exc:
+        log.warning("hpcbridge: could not take back the cancel mark of %s: %s", sub.job_id, exc)
 
 
 def after_cancel(sub: Submission, task: int) -> List[str]:

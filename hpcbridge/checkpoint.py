@@ -44,8 +44,13 @@ def _on_warning(signum: int, frame: Any) -> None:
 
 
 def install() -> None:
-    """Set the warning handler (the worker calls it before the first call; only the main thread may)."""
+    """Set the warning handler (the worker calls it before the first call; only the main thread may). With
+    ``HPCBRIDGE_WARN_ON_TERM=1`` (PBS with requeue on: a preemption or ``qdel`` sends SIGTERM to every process of
+    the job, the worker included, before SIGKILL after ``kill_delay``) SIGTERM warns the call too, instead of
+    killing it before it could save."""
     signal.signal(STOP_SIGNAL, _on_warning)
+    if os.environ.get(jobenv.WARN_ON_TERM_VAR) == "1":
+        signal.signal(signal.SIGTERM, _on_warning)
 
 
 def should_stop() -> bool:

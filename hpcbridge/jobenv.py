@@ -37,6 +37,7 @@ GPUS_BOUND_VAR = "HPCBRIDGE_GPUS_BOUND"  # "1" once the worker has narrowed CUDA
 NCCL_ENV_VAR = "HPCBRIDGE_NCCL_ENV"  # the site-config's nccl table (JSON)
 REQUEUE_VAR = "HPCBRIDGE_REQUEUE"  # N > 0: requeue on (docs/requeue.md), the call may be restarted N times
 GRACE_VAR = "HPCBRIDGE_SIGNAL_GRACE"  # seconds from the warning (USR2) to the job's end
+WARN_ON_TERM_VAR = "HPCBRIDGE_WARN_ON_TERM"  # "1": a SIGTERM warns the call too (PBS requeue: the server signals it)
 DEADLINE_VAR = "HPCBRIDGE_DEADLINE"  # epoch seconds at which the job's walltime ends (set by the batch shell)
 RESTART_VAR = "HPCBRIDGE_RESTART"  # this run: 0 the first, 1 after the first requeue ...
 RUN_START_VAR = "HPCBRIDGE_RUN_START"  # epoch seconds at which this run's batch shell started (requeue on)

@@ -140,8 +140,18 @@ class Submission:
             ids = [self.query_id]
         else:
             ids = [self.live_task_id(t) for t in live]
-        self.backend.run_checked(self.backend.scheduler.cancel_argv(ids), "cancel the job")
-        follow_up = chain.after_cancel(self, live[0]) if self.chained else []
+        try:
+            self.backend.run_checked(self.backend.scheduler.cancel_argv(ids), "cancel the job")
+        except Exception:
+            if not self.chained:
+                raise
+            # the link may have ended by handing over just now: then its follow-up is what is cancelled
+            follow_up = chain.after_cancel(self, live[0])
+            if not follow_up:
+                chain.cancel_failed(self)  # the job goes on as if never cancelled
+                raise
+        else:
+            follow_up = chain.after_cancel(self, live[0]) if self.chained else []
         if follow_up:  # submitted by the run before it saw the mark
             self.backend.run_checked(self.backend.scheduler.cancel_argv(follow_up), "cancel the follow-up job")
         marked = False

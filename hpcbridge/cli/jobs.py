@@ -73,7 +73,8 @@ def refresh(rows: List[Dict[str, Any]]) -> Dict[Tuple[str, str], Any]:
 
             plain = [(r["job_id"], r["folder"]) for r in site_rows if r["job_id"] == r["submission_id"]]
             live_id.update(live_links(backend.transport, plain))
-        ids = sorted({r["submission_id"] for r in site_rows} | set(live_id.values()))
+        # the submissions, and the follow-up jobs that continue chained ones (not every task id of an array)
+        ids = sorted({r["submission_id"] for r in site_rows} | {v for k, v in live_id.items() if v != k})
         statuses = backend.query_status(ids, min(r["submit_time"] for r in site_rows))
         if not statuses:
             continue

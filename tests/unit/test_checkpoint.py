@@ -44,6 +44,28 @@ def test_save_load_and_the_warning(tmp_path, monkeypatch):
     assert checkpoint.load() == {"step": 4}
 
 
+@pytest.mark.parametrize("on_term", ["1", None])
+def test_a_sigterm_warns_the_call_only_where_the_batch_shell_says_so(monkeypatch, on_term):
+    """PBS with requeue on (HPCBRIDGE_WARN_ON_TERM=1): the server's SIGTERM to the whole job is the warning, not the
+    worker's end; elsewhere SIGTERM keeps its default meaning."""
+    monkeypatch.setattr(checkpoint, "_warned_at", None)
+    if on_term:
+        monkeypatch.setenv("HPCBRIDGE_WARN_ON_TERM", on_term)
+    else:
+        monkeypatch.delenv("HPCBRIDGE_WARN_ON_TERM", raising=False)
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        checkpoint.install()
+        if on_term:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert checkpoint.should_stop()
+        else:
+            assert signal.getsignal(signal.SIGTERM) is before and not checkpoint.should_stop()
+    finally:
+        signal.signal(signal.SIGUSR2, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, before)
+
+
 def test_outside_a_job_it_says_so(monkeypatch):
     monkeypatch.delenv("HPCBRIDGE_FOLDER", raising=False)
     with pytest.raises(UsageError, match="inside an hpcbridge job only"):

@@ -175,6 +175,53 @@ def test_cancel_marks_the_folder_cancels_the_live_link_and_a_follow_up_it_alread
     assert job.state is JobState.CANCELLED
 
 
+def test_a_failed_delete_of_a_link_that_just_handed_over_cancels_its_follow_up():
+    """qdel of the live link fails because it ended by handing over a moment ago: the follow-up its note names is
+    what is cancelled, and the job is CANCELLED."""
+    fc = FakeChain()
+    ex = Executor(site=_site("torque"), requeue=3, walltime="00:01:00", signal_grace_s=20, transport=fc.t)
+    fc.running.append("42")
+    job = ex.submit(square, 7)
+    _wait(lambda: "42" in fc.asked)
+
+    def qdel(argv: List[str]):
+        if argv[1:] == ["42"]:
+            _note(fc, job, 0, "TIMEOUT 1000.0 1001.0 43 node1\n")
+            return (1, "", "qdel: Unknown Job Id 42")
+        fc.deleted.append(argv[1:])
+        return (0, "", "")
+
+    fc.t.answers["qdel"] = qdel
+    assert job.cancel()
+    assert fc.deleted == [["43"]]
+    assert job.state is JobState.CANCELLED
+
+
+def test_a_failed_cancel_takes_the_mark_back_and_the_job_goes_on():
+    """qdel fails and no follow-up exists: the error reaches the caller, and the folder's cancel mark is removed
+    (a later warning must still hand over, as for a job never cancelled)."""
+    from hpcbridge.errors import SchedulerError
+
+    fc = FakeChain()
+    ex = Executor(site=_site("torque"), requeue=3, walltime="00:01:00", signal_grace_s=20, transport=fc.t)
+    fc.running.append("42")
+    job = ex.submit(square, 7)
+    _wait(lambda: "42" in fc.asked)
+    mark = JobFolder(job._submission.folder).requeue_cancelled
+    marked = []
+
+    def qdel(argv: List[str]):
+        marked.append(mark in fc.t.files)
+        return (1, "", "qdel: Server could not connect to MOM 42")
+
+    fc.t.answers["qdel"] = qdel
+    fc.t.answers["rm"] = lambda argv: (fc.t.files.pop(argv[-1], None), (0, "", ""))[1]
+    with pytest.raises(SchedulerError, match="Server could not connect to MOM"):
+        job.cancel()
+    assert marked == [True] and mark not in fc.t.files  # marked before the delete, taken back after it failed
+    assert not job.done() and job._submission.cancelling is False
+
+
 def test_status_finds_each_jobs_newest_link_in_its_folder():
     t = ScriptedTransport()
     t.files["/w/a/ckpt/0.run0"] = b"TIMEOUT 1 2 43 node1\n"
@@ -187,7 +234,8 @@ def test_status_finds_each_jobs_newest_link_in_its_folder():
 FAKE_WORKER = """#!/bin/bash
 # the worker: waits for the warning (USR2), saves (the marker), leaves to be requeued (75)
 echo "$HPCBRIDGE_RESTART" >> {folder}/restarts
-trap 'mkdir -p {folder}/ckpt; echo saved > {folder}/ckpt/0.saved; exit 75' USR2
+trap 'mkdir -p {folder}/ckpt; echo saved > {folder}/ckpt/0.saved
+[ -z "$CANCEL_ON_WARN" ] || touch {folder}/ckpt/cancelled; exit 75' USR2
 for i in $(seq 100); do sleep 0.1; done
 exit 9
 """
@@ -199,7 +247,7 @@ echo 4243
 """
 
 
-def _run_requeue_script(tmp_path, requeue: int):
+def _run_requeue_script(tmp_path, requeue: int, job_id: str = "4242", **extra_env: str):
     import os
     import signal
     import subprocess
@@ -216,8 +264,8 @@ def _run_requeue_script(tmp_path, requeue: int):
     text = Executor(site=site, walltime="00:01:00", requeue=requeue, signal_grace_s=58)._render_script(
         str(folder), TAG, None, square, 1)
     (folder / "script.sh").write_text(text)
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_ID": "4242", "SLURM_CONF": "/etc/slurm/slurm.conf",
-           "SBATCH_PARTITION": "wrong", "SLURM_MEM_PER_NODE": "100", "HPCBRIDGE_DEADLINE": "1"}
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_ID": job_id, "SLURM_CONF": "/etc/slurm/slurm.conf",
+           "SBATCH_PARTITION": "wrong", "SLURM_MEM_PER_NODE": "100", "HPCBRIDGE_DEADLINE": "1", **extra_env}
     proc = subprocess.Popen(["bash", str(folder / "script.sh")], env=env, cwd=tmp_path, start_new_session=True)
     try:
         code = proc.wait(timeout=30)
@@ -240,9 +288,9 @@ def test_the_warned_script_submits_itself_after_this_job_from_a_scrubbed_environ
     note = parse((folder / "ckpt" / "0.run0").read_text())
     assert (note.reason, note.next_id) == ("TIMEOUT", "4243") and note.requeued_at is not None
     assert "warned (TIMEOUT): run 1 continues as job 4243 (run 2)" in (folder / "log" / "0.err").read_text()
-    # the follow-up (the same script) is run 1: warned again, requeue=1 used up, no further job
+    # the follow-up (the same script, job 4243) is run 1: warned again, requeue=1 used up, no further job
     (folder / "qsub.argv").unlink()
-    folder, code = _run_requeue_script(tmp_path, requeue=1)
+    folder, code = _run_requeue_script(tmp_path, requeue=1, job_id="4243")
     assert code == 75 and not (folder / "qsub.argv").exists()
     assert (folder / "restarts").read_text().split() == ["0", "1"]
     last = parse((folder / "ckpt" / "0.run1").read_text())
@@ -250,11 +298,32 @@ def test_the_warned_script_submits_itself_after_this_job_from_a_scrubbed_environ
     assert "not requeued: requeue=1 restarts used" in (folder / "log" / "0.err").read_text()
 
 
-def test_a_cancelled_job_submits_no_follow_up(tmp_path):
-    (tmp_path / "job" / "ckpt").mkdir(parents=True)
-    (tmp_path / "job" / "ckpt" / "cancelled").write_text("cancelled\n")
-    folder, code = _run_requeue_script(tmp_path, requeue=2)
+def test_a_job_cancelled_while_it_runs_submits_no_follow_up(tmp_path):
+    folder, code = _run_requeue_script(tmp_path, requeue=2, CANCEL_ON_WARN="1")  # marked as the warning came
     assert code == 75 and not (folder / "qsub.argv").exists()
     note = parse((folder / "ckpt" / "0.run0").read_text())
     assert (note.next_id, note.reason) == ("", "CANCELLED")  # the client that follows the chain reads CANCELLED
     assert "not requeued: the job was cancelled" in (folder / "log" / "0.err").read_text()
+
+
+def test_a_follow_up_of_a_cancelled_job_does_not_run_the_call(tmp_path):
+    """A follow-up the cancel could not reach (submitted as the cancel came) leaves at its start."""
+    (tmp_path / "job" / "ckpt").mkdir(parents=True)
+    (tmp_path / "job" / "ckpt" / "0.run0").write_text("TIMEOUT 1 2 4243 node1 0\n")
+    (tmp_path / "job" / "ckpt" / "cancelled").write_text("cancelled\n")
+    folder, code = _run_requeue_script(tmp_path, requeue=2, job_id="4243")
+    assert code == 0 and not (folder / "restarts").exists() and not (folder / "qsub.argv").exists()
+    note = parse((folder / "ckpt" / "0.run1").read_text())
+    assert (note.reason, note.next_id) == ("CANCELLED", "")
+    assert "run 2 of job 4243 not started: the job was cancelled" in (folder / "log" / "0.err").read_text()
+
+
+def test_a_rerun_of_a_link_that_handed_over_does_nothing(tmp_path):
+    """-r y: the server may requeue a job after the SIGTERM that warned it, once it handed over to job 4243: its
+    rerun (job 4242 again) must not run the call a second time beside the follow-up."""
+    (tmp_path / "job" / "ckpt").mkdir(parents=True)
+    (tmp_path / "job" / "ckpt" / "0.run0").write_text("PREEMPTED 1 2 4243 node1 0\n")
+    folder, code = _run_requeue_script(tmp_path, requeue=2, job_id="4242")
+    assert code == 0 and not (folder / "restarts").exists() and not (folder / "qsub.argv").exists()
+    assert not (folder / "ckpt" / "0.run1").exists()  # the follow-up's run number stays free
+    assert "job 4242 already continues as job 4243: this rerun does nothing" in (folder / "log" / "0.err").read_text()

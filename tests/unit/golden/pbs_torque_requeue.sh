@@ -12,6 +12,7 @@ cd / || echo "hpcbridge: could not enter the submit directory; running in $PWD" 
 set -eo pipefail
 export HPCBRIDGE_REQUEUE=2
 export HPCBRIDGE_SIGNAL_GRACE=120
+export HPCBRIDGE_WARN_ON_TERM=1  # the server's SIGTERM reaches the worker too: it warns the call, not kill it
 export HPCBRIDGE_RUN_START="$(date +%s.%N)"
 hpcbridge_id="${PBS_JOBID:-${SLURM_JOB_ID:-}}"
 hpcbridge_marker=/scratch/alice/hpcb/0123456789abcdef/ckpt/"$HPCBRIDGE_TASK".saved
@@ -21,6 +22,24 @@ hpcbridge_run=0
 while [ -e "$hpcbridge_notes$hpcbridge_run" ]; do hpcbridge_run=$(( hpcbridge_run + 1 )); done
 export HPCBRIDGE_RESTART="$hpcbridge_run"
 hpcbridge_note="$hpcbridge_notes$hpcbridge_run"
+# a run that must not start. A rerun of a link that already handed over (the server requeued it after the SIGTERM
+# that warned it: -r y): the newest note names another job, which continues the call; this rerun does nothing.
+if [ "$hpcbridge_run" -gt 0 ]; then
+    hpcbridge_prev="$(cut -d' ' -f4 < "$hpcbridge_notes$(( hpcbridge_run - 1 ))")"
+    if [ "$hpcbridge_prev" != - ] && [ "${hpcbridge_prev%%.*}" != "${hpcbridge_id%%.*}" ]; then
+        printf 'hpcbridge: job %s already continues as job %s: this rerun does nothing\n' "$hpcbridge_id" \
+            "$hpcbridge_prev" >&2
+        exit 0
+    fi
+fi
+# A follow-up of a cancelled job (one the cancel could not reach): it notes CANCELLED and leaves.
+if [ -e "$hpcbridge_cancelled" ]; then
+    printf 'hpcbridge: run %s of job %s not started: the job was cancelled\n' "$(( hpcbridge_run + 1 ))" \
+        "$hpcbridge_id" >&2
+    printf 'CANCELLED - - - %s %s\n' "$(hostname)" "$HPCBRIDGE_RUN_START" > "$hpcbridge_note.tmp" \
+        && mv -f "$hpcbridge_note.tmp" "$hpcbridge_note"
+    exit 0
+fi
 export HPCBRIDGE_DEADLINE="$(( ${HPCBRIDGE_RUN_START%.*} + 3600 ))"
 if [ "$hpcbridge_run" -gt 2 ]; then
     printf 'hpcbridge: run %s of job %s: restarted more often than requeue=%s allows\n' \
@@ -70,12 +89,13 @@ elif [ "$hpcbridge_run" -lt 2 ] && { [ -e "$hpcbridge_marker" ] || false; }; the
     hpcbridge_scrub=()
     for hpcbridge_var in $(compgen -e); do
         case "$hpcbridge_var" in
-        SLURM_CONF) ;;
+        SLURM_CONF|PBS_CONF_FILE|PBS_SERVER|PBS_DEFAULT) ;;  # where the scheduler is: the follow-up's too
         SLURM_*|SBATCH_*|SALLOC_*|SRUN_*|PBS_*|HPCBRIDGE_*) hpcbridge_scrub+=(-u "$hpcbridge_var") ;;
         esac
     done
-    if hpcbridge_next="$(env "${hpcbridge_scrub[@]}" qsub -W "depend=afterany:$hpcbridge_id" -j oe -o /scratch/alice/hpcb/0123456789abcdef/log/pbs.out /scratch/alice/hpcb/0123456789abcdef/script.sh)"; then
-        hpcbridge_next="$(printf '%s\n' "$hpcbridge_next" | sed -n '/[^[:space:]]/h; ${x;s/[[:space:]]//g;p}')"
+    if hpcbridge_next="$(env "${hpcbridge_scrub[@]}" qsub -W "depend=afterany:$hpcbridge_id" -j oe -o /scratch/alice/hpcb/0123456789abcdef/log/pbs.out /scratch/alice/hpcb/0123456789abcdef/script.sh)" \
+        && hpcbridge_next="$(printf '%s\n' "$hpcbridge_next" | sed -n '/[^[:space:]]/h; ${x;s/[[:space:]]//g;p}')" \
+        && [ -n "$hpcbridge_next" ]; then
         printf '%s %s %s %s %s %s\n' "$hpcbridge_reason" "$hpcbridge_warned" "$(date +%s.%N)" "$hpcbridge_next" \
             "$(hostname)" "$HPCBRIDGE_RUN_START" > "$hpcbridge_note.tmp" && mv -f "$hpcbridge_note.tmp" "$hpcbridge_note"
         # a cancel that came while it was submitted: the client may have looked for the note before it was written
@@ -87,7 +107,8 @@ elif [ "$hpcbridge_run" -lt 2 ] && { [ -e "$hpcbridge_marker" ] || false; }; the
         fi
         exit "$hpcbridge_rc"
     fi
-    printf 'hpcbridge: could not submit the follow-up job of %s: %s\n' "$hpcbridge_id" "$hpcbridge_next" >&2
+    printf 'hpcbridge: could not submit the follow-up job of %s: %s\n' "$hpcbridge_id" \
+        "${hpcbridge_next:-the submission printed no job id}" >&2
 else
     printf 'hpcbridge: not requeued: %s\n' "$( [ "$hpcbridge_run" -ge 2 ] && echo "requeue=2 restarts used" || echo "no checkpoint saved and the call is not restartable")" >&2
 fi
