@@ -184,11 +184,7 @@ def before_cancel(sub: Submission) -> None:
     with sub.backend.lock:  # the poller follows the chain under it too
         notes_of(sub, 0)  # the links the poller has not followed yet (attach() in a new process): cancel the live one
         sub.cancelling = True
-    try:
-        sub.backend.transport.makedirs(sub.paths.checkpoint_dir)
-        sub.backend.transport.write_files({sub.paths.requeue_cancelled: b"cancelled\n"})
-    except Exception as exc:  # the cancel itself goes ahead
-        log.warning("hpcbridge: could not mark %s cancelled: %s", sub.job_id, exc)
+    mark_cancelled(sub.backend.transport, [sub.paths.path])
 
 
 def cancel_failed(sub: Submission) -> None:

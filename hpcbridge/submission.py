@@ -262,23 +262,23 @@ class Submission:
             values, failure = outcome.split_outcomes(got, pos)
             if job.done():
                 continue
-            # the state is noted for the registry before the future resolves (a caller may exit right after)
+            error: Optional[BaseException] = None
             if failure is None and missing:
                 job.state = JobState.FAILED
-                self.backend.note_final(job)
-                job.set_exception(
-                    outcome.missing_ranks_error(job.job_id, job.native_state, job.state, missing, self.ranks, tail)
-                )
+                error = outcome.missing_ranks_error(job.job_id, job.native_state, job.state, missing, self.ranks, tail)
             elif failure is None:
                 job.state = JobState.COMPLETED
                 job._rank_values = values
-                self.backend.note_final(job)
-                job.set_result(values[0] if values else None)
             else:
                 job.state = JobState.FAILED
                 rank, payload, failed = failure
-                self.backend.note_final(job)
-                job.set_exception(outcome.remote_exception(job.job_id, rank, self.ranks, payload, failed, tail))
+                error = outcome.remote_exception(job.job_id, rank, self.ranks, payload, failed, tail)
+            # the state is noted for the registry before the future resolves (a caller may exit right after)
+            self.backend.note_final(job)
+            if error is None:
+                job.set_result(values[0] if values else None)
+            else:
+                job.set_exception(error)
 
     def _resolve_ended(self, task: int, status: NativeStatus, tail: str) -> None:
         for_dependency = (
